@@ -1,0 +1,53 @@
+"""Pieces several commands share."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bbenroll.times import parse_duration, parse_when
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        return parse_duration(value)  # TimeSpecError reaches the user as a one-line error
+
+
+def parse_expiry(text: str | None, now: datetime) -> datetime | None:
+    if text is None or text.strip().lower() in ("", "never"):
+        return None
+    return parse_when(text, now)
+
+
+def show_furl(
+    app: Any, furl: str, *, qr: bool = False, png: Path | None = None, svg: Path | None = None
+) -> None:
+    """Print a FURL (and its QR code, images) as data on stdout."""
+    from bbenroll import qr as qrmod
+
+    if qr:
+        color = app.out.color if app.out.color is not None else click.get_text_stream("stdout").isatty()
+        app.out.data(qrmod.terminal_text(furl, color=color))
+    if png is not None:
+        qrmod.write_image(furl, png)
+        app.out.info(f"wrote QR code to {png} (mode 0600: it holds the secret)")
+    if svg is not None:
+        qrmod.write_image(furl, svg)
+        app.out.info(f"wrote QR code to {svg} (mode 0600: it holds the secret)")
+    if not app.out.json_mode:
+        app.out.data(furl)
+
+
+def state_warning(name: str, state: str) -> str | None:
+    if state == "revoked":
+        return f"worker {name!r} is revoked: the master refuses this FURL"
+    if state == "expired":
+        return f"worker {name!r} has expired: the master refuses this FURL"
+    return None

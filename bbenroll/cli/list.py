@@ -1,0 +1,70 @@
+"""bbenroll list: every worker and its state; never any secret."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+
+from bbenroll.cli import App, output_options
+from bbenroll.cli.common import DurationType
+
+COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
+
+
+@click.command("list")
+@output_options
+@click.option("--tag", "tags", multiple=True, help="Only workers with this tag (repeatable: all of them).")
+@click.option(
+    "--expiring",
+    type=DurationType(),
+    metavar="DURATION",
+    help="Only workers whose enrollment expires within DURATION (e.g. 30d).",
+)
+@click.option("--revoked", is_flag=True, help="Only revoked workers.")
+@click.pass_obj
+def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked: bool) -> None:
+    """List workers: name, state, dates, tags, note."""
+    from bbenroll import model
+    from bbenroll.times import format_short
+
+    loaded = app.load()
+    now = app.now()
+    within = expiring or model.DEFAULT_EXPIRING_WITHIN
+    rows = []
+    for worker in loaded.registry.workers.values():
+        if tags and not set(tags) <= set(worker.tags):
+            continue
+        if revoked and worker.revoked is None:
+            continue
+        if expiring is not None and (
+            worker.expires is None or worker.revoked is not None or worker.expires - now > expiring
+        ):
+            continue
+        rows.append(worker)
+    if app.out.json_mode:
+        app.out.json([model.worker_summary(w, now, within) for w in rows])
+        return
+    if not rows:
+        app.out.info(
+            "no workers match"
+            if loaded.registry.workers
+            else "no workers yet; add one with: bbenroll add NAME"
+        )
+        return
+    app.out.table(
+        COLUMNS,
+        [
+            (
+                w.name,
+                w.state(now, within),
+                format_short(w.created),
+                format_short(w.rotated),
+                format_short(w.expires),
+                ", ".join(w.tags),
+                w.note or "",
+            )
+            for w in rows
+        ],
+        wrap=("tags", "note"),
+    )

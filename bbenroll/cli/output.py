@@ -1,0 +1,86 @@
+"""The one object that writes to the terminal.
+
+Data the user asked for goes to stdout; messages and warnings go to stderr.
+Rich is imported only for tables and colour, and always with markup off:
+worker names and notes are user input and must be printed as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+class Output:
+    def __init__(self, *, color: bool | None = None, json_mode: bool = False) -> None:
+        # None: decide from the terminal and NO_COLOR
+        if os.environ.get("NO_COLOR"):
+            color = False
+        self.color = color
+        self.json_mode = json_mode
+        self._consoles: dict[str, Any] = {}
+
+    def _console(self, stream: str) -> Any:
+        console = self._consoles.get(stream)
+        if console is None:
+            from rich.console import Console
+
+            console = Console(
+                file=getattr(sys, stream),
+                markup=False,
+                highlight=False,
+                emoji=False,
+                no_color=self.color is False,
+                force_terminal=True if self.color else None,
+                soft_wrap=True,
+                # a pipe gets whole lines, not a table folded to 80 columns
+                width=None if getattr(sys, stream).isatty() else 10_000,
+            )
+            self._consoles[stream] = console
+        return console
+
+    def _uses_color(self, stream: str) -> bool:
+        if self.color is not None:
+            return self.color
+        return getattr(sys, stream).isatty()
+
+    # -- stdout: data ---------------------------------------------------------
+
+    def data(self, text: str) -> None:
+        sys.stdout.write(text + "\n")
+
+    def json(self, value: Any) -> None:
+        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], wrap: Sequence[str] = ()) -> None:
+        from rich import box
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for column in columns:
+            table.add_column(column, overflow="fold", no_wrap=column not in wrap)
+        for row in rows:
+            table.add_row(*row)
+        self._console("stdout").print(table)
+
+    # -- stderr: messages -----------------------------------------------------
+
+    def _message(self, prefix: str, text: str, style: str) -> None:
+        if self._uses_color("stderr"):
+            console = self._console("stderr")
+            console.print(prefix, style=style, end="")
+            console.print(text)
+        else:
+            sys.stderr.write(f"{prefix}{text}\n")
+
+    def info(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
+
+    def warn(self, text: str) -> None:
+        self._message("warning: ", text, "bold yellow")
+
+    def error(self, text: str) -> None:
+        self._message("error: ", text, "bold red")

@@ -1,0 +1,146 @@
+"""Files that hold secrets: atomic durable writes, private modes, a lock.
+
+Stdlib only, so that importing it costs nothing on read paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from bbenroll.errors import BBEnrollError, LockTimeout
+
+PRIVATE_MODE = 0o600
+IS_POSIX = os.name == "posix"
+
+
+def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file.
+
+    temp file in the same directory (created 0600) -> write -> fsync -> rename
+    -> fsync the directory. The result is never wider than 0600; an existing
+    file's stricter mode and its owner are kept. With ``exclusive`` the call
+    fails (FileExistsError) instead of replacing an existing file.
+    """
+    path = Path(path)
+    directory = path.parent
+    mode = PRIVATE_MODE
+    owner = None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if exclusive:
+            raise FileExistsError(errno.EEXIST, "File exists", str(path))
+        mode = stat.S_IMODE(st.st_mode) & PRIVATE_MODE or PRIVATE_MODE
+        owner = (st.st_uid, st.st_gid)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if IS_POSIX:
+            os.chmod(tmp, mode)
+            if owner is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
+                # root editing a file owned by the buildbot user must not steal it
+                os.chown(tmp, *owner)
+        if exclusive:
+            os.link(tmp, path)  # fails if path appeared meanwhile; never clobbers
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: Path) -> None:
+    if not IS_POSIX:
+        return  # Windows has no directory fsync; MoveFileEx is already durable enough
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def permission_problem(path: Path) -> str | None:
+    """Say why ``path`` is not private (readable by group or others), or None."""
+    if not IS_POSIX:
+        return None
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    if mode & 0o077:
+        return f"{path} is accessible by group or others (mode {mode:04o}); run: chmod 600 {path}"
+    return None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, timeout: float = 30.0) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the sidecar file ``path``.
+
+    The registry itself cannot be locked: atomic saves replace its inode.
+    The sidecar lock file is left in place (deleting it would race).
+    """
+    flags = os.O_RDWR | os.O_CREAT
+    try:
+        fd = os.open(path, flags, PRIVATE_MODE)
+    except OSError as e:
+        raise BBEnrollError(f"{path}: cannot open lock file: {e.strerror}") from None
+    deadline = time.monotonic() + timeout
+    try:
+        delay = 0.001
+        while True:
+            try:
+                _lock(fd)
+                break
+            except (BlockingIOError, PermissionError):
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"{path}: another bbenroll has held the lock for {timeout:.0f}s; try again"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise BlockingIOError from None
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)

@@ -1,0 +1,74 @@
+"""Durations and dates as users type them. Pure: ``now`` is always passed in."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+
+from bbenroll.errors import TimeSpecError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
+_FULL_DURATION_RE = re.compile(r"(?:\d+\s*[smhdw]\s*)+")
+_MAX = timedelta(days=365 * 100)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90m``, ``24h``, ``7d``, ``2w``, ``1d12h``: a positive duration."""
+    spec = text.strip().lower()
+    if not _FULL_DURATION_RE.fullmatch(spec):
+        raise TimeSpecError(
+            f"duration {text!r} not understood: use a number and a unit, like 90m, 24h, 7d or 2w"
+        )
+    total = sum(int(n) * _UNITS[unit] for n, unit in _DURATION_RE.findall(spec))
+    if total <= 0:
+        raise TimeSpecError(f"duration {text!r} must be longer than zero")
+    if total > _MAX.total_seconds():
+        raise TimeSpecError(f"duration {text!r} is longer than 100 years")
+    return timedelta(seconds=total)
+
+
+def parse_date(text: str) -> datetime:
+    """An ISO 8601 date or date-time; naive values are taken as UTC."""
+    spec = text.strip()
+    try:
+        if "T" in spec or " " in spec or ":" in spec:
+            value = datetime.fromisoformat(spec.replace("z", "Z"))
+        else:
+            value = datetime.combine(date.fromisoformat(spec), datetime.min.time())
+    except ValueError:
+        raise TimeSpecError(
+            f"date {text!r} not understood: use ISO 8601, like 2027-06-30 or 2027-06-30T12:00:00Z"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return to_utc(value)
+
+
+def parse_when(text: str, now: datetime) -> datetime:
+    """A point in time given as a duration from ``now`` or as a date."""
+    spec = text.strip()
+    if _FULL_DURATION_RE.fullmatch(spec.lower()):
+        return to_utc(now + parse_duration(spec))
+    return parse_date(spec)
+
+
+def to_utc(value: datetime) -> datetime:
+    """Normalise to UTC, whole seconds (what the registry stores)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime")
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def format_time(value: datetime | None) -> str | None:
+    """``2026-11-29T06:00:00Z``: the one text form of a time, for JSON and tables."""
+    if value is None:
+        return None
+    return to_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_short(value: datetime | None) -> str:
+    """``2026-11-29 06:00``: the form used in tables."""
+    if value is None:
+        return ""
+    return to_utc(value).strftime("%Y-%m-%d %H:%M")
