@@ -23,7 +23,7 @@ COMMANDS = {
     "init": "bbenroll.cli.init",
     "add": "bbenroll.cli.add",
     "show": "bbenroll.cli.show",
-    "list": "bbenroll.cli.list",
+    "list": "bbenroll.cli.listing",  # not cli/list.py: it would shadow list()
     "rotate": "bbenroll.cli.rotate",
     "revoke": "bbenroll.cli.revoke",
     "restore": "bbenroll.cli.restore",
@@ -159,8 +159,13 @@ def run(argv: Sequence[str] | None = None, clock: Callable[[], datetime] = utcno
     except click.exceptions.Abort:
         app.out.error("aborted")
         return 1
+    except click.UsageError as e:
+        # one line, like every other error; click's usage banner is one --help away
+        command = e.ctx.command_path if e.ctx else "bbenroll"
+        app.out.error(f"{e.format_message()} (see '{command} --help')")
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        app.out.error(e.format_message())
         return e.exit_code
     except BBEnrollError as e:
         if app.verbose:

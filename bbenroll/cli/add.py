@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import click
 
 from bbenroll.cli import App, output_options
-from bbenroll.cli.common import parse_expiry, show_furl
+from bbenroll.cli.common import WhenType, show_furl
 
 
 @click.command("add")
@@ -13,18 +15,18 @@ from bbenroll.cli.common import parse_expiry, show_furl
 @click.argument("name")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option("--note", help="A free-form note.")
-@click.option("--expires", metavar="DURATION|DATE", help="When the enrollment expires: 90d, 2027-06-30 ...")
+@click.option("--expires", type=WhenType(), help="When the enrollment expires: 90d, 2027-06-30 ...")
 @click.option("--qr", is_flag=True, help="Also draw the FURL as a QR code.")
 @click.pass_obj
 def command(
-    app: App, name: str, tags: tuple[str, ...], note: str | None, expires: str | None, qr: bool
+    app: App, name: str, tags: tuple[str, ...], note: str | None, expires: datetime | None, qr: bool
 ) -> None:
     """Enroll worker NAME and print its FURL."""
     from bbenroll import model
 
     now = app.now()
     model.check_worker_name(name)
-    worker = model.new_worker(name, now, expires=parse_expiry(expires, now), tags=tags, note=note)
+    worker = model.new_worker(name, now, expires=expires, tags=tags, note=note)
     with app.edit() as editor:
         editor.add(worker)
         details = model.worker_details(editor.registry, worker, now)

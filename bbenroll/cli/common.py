@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
+from bbenroll.errors import TimeSpecError
 from bbenroll.times import parse_duration, parse_when
 
 
@@ -17,13 +18,30 @@ class DurationType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
         if isinstance(value, timedelta):
             return value
-        return parse_duration(value)  # TimeSpecError reaches the user as a one-line error
+        try:
+            return parse_duration(value)
+        except TimeSpecError as e:
+            self.fail(str(e), param, ctx)
 
 
-def parse_expiry(text: str | None, now: datetime) -> datetime | None:
-    if text is None or text.strip().lower() in ("", "never"):
-        return None
-    return parse_when(text, now)
+class WhenType(click.ParamType):
+    """A point in time: a duration from now (``90d``) or an ISO 8601 date; ``never``: None."""
+
+    name = "DURATION|DATE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, datetime):
+            return value
+        if value.strip().lower() in ("", "never"):
+            return None
+        from bbenroll.cli import App
+
+        app = ctx.find_object(App) if ctx else None
+        now = app.now() if app is not None else datetime.now(UTC)
+        try:
+            return parse_when(value, now)
+        except TimeSpecError as e:
+            self.fail(str(e), param, ctx)
 
 
 def show_furl(
