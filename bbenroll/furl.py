@@ -19,15 +19,15 @@ SWISSNUM_BITS = 160
 TUBID_LENGTH = 32  # base32 of a 20-byte SHA-1 digest, as Foolscap computes it
 MIN_SWISSNUM_LENGTH = 32  # 32 base32 characters carry 160 bits
 
-_BASE32_RE = re.compile(r"^[a-z2-7]+$")
+_BASE32_RE = re.compile(r"^[a-z2-7]+\Z")
 _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _DNS_NAME = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?"
 _IPV4 = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
 _IPV6 = r"\[[A-Fa-f0-9:.]+(?:%[a-zA-Z0-9.]+)?\]"
-_TCP_HINT_RE = re.compile(rf"^tcp:({_IPV4}|{_IPV6}|{_DNS_NAME}):(\d{{1,5}})$")
+_TCP_HINT_RE = re.compile(rf"^tcp:({_IPV4}|{_IPV6}|{_DNS_NAME}):(\d{{1,5}})\Z")
 # Foolscap's generic rule: "TYPE:" then anything but "," and "/".
-_GENERIC_HINT_RE = re.compile(r"^[A-Za-z0-9]+:[^,/\s]+$")
-_FURL_RE = re.compile(r"^pb://([^@/]*)@([^/]*)/([^/]*)$")
+_GENERIC_HINT_RE = re.compile(r"^[A-Za-z0-9]+:[^,/\s]+\Z")
+_FURL_RE = re.compile(r"^pb://([^@/]*)@([^/]*)/([^/]*)\Z")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def check_hint(hint: str) -> str:
         if not 1 <= port <= 65535:
             raise FurlError(f"connection hint {hint!r}: port must be 1-65535")
         return hint
-    if not _GENERIC_HINT_RE.match(hint) or re.match(r"^[^:]+:\d{1,5}$", hint):
+    if not _GENERIC_HINT_RE.match(hint) or re.fullmatch(r"[^:]+:\d{1,5}", hint):
         raise FurlError(f"connection hint {hint!r} is not TYPE:ADDRESS (for TCP write tcp:HOST:PORT)")
     return hint
 

@@ -31,7 +31,7 @@ DEFAULT_EXPIRING_WITHIN = timedelta(days=7)
 
 # Buildbot's own identifier rule (buildbot.util.identifiers.ident_re), which it
 # applies to worker names with a maximum length of 50.
-_IDENT_RE = re.compile("^[a-zA-Z\u00a0-\U0010ffff_-][a-zA-Z0-9\u00a0-\U0010ffff_-]*$")
+_IDENT_RE = re.compile("^[a-zA-Z\u00a0-\U0010ffff_-][a-zA-Z0-9\u00a0-\U0010ffff_-]*\\Z")
 
 STATES = ("active", "expiring", "rotating", "expired", "revoked")
 

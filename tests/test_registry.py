@@ -139,7 +139,7 @@ def test_editor_refuses_to_save_unreadable_result(reg_path):
             from dataclasses import replace
 
             editor.add(replace(clone, swissnum=editor.worker("a").swissnum))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         assert "same secret as worker 'a'" in str(e)
     else:
         raise AssertionError("saved a registry with a duplicated secret")
