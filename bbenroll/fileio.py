@@ -10,7 +10,6 @@ import errno
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +41,8 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
             raise FileExistsError(errno.EEXIST, "File exists", str(path))
         mode = stat.S_IMODE(st.st_mode) & PRIVATE_MODE or PRIVATE_MODE
         owner = (st.st_uid, st.st_gid)
+    import tempfile  # only writes need it
+
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -7,6 +7,7 @@ inverse for one worker (what the registry stores).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from collections.abc import Iterable, Mapping
@@ -16,10 +17,12 @@ from typing import Any
 
 from bbenroll.errors import FurlError, InvalidName, WrongState
 from bbenroll.furl import (
+    MIN_SWISSNUM_LENGTH,
     build_furl,
     check_hint,
     check_swissnum,
     check_tubid,
+    is_base32,
     new_password,
     new_swissnum,
 )
@@ -31,7 +34,22 @@ DEFAULT_EXPIRING_WITHIN = timedelta(days=7)
 
 # Buildbot's own identifier rule (buildbot.util.identifiers.ident_re), which it
 # applies to worker names with a maximum length of 50.
-_IDENT_RE = re.compile("^[a-zA-Z\u00a0-\U0010ffff_-][a-zA-Z0-9\u00a0-\U0010ffff_-]*\\Z")
+_IDENT_PATTERN = "[a-zA-Z\u00a0-\U0010ffff_-][a-zA-Z0-9\u00a0-\U0010ffff_-]*"
+_ASCII_IDENT_RE = re.compile(r"[a-zA-Z_-][a-zA-Z0-9_-]*")
+
+
+@functools.cache
+def _ident_re() -> re.Pattern[str]:
+    return re.compile(_IDENT_PATTERN)  # compiling the Unicode ranges costs ms: only when needed
+
+
+def is_worker_name(name: str) -> bool:
+    if not name or len(name) > WORKER_NAME_MAX:
+        return False
+    if name.isascii():
+        return _ASCII_IDENT_RE.fullmatch(name) is not None
+    return _ident_re().fullmatch(name) is not None
+
 
 STATES = ("active", "expiring", "rotating", "expired", "revoked")
 
@@ -43,7 +61,7 @@ def check_worker_name(name: str) -> str:
         raise InvalidName(
             f"worker name {name!r} is {len(name)} characters long; Buildbot allows at most {WORKER_NAME_MAX}"
         )
-    if not _IDENT_RE.match(name):
+    if not is_worker_name(name):
         raise InvalidName(
             f"worker name {name!r} is not a Buildbot identifier: use letters, digits, '_' and "
             "'-', not starting with a digit"
@@ -265,6 +283,8 @@ class Problems:
 _MASTER_KEYS = {"identity", "tubid", "location", "listen", "pb"}
 _WORKER_REQUIRED = ("swissnum", "password", "created", "rotated")
 _WORKER_OPTIONAL = {"expires", "tags", "note", "previous", "revoked", "revoked_reason", "buildbot"}
+_WORKER_REQUIRED_SET = frozenset(_WORKER_REQUIRED)
+_WORKER_ALLOWED = _WORKER_REQUIRED_SET | _WORKER_OPTIONAL
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
 
 
@@ -353,7 +373,46 @@ def _master_from_data(data: Any, problems: Problems) -> MasterSettings | None:
     )
 
 
+def _utc_time(value: Any) -> datetime | None:
+    if type(value) is datetime and value.tzinfo is UTC and not value.microsecond:
+        return value
+    return None
+
+
+def _worker_fast(name: str, data: Any) -> Worker | None:
+    """The common, well-formed entry, checked quickly; None sends it to the slow path."""
+    if type(data) is not dict or not _WORKER_REQUIRED_SET <= data.keys() <= _WORKER_ALLOWED:
+        return None
+    if "previous" in data or "buildbot" in data or "revoked_reason" in data:
+        return None
+    swissnum, password = data["swissnum"], data["password"]
+    if type(swissnum) is not str or len(swissnum) < MIN_SWISSNUM_LENGTH or not is_base32(swissnum):
+        return None
+    if type(password) is not str or not password or not is_worker_name(name):
+        return None
+    created, rotated = _utc_time(data["created"]), _utc_time(data["rotated"])
+    expires = _utc_time(data["expires"]) if "expires" in data else None
+    revoked = _utc_time(data["revoked"]) if "revoked" in data else None
+    if (
+        created is None
+        or rotated is None
+        or ("expires" in data and expires is None)
+        or ("revoked" in data and revoked is None)
+    ):
+        return None
+    tags = data.get("tags", ())
+    if tags and (type(tags) is not list or not all(type(t) is str and t for t in tags)):
+        return None
+    note = data.get("note")
+    if note is not None and type(note) is not str:
+        return None
+    return Worker(name, swissnum, password, created, rotated, expires, tuple(tags), note, None, revoked)
+
+
 def worker_from_data(name: str, data: Any, problems: Problems) -> Worker | None:
+    worker = _worker_fast(name, data)
+    if worker is not None:
+        return worker
     where = f"workers.{key_path(name)}"
     before = len(problems.items)
     try:

@@ -20,7 +20,10 @@ def parse_duration(text: str) -> timedelta:
         raise TimeSpecError(
             f"duration {text!r} not understood: use a number and a unit, like 90m, 24h, 7d or 2w"
         )
-    total = sum(int(n) * _UNITS[unit] for n, unit in _DURATION_RE.findall(spec))
+    parts = _DURATION_RE.findall(spec)
+    if any(len(n) > 12 for n, _ in parts):
+        raise TimeSpecError(f"duration {text!r} is longer than 100 years")
+    total = sum(int(n) * _UNITS[unit] for n, unit in parts)
     if total <= 0:
         raise TimeSpecError(f"duration {text!r} must be longer than zero")
     if total > _MAX.total_seconds():
@@ -42,7 +45,10 @@ def parse_date(text: str) -> datetime:
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return to_utc(value)
+    try:
+        return to_utc(value)
+    except OverflowError:
+        raise TimeSpecError(f"date {text!r} is out of range") from None
 
 
 def parse_when(text: str, now: datetime) -> datetime:
@@ -64,6 +70,8 @@ def format_time(value: datetime | None) -> str | None:
     """``2026-11-29T06:00:00Z``: the one text form of a time, for JSON and tables."""
     if value is None:
         return None
+    if value.tzinfo is UTC and not value.microsecond:
+        return value.isoformat()[:19] + "Z"  # the common case, several times faster
     return to_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

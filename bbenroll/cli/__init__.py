@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,7 +168,7 @@ def run(argv: Sequence[str] | None = None, clock: Callable[[], datetime] = utcno
         return e.exit_code
     except BBEnrollError as e:
         if app.verbose:
-            traceback.print_exc()
+            _print_traceback()
         app.out.error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
@@ -179,10 +178,16 @@ def run(argv: Sequence[str] | None = None, clock: Callable[[], datetime] = utcno
         return 1
     except Exception as e:
         if app.verbose:
-            traceback.print_exc()
+            _print_traceback()
             return 1
         app.out.error(f"internal error: {e.__class__.__name__}: {e} (run with -v for details)")
         return 1
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc()
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -53,7 +53,7 @@ class Output:
         sys.stdout.write(text + "\n")
 
     def json(self, value: Any) -> None:
-        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], wrap: Sequence[str] = ()) -> None:
         from rich import box
