@@ -13,6 +13,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+RICH_TABLE_MAX_ROWS = 200
+
+
+def _one_line(text: str) -> str:
+    """Notes may hold newlines or control characters: never let them break a row."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
 
 class Output:
     def __init__(self, *, color: bool | None = None, json_mode: bool = False) -> None:
@@ -56,6 +63,13 @@ class Output:
         sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], wrap: Sequence[str] = ()) -> None:
+        """A table on stdout: rich on a terminal, plain aligned columns otherwise.
+
+        Rich needs over a second for thousands of rows, and pipes want plain text.
+        """
+        if not sys.stdout.isatty() or len(rows) > RICH_TABLE_MAX_ROWS:
+            self._plain_table(columns, rows)
+            return
         from rich import box
         from rich.table import Table
 
@@ -63,8 +77,19 @@ class Output:
         for column in columns:
             table.add_column(column, overflow="fold", no_wrap=column not in wrap)
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(_one_line(c) for c in row))
         self._console("stdout").print(table)
+
+    def _plain_table(self, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        cells = [[_one_line(c) for c in row] for row in rows]
+        widths = [max([len(col)] + [len(row[i]) for row in cells]) for i, col in enumerate(columns)]
+
+        def line(values: Sequence[str]) -> str:
+            return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+        out = [line(columns), line(["-" * w for w in widths])]
+        out.extend(line(row) for row in cells)
+        sys.stdout.write("\n".join(out) + "\n")
 
     # -- stderr: messages -----------------------------------------------------
 
