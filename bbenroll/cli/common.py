@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def show_furl(
     from bbenroll import qr as qrmod
 
     if qr:
-        color = app.out.color if app.out.color is not None else click.get_text_stream("stdout").isatty()
+        color = app.out.color if app.out.color is not None else sys.stdout.isatty()
         app.out.data(qrmod.terminal_text(furl, color=color))
     if png is not None:
         qrmod.write_image(furl, png)
