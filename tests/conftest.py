@@ -82,3 +82,25 @@ def cli(reg_path: Path, clock: Clock) -> Callable[..., Result]:
         return run_cli(argv, clock=clock, env=env, input=input)
 
     return invoke
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (allocated before the server starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served_reg_path(reg_path: Path) -> Path:
+    """``reg_path`` with listen/location on a free loopback port, for a real service."""
+    port = free_port()
+    text = reg_path.read_text()
+    text = text.replace(f'location = ["{HINT}"]', f'location = ["tcp:127.0.0.1:{port}"]')
+    text = text.replace('listen = "tcp:9989"', f'listen = "tcp:{port}:interface=127.0.0.1"')
+    pb_port = free_port()
+    text = text.replace('pb = "tcp:9990:interface=127.0.0.1"', f'pb = "tcp:{pb_port}:interface=127.0.0.1"')
+    reg_path.write_text(text)
+    return reg_path

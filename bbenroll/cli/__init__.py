@@ -28,6 +28,7 @@ COMMANDS = {
     "restore": "bbenroll.cli.restore",
     "remove": "bbenroll.cli.remove",
     "check": "bbenroll.cli.check",
+    "status": "bbenroll.cli.status",
 }
 
 

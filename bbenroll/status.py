@@ -1,0 +1,151 @@
+"""What the master knows about each worker's connection, and its state file.
+
+The running service keeps a :class:`StatusBook` (pure) and writes it as a
+small JSON file beside the registry (never into ``workers.toml``), so that
+``bbenroll status`` can show it without talking to the master.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bbenroll.errors import BBEnrollError
+from bbenroll.fileio import atomic_write
+from bbenroll.times import format_time, parse_date
+
+STATUS_VERSION = 1
+HEARTBEAT = timedelta(seconds=5)  # the service rewrites the file at least this often
+STALE_AFTER = timedelta(seconds=30)  # older than this: the master is not running
+
+
+def status_path(registry_path: Path) -> Path:
+    """``workers.toml`` -> ``workers.status.json``, in the same directory."""
+    registry_path = Path(registry_path)
+    return registry_path.with_name(registry_path.stem + ".status.json")
+
+
+@dataclass
+class WorkerLink:
+    connections: int = 0
+    since: datetime | None = None  # of the current state
+    peer: str | None = None
+    last_seen: datetime | None = None
+
+    @property
+    def state(self) -> str:
+        return "connected" if self.connections else "disconnected"
+
+
+class StatusBook:
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerLink] = {}
+        self.changed = True
+
+    def connected(self, name: str, peer: str, now: datetime) -> None:
+        link = self.workers.setdefault(name, WorkerLink())
+        if not link.connections:
+            link.since = now
+        link.connections += 1
+        link.peer = peer
+        link.last_seen = now
+        self.changed = True
+
+    def seen(self, name: str, now: datetime) -> None:
+        link = self.workers.get(name)
+        if link is not None:
+            link.last_seen = now  # saved with the next heartbeat, not on every call
+
+    def disconnected(self, name: str, now: datetime) -> None:
+        link = self.workers.get(name)
+        if link is None or not link.connections:
+            return
+        link.connections -= 1
+        link.last_seen = now
+        if not link.connections:
+            link.since = now
+        self.changed = True
+
+    def forget(self, names: set[str]) -> None:
+        """Drop workers that are no longer in the registry and not connected."""
+        for name in list(self.workers):
+            if name not in names and not self.workers[name].connections:
+                del self.workers[name]
+                self.changed = True
+
+    def to_json(self, now: datetime, *, running: bool = True, listen: str | None = None) -> dict[str, Any]:
+        return {
+            "version": STATUS_VERSION,
+            "running": running,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "listen": listen,
+            "updated": format_time(now),
+            "workers": {
+                name: {
+                    "state": link.state,
+                    "since": format_time(link.since),
+                    "peer": link.peer,
+                    "last_seen": format_time(link.last_seen),
+                }
+                for name, link in sorted(self.workers.items())
+            },
+        }
+
+
+def write_status(path: Path, document: dict[str, Any]) -> None:
+    atomic_write(path, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The status document, or None if there is none. Raises on a damaged file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BBEnrollError(f"{path}: cannot read master status: {e.strerror}") from None
+    try:
+        document = json.loads(text)
+        if not isinstance(document, dict) or not isinstance(document.get("workers"), dict):
+            raise ValueError
+    except ValueError:
+        raise BBEnrollError(
+            f"{path}: master status file is damaged; it is rewritten while a master runs"
+        ) from None
+    return document
+
+
+def master_running(document: dict[str, Any] | None, now: datetime) -> tuple[bool, str]:
+    """Is the master that wrote ``document`` running? And if not, why we think so."""
+    if document is None:
+        return False, "no master has run with this registry (no status file)"
+    if not document.get("running"):
+        return False, f"the master stopped at {document.get('updated')}"
+    try:
+        updated = parse_date(str(document.get("updated")))
+    except BBEnrollError:
+        return False, "the status file has no valid 'updated' time"
+    pid = document.get("pid")
+    if document.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+        return False, f"the master (pid {pid}) is gone; it stopped without saying so"
+    if now - updated > STALE_AFTER:
+        return False, f"the master has not updated its status since {document.get('updated')}"
+    return True, "running"
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else (or we cannot tell)
+    return True
