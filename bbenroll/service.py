@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import six
-from foolscap.api import DeadReferenceError, Referenceable, RemoteInterface, Tub
+from foolscap.api import DeadReferenceError, Referenceable, Tub
 from foolscap.broker import Broker
-from foolscap.schema import Any as AnyConstraint
-from foolscap.schema import DictOf
 from twisted.application import service
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
@@ -37,6 +35,10 @@ from bbenroll import registry as regmod
 from bbenroll.errors import BBEnrollError
 from bbenroll.identity import load_identity
 from bbenroll.status import HEARTBEAT, StatusBook, status_path, write_status
+from bbenroll.tunnel import core
+from bbenroll.tunnel.core import Frame, Settings
+from bbenroll.tunnel.master_side import MAX_RESUME_DEADLINE, MasterSession, pb_client_endpoint
+from bbenroll.tunnel.wire import RIEnrolledWorker
 
 log = Logger(namespace="bbenroll")
 
@@ -46,14 +48,6 @@ DISCONNECT_TIMEOUT = 45  # ... and drops one that stayed silent this long
 PREAUTH_BUFFER_LIMIT = 16 * 1024  # bytes a peer may have pending before any secret was accepted
 BUFFER_LIMIT = 2 * 1024 * 1024  # afterwards (must exceed the largest legitimate token)
 MAX_SWISSNUM_LENGTH = 256
-
-
-class RIEnrolledWorker(RemoteInterface):
-    __remote_name__ = "RIEnrolledWorker.bbenroll.v1"
-
-    def get_worker_config():
-        """The worker's Buildbot name, PB password and settings."""
-        return DictOf(str, AnyConstraint(), maxKeys=32)
 
 
 class Refused(Exception):
@@ -121,6 +115,8 @@ class EnrolledWorker(Referenceable):
         self.broker = broker
         self.peer = peer_of(broker)
 
+        self.session: MasterSession | None = None
+
     def remote_get_worker_config(self) -> dict[str, Any]:
         worker = self.service.worker_for(self)
         return {
@@ -129,6 +125,34 @@ class EnrolledWorker(Referenceable):
             "protocol": 1,
             "keepalive": KEEPALIVE,
         }
+
+    def remote_open_session(
+        self, session: str, receiver: Any, received: dict[int, int], resume: bool, deadline: int
+    ) -> dict[str, Any]:
+        return self.service.open_session(self, session, receiver, received, resume, deadline)
+
+    # frames of the tunnel; ignored until a session is open
+    def _frame(self, frame: Frame) -> None:
+        if self.session is not None:
+            self.session.receive(frame)
+
+    def remote_frame_open(self, stream: int) -> None:
+        self._frame(Frame(core.OPEN, stream))
+
+    def remote_frame_data(self, stream: int, offset: int, payload: bytes) -> None:
+        self._frame(Frame(core.DATA, stream, offset, payload))
+
+    def remote_frame_ack(self, stream: int, offset: int) -> None:
+        self._frame(Frame(core.ACK, stream, offset))
+
+    def remote_frame_close(self, stream: int, offset: int) -> None:
+        self._frame(Frame(core.CLOSE, stream, offset))
+
+    def remote_frame_reset(self, stream: int) -> None:
+        self._frame(Frame(core.RESET, stream))
+
+    def remote_frame_ping(self) -> None:
+        self._frame(Frame(core.PING))
 
 
 Now = Callable[[], datetime]
@@ -165,6 +189,7 @@ class EnrollmentService(service.MultiService):
         self.on_workers_changed = on_workers_changed
         self.status = StatusBook()
         self.connections: dict[tuple[int, str], EnrolledWorker] = {}
+        self.sessions: dict[tuple[str, str], MasterSession] = {}
         self.tub: EnrollmentTub | None = None
         self._loop: task.LoopingCall | None = None
         self._signature: tuple[int, int, int] | None = None
@@ -217,6 +242,8 @@ class EnrollmentService(service.MultiService):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        for session in list(self.sessions.values()):
+            session.terminate("master shutting down")
         d = super().stopService()
         self._write_status(force=True, running=False)
         self.tub = None
@@ -281,10 +308,69 @@ class EnrollmentService(service.MultiService):
             peer=obj.peer,
             why=decision.reason,
         )
+        if obj.session is not None:
+            obj.session.terminate(decision.reason)  # its streams die with it: no resume
         if not obj.broker.disconnected:
             obj.broker.shutdown(Failure(DeadReferenceError(decision.reason)))
         else:
             obj.broker.transport.abortConnection()
+
+    # -- tunnel sessions ---------------------------------------------------------------
+
+    def open_session(
+        self,
+        obj: EnrolledWorker,
+        session_id: str,
+        receiver: Any,
+        received: dict[int, int],
+        resume: bool,
+        deadline: int,
+    ) -> dict[str, Any]:
+        self.worker_for(obj)  # refuses a connection that lost its right meanwhile
+        key = (obj.name, session_id)  # a session belongs to the worker that opened it
+        session = self.sessions.get(key)
+        status = "resumed"
+        if session is None:
+            if resume:
+                return {"status": "unknown", "received": {}}
+            pb = self.loaded.registry.master.pb
+            if pb is None:
+                raise Refused("this master has no PB port configured")
+            settings = Settings(resume_deadline=float(min(max(deadline, 5), MAX_RESUME_DEADLINE)))
+            session = MasterSession(
+                worker=obj.name,
+                session_id=session_id,
+                pb_endpoint=pb_client_endpoint(self.reactor, pb),
+                clock=self.clock,
+                settings=settings,
+                on_expired=self._session_over,
+                on_link_dead=self._session_link_dead,
+            )
+            self.sessions[key] = session
+            status = "new"
+        if obj.session is not None and obj.session is not session:
+            obj.session.detach(obj.session.peer)
+        obj.session = session
+        receiver.notifyOnDisconnect(session.detach, receiver)
+        ours = session.attach(receiver, received)
+        log.info(
+            "worker {worker!r}: tunnel session {status} ({streams} streams)",
+            worker=obj.name,
+            status=status,
+            streams=len(session.core.streams),
+        )
+        return {"status": status, "received": ours}
+
+    def _session_over(self, session: MasterSession) -> None:
+        self.sessions.pop((session.worker, session.session_id), None)
+
+    def _session_link_dead(self, session: MasterSession) -> None:
+        peer = session.peer
+        if peer is not None:
+            session.detach(peer)
+            broker = getattr(getattr(peer, "tracker", None), "broker", None)
+            if broker is not None and broker.transport is not None:
+                broker.transport.abortConnection()
 
     # -- the loop -----------------------------------------------------------------
 
@@ -297,6 +383,10 @@ class EnrollmentService(service.MultiService):
                 decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
                 if not decision.accepted:
                     self._kick(obj, decision)
+            usable = self.gate.usable_workers(now)
+            for session in list(self.sessions.values()):
+                if session.worker not in usable:
+                    session.terminate("worker no longer enrolled")
             view = self._buildbot_view(now)
             if view != self._announced:
                 self._announced = view

@@ -94,3 +94,35 @@ FETCH_CONFIG = textwrap.dedent("""
 def fetch_config(furl: str) -> dict[str, Any]:
     """Connect to a FURL in a separate process, as a worker would, and call get_worker_config."""
     return json.loads(run(sys.executable, "-c", FETCH_CONFIG, furl).stdout)
+
+
+def force_build(www_port: int, builder: str = "b") -> int:
+    """Force a build through the REST API; returns the buildrequest id."""
+    builders = rest(www_port, f"builders?name={builder}")["builders"]
+    body = json.dumps({"jsonrpc": "2.0", "method": "force", "id": 1,
+                       "params": {"builderid": builders[0]["builderid"]}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{www_port}/api/v2/forceschedulers/force", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.load(response)
+    if "error" in answer:
+        raise AssertionError(f"force failed: {answer['error']}")
+    return answer["result"][0]
+
+
+def wait_build(www_port: int, brid: int, timeout: float = 300) -> dict[str, Any]:
+    """Wait until the build for buildrequest ``brid`` is complete; returns the build."""
+    def done() -> Any:
+        builds = rest(www_port, f"builds?buildrequestid={brid}")["builds"]
+        return builds[0] if builds and builds[0]["complete"] else None
+
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"build for request {brid}")
+
+
+def step_log(www_port: int, build: dict[str, Any], step: int = -1, log: str = "stdio") -> bytes:
+    """The raw log of a step (default: the last one) of a build."""
+    steps = rest(www_port, f"builds/{build['buildid']}/steps")["steps"]
+    number = steps[step]["number"]
+    url = f"http://127.0.0.1:{www_port}/api/v2/builds/{build['buildid']}/steps/{number}/logs/{log}/raw"
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read()

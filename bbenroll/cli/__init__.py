@@ -29,6 +29,7 @@ COMMANDS = {
     "remove": "bbenroll.cli.remove",
     "check": "bbenroll.cli.check",
     "status": "bbenroll.cli.status",
+    "worker": "bbenroll.cli.worker",
 }
 
 

@@ -1,0 +1,81 @@
+"""bbenroll worker create: set up a buildbot-worker from a FURL."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from bbenroll.cli import App, output_options
+from bbenroll.errors import BBEnrollError
+
+
+@click.group("worker")
+def command() -> None:
+    """The worker admin's commands."""
+
+
+@command.command("create")
+@output_options
+@click.argument("basedir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("furl", required=False)
+@click.option(
+    "--furl-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Read the FURL from this file (keeps it out of shell history).",
+)
+@click.option(
+    "--resume",
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    type=click.IntRange(5, 3600),
+    help="How long a build survives a lost network before Buildbot sees a disconnect.",
+)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    type=click.FloatRange(1, 600),
+    help="How long to try reaching the master.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing buildbot.tac.")
+@click.pass_obj
+def create(
+    app: App,
+    basedir: Path,
+    furl: str | None,
+    furl_file: Path | None,
+    resume: int,
+    timeout: float,
+    force: bool,
+) -> None:
+    """Create a buildbot-worker in BASEDIR from FURL ('-' or --furl-file: read it, not from argv)."""
+    from bbenroll.furl import parse_furl
+    from bbenroll.worker import create_worker_dir, fetch_worker_config
+
+    if furl_file is not None and furl is not None:
+        raise click.UsageError("give the FURL as an argument or with --furl-file, not both")
+    if furl_file is not None:
+        furl = furl_file.read_text(encoding="utf-8")
+    elif furl is None or furl == "-":
+        if furl is None and sys.stdin.isatty():
+            furl = click.prompt("FURL", hide_input=True, err=True)
+        else:
+            furl = sys.stdin.readline()
+    furl = (furl or "").strip()
+    if not furl:
+        raise BBEnrollError("no FURL given")
+    parse_furl(furl)
+    config = fetch_worker_config(furl, timeout=timeout)
+    result = create_worker_dir(basedir, furl, config, resume=resume, force=force)
+    if app.out.json_mode:
+        app.out.json(result)
+        return
+    app.out.data(result["basedir"])
+    app.out.info(
+        f"created worker {result['name']!r} in {result['basedir']}; start it with: "
+        f"buildbot-worker start {result['basedir']}"
+    )

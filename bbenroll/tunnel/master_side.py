@@ -1,0 +1,257 @@
+"""The master's end of the tunnel: each stream becomes a TCP connection to the PB port.
+
+A :class:`MasterSession` outlives the worker's Foolscap connections: when the
+link drops, it keeps its streams (and their PB connections, which Buildbot sees
+as idle but alive) until the worker resumes or the resume deadline passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from foolscap.api import DeadReferenceError
+from twisted.internet import protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from bbenroll.tunnel import core
+from bbenroll.tunnel.core import Frame, Settings, TunnelCore
+
+log = Logger(namespace="bbenroll")
+
+MAX_RESUME_DEADLINE = 3600
+
+
+def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
+    """How to reach the PB port given as a server endpoint (``tcp:9990:interface=127.0.0.1``)."""
+    kind, _, rest = server_endpoint.partition(":")
+    parts = rest.split(":")
+    if kind in ("tcp", "tcp6"):
+        port = None
+        host = "127.0.0.1" if kind == "tcp" else "::1"
+        for part in parts:
+            if part.startswith("port="):
+                port = int(part[5:])
+            elif part.startswith("interface="):
+                host = part[len("interface=") :].replace("\\:", ":")
+            elif part.isdigit() and port is None:
+                port = int(part)
+        if port is None:
+            raise ValueError(f"no port in {server_endpoint!r}")
+        if ":" in host:
+            return TCP6ClientEndpoint(reactor, host, port)
+        return TCP4ClientEndpoint(reactor, host, port)
+    if kind == "unix":
+        address = parts[0]
+        for part in parts:
+            if part.startswith("address="):
+                address = part[len("address=") :]
+        return UNIXClientEndpoint(reactor, address)
+    raise ValueError(f"cannot connect to PB endpoint {server_endpoint!r}")
+
+
+class PBLeg(protocol.Protocol):
+    """The master-side TCP connection of one stream, to Buildbot's PB port."""
+
+    def __init__(self, session: MasterSession, stream: int) -> None:
+        self.session = session
+        self.stream = stream
+        self.closed_by_tunnel = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.session.from_pb(self.stream, data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.session.pb_lost(self.stream, self)
+
+
+class MasterSession:
+    def __init__(
+        self,
+        *,
+        worker: str,
+        session_id: str,
+        pb_endpoint: Any,
+        clock: IReactorTime,
+        settings: Settings,
+        on_expired: Callable[[MasterSession], None],
+        on_link_dead: Callable[[MasterSession], None],
+    ) -> None:
+        self.worker = worker
+        self.session_id = session_id
+        self.pb_endpoint = pb_endpoint
+        self.clock = clock
+        self.core = TunnelCore(is_worker=False, now=clock.seconds(), settings=settings)
+        self.core.link_changed = clock.seconds()
+        self.peer: Any = None  # the worker's RITunnelPeer
+        self.legs: dict[int, PBLeg] = {}
+        self.pending: dict[int, list[bytes]] = {}  # data that arrived before the PB connection
+        self.on_expired = on_expired
+        self.on_link_dead = on_link_dead
+        self._timer: Any = None
+        self.closed = False
+
+    # -- the link ---------------------------------------------------------------
+
+    def attach(self, peer: Any, worker_received: dict[int, int]) -> dict[int, int]:
+        """A (re)connected worker took over this session; returns what we have received."""
+        ours = self.core.received()
+        self.peer = peer
+        self.core.link_up(self.clock.seconds(), worker_received)
+        self.flush()
+        return ours
+
+    def detach(self, peer: Any) -> None:
+        if peer is self.peer:
+            self.peer = None
+            self.core.link_down(self.clock.seconds())
+            self.flush()
+
+    def receive(self, frame: Frame) -> None:
+        if self.closed:
+            return
+        try:
+            self.core.receive(frame, self.clock.seconds())
+        except core.ProtocolError as e:
+            log.warn(
+                "bbenroll: worker {worker!r}: tunnel protocol error: {error}", worker=self.worker, error=e
+            )
+            self.core.link_down(self.clock.seconds())
+            self.on_link_dead(self)
+        self.flush()
+
+    # -- PB legs --------------------------------------------------------------------
+
+    def from_pb(self, stream: int, data: bytes) -> None:
+        self.core.write(stream, data, self.clock.seconds())
+        self.flush()
+
+    def pb_lost(self, stream: int, leg: PBLeg) -> None:
+        if self.legs.get(stream) is leg:
+            del self.legs[stream]
+        if not leg.closed_by_tunnel and not self.closed:
+            self.core.close(stream, self.clock.seconds())
+            self.flush()
+
+    def _connect_leg(self, stream: int) -> None:
+        leg = PBLeg(self, stream)
+        self.pending[stream] = []
+        d = self.pb_endpoint.connect(protocol.Factory.forProtocol(lambda: leg))
+
+        def connected(proto: PBLeg) -> None:
+            if stream not in self.pending or self.closed:  # closed meanwhile
+                proto.closed_by_tunnel = True
+                proto.transport.loseConnection()
+                return
+            self.legs[stream] = proto
+            for data in self.pending.pop(stream):
+                proto.transport.write(data)
+
+        def failed(failure: Any) -> None:
+            self.pending.pop(stream, None)
+            log.error(
+                "bbenroll: worker {worker!r}: cannot connect to the master's PB port: {error}",
+                worker=self.worker,
+                error=failure.getErrorMessage(),
+            )
+            self.core.reset(stream, self.clock.seconds(), "PB port unreachable")
+            self.flush()
+
+        d.addCallbacks(connected, failed)
+
+    def _close_leg(self, stream: int) -> None:
+        self.pending.pop(stream, None)
+        leg = self.legs.pop(stream, None)
+        if leg is not None and leg.transport is not None:
+            leg.closed_by_tunnel = True
+            leg.transport.loseConnection()
+
+    # -- driving the core -------------------------------------------------------------
+
+    def flush(self) -> None:
+        frames, events = self.core.take()
+        if self.peer is not None:
+            for frame in frames:
+                self._send(frame)
+        for event in events:
+            self._handle(event)
+        self._reschedule()
+
+    def _send(self, frame: Frame) -> None:
+        peer = self.peer
+        try:
+            if frame.kind == core.DATA:
+                peer.callRemoteOnly("frame_data", frame.stream, frame.offset, frame.payload)
+            elif frame.kind == core.ACK:
+                peer.callRemoteOnly("frame_ack", frame.stream, frame.offset)
+            elif frame.kind == core.PING:
+                peer.callRemoteOnly("frame_ping")
+            elif frame.kind == core.CLOSE:
+                peer.callRemoteOnly("frame_close", frame.stream, frame.offset)
+            elif frame.kind == core.RESET:
+                peer.callRemoteOnly("frame_reset", frame.stream)
+        except DeadReferenceError:
+            pass  # the disconnect notification is on its way
+
+    def _handle(self, event: core.Event) -> None:
+        kind = event.kind
+        if kind == core.DELIVER:
+            leg = self.legs.get(event.stream)
+            if leg is not None:
+                leg.transport.write(event.data)
+            elif event.stream in self.pending:
+                self.pending[event.stream].append(event.data)
+        elif kind == core.OPENED:
+            self._connect_leg(event.stream)
+        elif kind == core.CLOSED:
+            self._close_leg(event.stream)
+        elif kind == core.PAUSE:
+            leg = self.legs.get(event.stream)
+            if leg is not None:
+                leg.transport.pauseProducing()
+        elif kind == core.RESUME:
+            leg = self.legs.get(event.stream)
+            if leg is not None:
+                leg.transport.resumeProducing()
+        elif kind == core.LINK_DEAD:
+            log.info(
+                "bbenroll: worker {worker!r}: tunnel link dead ({why})", worker=self.worker, why=event.reason
+            )
+            self.on_link_dead(self)
+        elif kind == core.EXPIRED:
+            log.info(
+                "bbenroll: worker {worker!r}: no reconnect within the resume deadline; closing its streams",
+                worker=self.worker,
+            )
+            self.terminate("expired")
+
+    def _reschedule(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.closed:
+            return
+        wake = self.core.next_wakeup()
+        if wake is not None:
+            self._timer = self.clock.callLater(max(0.0, wake - self.clock.seconds()), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.core.tick(self.clock.seconds())
+        self.flush()
+
+    def terminate(self, reason: str) -> None:
+        """End the session now: reset every stream, close every PB connection."""
+        if self.closed:
+            return
+        now = self.clock.seconds()
+        for stream in list(self.core.streams):
+            self.core.reset(stream, now, reason)
+        self.flush()
+        for stream in list(self.legs) + list(self.pending):
+            self._close_leg(stream)
+        self.closed = True
+        self._reschedule()
+        self.on_expired(self)

@@ -1,0 +1,519 @@
+"""The worker's end of the tunnel, and the Twisted endpoint buildbot-worker uses.
+
+buildbot-worker's ``connection_string = "bbenroll:furlfile=..."`` makes Twisted
+call :func:`endpoint_from_string` (through the plugin in ``twisted/plugins``).
+Each ``connect()`` opens one stream of the process's :class:`WorkerTunnel`,
+which keeps one Foolscap connection to the master, reconnects it with a short
+capped backoff (Foolscap's Reconnector backs off to an hour), and resumes every
+open stream after a reconnect, so buildbot-worker never notices an outage
+shorter than the resume deadline. No port is opened on the worker.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from foolscap.api import DeadReferenceError, Referenceable, Tub
+from twisted.internet import defer, error
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, IStreamClientEndpoint, ITransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from bbenroll.furl import parse_furl
+from bbenroll.tunnel import core
+from bbenroll.tunnel.core import Frame, Settings, TunnelCore
+from bbenroll.tunnel.wire import RITunnelPeer
+
+log = Logger(namespace="bbenroll")
+
+DEFAULT_RESUME_DEADLINE = 600  # seconds a stream survives a lost link
+CONNECT_TIMEOUT = 30.0  # a connect() that cannot reach the master gives up (buildbot-worker retries)
+BACKOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)  # reconnect delays; the last one repeats
+WORKER_MAX_BUFFER = 64 * 1024 * 1024  # bytes a stream may queue during an outage before it gives up
+
+
+def classify_failure(failure: Failure) -> str:
+    """A short, user-facing reason why connecting to a FURL failed."""
+    value = failure.value
+    copied = getattr(value, "failure", None)  # RemoteException around the master's refusal
+    if copied is not None:
+        return f"the master refused this FURL: {copied.value}"
+    text = str(value)
+    if "TubID" in text or "wrong Tub" in text or "unknown TubID" in text:
+        return (
+            "the server at the FURL's address is not the master this FURL names (its TLS identity "
+            "differs): the FURL may be outdated, or someone is impersonating the master"
+        )
+    if failure.check(
+        error.ConnectionRefusedError,
+        error.ConnectError,
+        error.DNSLookupError,
+        error.TimeoutError,
+        defer.CancelledError,
+    ):
+        return f"cannot reach the master at any of the FURL's addresses ({failure.getErrorMessage()})"
+    if "negotiation" in text.lower() or "NegotiationError" in repr(value):
+        return f"cannot reach the master at any of the FURL's addresses ({text})"
+    return f"connection to the master failed: {failure.getErrorMessage()}"
+
+
+@implementer(RITunnelPeer)
+class Receiver(Referenceable):
+    """The worker's frame sink, handed to the master in open_session."""
+
+    def __init__(self, tunnel: WorkerTunnel) -> None:
+        self.tunnel = tunnel
+
+    def remote_frame_open(self, stream: int) -> None:
+        self.tunnel.receive(Frame(core.OPEN, stream))
+
+    def remote_frame_data(self, stream: int, offset: int, payload: bytes) -> None:
+        self.tunnel.receive(Frame(core.DATA, stream, offset, payload))
+
+    def remote_frame_ack(self, stream: int, offset: int) -> None:
+        self.tunnel.receive(Frame(core.ACK, stream, offset))
+
+    def remote_frame_close(self, stream: int, offset: int) -> None:
+        self.tunnel.receive(Frame(core.CLOSE, stream, offset))
+
+    def remote_frame_reset(self, stream: int) -> None:
+        self.tunnel.receive(Frame(core.RESET, stream))
+
+    def remote_frame_ping(self) -> None:
+        self.tunnel.receive(Frame(core.PING))
+
+
+@implementer(IAddress)
+class TunnelAddress:
+    def __init__(self, furl_hints: str) -> None:
+        self.hints = furl_hints
+
+    def __repr__(self) -> str:
+        return f"TunnelAddress({self.hints})"
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class StreamTransport:
+    """What buildbot-worker's protocol sees as its TCP connection."""
+
+    disconnecting = False
+    connected = True
+
+    def __init__(self, tunnel: WorkerTunnel, stream: int, protocol: Any) -> None:
+        self.tunnel = tunnel
+        self.stream = stream
+        self.protocol = protocol
+        self.producer: Any = None
+        self._lost = False
+
+    # ITransport
+    def write(self, data: bytes) -> None:
+        if not self._lost and data:
+            self.tunnel.write(self.stream, bytes(data))
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting and not self._lost:
+            self.disconnecting = True
+            self.tunnel.close(self.stream)
+
+    def abortConnection(self) -> None:
+        if not self._lost:
+            self.tunnel.reset(self.stream)
+
+    def getPeer(self) -> Any:
+        return IPv4Address("TCP", "127.0.0.1", 0) if self.tunnel is None else self.tunnel.address
+
+    def getHost(self) -> Any:
+        return IPv4Address("TCP", "127.0.0.1", 0)
+
+    # what buildbot-worker and PB poke at on TCP transports
+    def setTcpKeepAlive(self, enabled: int) -> None:
+        pass  # the tunnel has its own heartbeat
+
+    def setTcpNoDelay(self, enabled: int) -> None:
+        pass
+
+    def getTcpKeepAlive(self) -> int:
+        return 0
+
+    # IConsumer
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    # IPushProducer (nothing to pause: the data comes from the tunnel)
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # from the tunnel
+    def deliver(self, data: bytes) -> None:
+        if not self._lost:
+            self.protocol.dataReceived(data)
+
+    def lost(self, reason: str) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self.connected = False
+        self.disconnecting = True
+        if self.producer is not None:
+            self.producer.stopProducing()
+        exc = (
+            error.ConnectionDone(reason)
+            if reason == "closed by the other side"
+            else error.ConnectionLost(reason)
+        )
+        self.protocol.connectionLost(Failure(exc))
+
+
+class WorkerTunnel:
+    """One Foolscap connection to the master, carrying every stream of this process."""
+
+    def __init__(
+        self,
+        furl: str,
+        *,
+        reactor: Any,
+        clock: Any = None,
+        resume_deadline: float = DEFAULT_RESUME_DEADLINE,
+        settings: Settings | None = None,
+    ) -> None:
+        self.furl = furl
+        parsed = parse_furl(furl)
+        self.address = TunnelAddress(",".join(parsed.hints))
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.resume_deadline = resume_deadline
+        self.settings = settings or Settings(resume_deadline=resume_deadline, max_buffer=WORKER_MAX_BUFFER)
+        self.receiver = Receiver(self)
+        self.streams: dict[int, StreamTransport] = {}
+        self.remote: Any = None
+        self.tub: Tub | None = None
+        self.last_error: str | None = None
+        self._waiting: list[defer.Deferred] = []
+        self._attempt = 0
+        self._connecting = False
+        self._retry: Any = None
+        self._timer: Any = None
+        self._stopped = False
+        self._new_session()
+
+    def _new_session(self) -> None:
+        self.session_id = secrets.token_hex(16)
+        self.core = TunnelCore(is_worker=True, now=self.clock.seconds(), settings=self.settings)
+        self.core.link_changed = self.clock.seconds()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.tub is None:
+            tub = Tub()
+            tub.setOption("expose-remote-exception-types", False)  # see the module docstring of wire
+            tub.setOption("keepaliveTimeout", 15)
+            tub.startService()
+            self.tub = tub
+            self._connect()
+
+    def shutdown(self) -> defer.Deferred:
+        """Close every stream, give the close frames a moment to leave, then stop."""
+        for stream in list(self.streams):
+            self.core.close(stream, self.clock.seconds())
+        self.flush()
+        d: defer.Deferred = defer.Deferred()
+        self.clock.callLater(0.2 if self.link_up and self.streams else 0, d.callback, None)
+        d.addCallback(lambda _: self.stop())
+        return d
+
+    def stop(self) -> defer.Deferred:
+        self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        for transport in list(self.streams.values()):
+            transport.lost("tunnel stopped")
+        self.streams.clear()
+        tub, self.tub = self.tub, None
+        return tub.stopService() if tub is not None else defer.succeed(None)
+
+    @property
+    def link_up(self) -> bool:
+        return self.remote is not None and self.core.link
+
+    def when_ready(self, timeout: float = CONNECT_TIMEOUT) -> defer.Deferred:
+        """Fires when the link is up; fails with the last connection error after ``timeout``."""
+        if self.link_up:
+            return defer.succeed(self)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+
+        def expire() -> None:
+            if d in self._waiting:
+                self._waiting.remove(d)
+                d.errback(error.ConnectError(string=self.last_error or "the master did not answer in time"))
+
+        call = self.clock.callLater(timeout, expire)
+        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    # -- connecting ------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._connecting or self._stopped or self.tub is None:
+            return
+        self._connecting = True
+        d = self.tub.getReference(self.furl)
+        d.addCallback(self._got_reference)
+        d.addErrback(self._connect_failed)
+
+    def _got_reference(self, ref: Any) -> defer.Deferred:
+        resume = bool(self.core.streams)
+        d = ref.callRemote(
+            "open_session",
+            session=self.session_id,
+            receiver=self.receiver,
+            received=self.core.received(),
+            resume=resume,
+            deadline=int(self.resume_deadline),
+        )
+        d.addCallback(self._session_opened, ref)
+        return d
+
+    def _session_opened(self, answer: dict[str, Any], ref: Any) -> Any:
+        if answer.get("status") == "unknown":
+            # the master restarted or expired our session: our streams are gone there
+            log.info("bbenroll: the master no longer knows this tunnel session; starting afresh")
+            self._drop_streams("the master restarted")
+            self._new_session()
+            return self._got_reference(ref)
+        self._connecting = False
+        self._attempt = 0
+        self.last_error = None
+        self.remote = ref
+        ref.notifyOnDisconnect(self._lost, ref)
+        received = {int(k): int(v) for k, v in answer.get("received", {}).items()}
+        self.core.link_up(self.clock.seconds(), received)
+        log.info(
+            "bbenroll: tunnel to the master is up (session {status}, {streams} streams)",
+            status=answer.get("status"),
+            streams=len(self.core.streams),
+        )
+        self.flush()
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(self)
+        return None
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = False
+        self.last_error = classify_failure(failure)
+        delay = BACKOFF[min(self._attempt, len(BACKOFF) - 1)]
+        if "refused this FURL" in self.last_error:
+            delay = 30.0  # revoked or unknown: no point hammering the master
+        self._attempt += 1
+        log.info("bbenroll: {error}; retrying in {delay}s", error=self.last_error, delay=delay)
+        if not self._stopped:
+            self._retry = self.clock.callLater(delay, self._connect)
+
+    def _lost(self, ref: Any) -> None:
+        if ref is not self.remote:
+            return
+        self.remote = None
+        self.core.link_down(self.clock.seconds())
+        self.flush()
+        if not self._stopped:
+            log.info("bbenroll: tunnel link lost; reconnecting")
+            self._retry = self.clock.callLater(BACKOFF[0], self._connect)
+
+    def _drop_streams(self, reason: str) -> None:
+        for transport in list(self.streams.values()):
+            transport.lost(reason)
+        self.streams.clear()
+
+    # -- streams -----------------------------------------------------------------------
+
+    def open_stream(self, protocol: Any) -> StreamTransport:
+        stream = self.core.open_stream(self.clock.seconds())
+        transport = StreamTransport(self, stream, protocol)
+        self.streams[stream] = transport
+        protocol.makeConnection(transport)
+        self.flush()
+        return transport
+
+    def write(self, stream: int, data: bytes) -> None:
+        self.core.write(stream, data, self.clock.seconds())
+        self.flush()
+
+    def close(self, stream: int) -> None:
+        self.core.close(stream, self.clock.seconds())
+        self.flush()
+
+    def reset(self, stream: int) -> None:
+        self.core.reset(stream, self.clock.seconds(), "aborted by buildbot-worker")
+        self.flush()
+
+    def receive(self, frame: Frame) -> None:
+        try:
+            self.core.receive(frame, self.clock.seconds())
+        except core.ProtocolError as e:
+            log.warn("bbenroll: tunnel protocol error: {error}; reconnecting", error=e)
+            self._abort_link()
+        self.flush()
+
+    # -- driving the core ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        frames, events = self.core.take()
+        remote = self.remote
+        if remote is not None:
+            try:
+                for frame in frames:
+                    self._send(remote, frame)
+            except DeadReferenceError:
+                pass
+        for event in events:
+            self._handle(event)
+        self._reschedule()
+
+    @staticmethod
+    def _send(remote: Any, frame: Frame) -> None:
+        kind = frame.kind
+        if kind == core.DATA:
+            remote.callRemoteOnly("frame_data", frame.stream, frame.offset, frame.payload)
+        elif kind == core.ACK:
+            remote.callRemoteOnly("frame_ack", frame.stream, frame.offset)
+        elif kind == core.OPEN:
+            remote.callRemoteOnly("frame_open", frame.stream)
+        elif kind == core.PING:
+            remote.callRemoteOnly("frame_ping")
+        elif kind == core.CLOSE:
+            remote.callRemoteOnly("frame_close", frame.stream, frame.offset)
+        elif kind == core.RESET:
+            remote.callRemoteOnly("frame_reset", frame.stream)
+
+    def _handle(self, event: core.Event) -> None:
+        kind = event.kind
+        if kind == core.DELIVER:
+            transport = self.streams.get(event.stream)
+            if transport is not None:
+                transport.deliver(event.data)
+        elif kind == core.CLOSED:
+            transport = self.streams.pop(event.stream, None)
+            if transport is not None:
+                transport.lost(event.reason)
+        elif kind == core.LINK_DEAD:
+            log.info("bbenroll: tunnel link dead ({why}); reconnecting", why=event.reason)
+            self._abort_link()
+        elif kind == core.EXPIRED:
+            log.info("bbenroll: the link stayed down past the resume deadline; streams closed")
+            self._drop_streams("resume deadline passed")
+            self._new_session()
+
+    def _abort_link(self) -> None:
+        remote, self.remote = self.remote, None
+        self.core.link_down(self.clock.seconds())
+        if remote is not None:
+            broker = getattr(getattr(remote, "tracker", None), "broker", None)
+            if broker is not None and broker.transport is not None:
+                broker.transport.abortConnection()
+        if not self._stopped and (self._retry is None or not self._retry.active()):
+            self._retry = self.clock.callLater(BACKOFF[0], self._connect)
+
+    def _reschedule(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        wake = self.core.next_wakeup()
+        if wake is not None and not self._stopped:
+            self._timer = self.clock.callLater(max(0.0, wake - self.clock.seconds()), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.core.tick(self.clock.seconds())
+        self.flush()
+
+
+# one tunnel per FURL per process: every buildbot-worker reconnect reuses it
+_tunnels: dict[tuple[str, float], WorkerTunnel] = {}
+
+
+def tunnel_for(furl: str, reactor: Any, resume_deadline: float = DEFAULT_RESUME_DEADLINE) -> WorkerTunnel:
+    key = (furl, resume_deadline)
+    tunnel = _tunnels.get(key)
+    if tunnel is None:
+        tunnel = _tunnels[key] = WorkerTunnel(furl, reactor=reactor, resume_deadline=resume_deadline)
+        tunnel.start()
+        # close streams cleanly (Buildbot sees a normal disconnect) when the worker stops
+        reactor.addSystemEventTrigger("before", "shutdown", tunnel.shutdown)
+    return tunnel
+
+
+@implementer(IStreamClientEndpoint)
+class TunnelEndpoint:
+    """``bbenroll:furlfile=PATH[:resume=SECONDS]``: a stream through the worker's tunnel."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        furlfile: str,
+        resume: float = DEFAULT_RESUME_DEADLINE,
+        timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.reactor = reactor
+        self.furlfile = Path(furlfile)
+        self.resume = resume
+        self.timeout = timeout
+
+    def _furl(self) -> str:
+        try:
+            text = self.furlfile.read_text(encoding="utf-8")
+        except OSError as e:
+            raise error.ConnectError(string=f"cannot read FURL file {self.furlfile}: {e.strerror}") from None
+        furl = text.strip()
+        parse_furl(furl)
+        return furl
+
+    def connect(self, protocolFactory: Any) -> defer.Deferred:
+        try:
+            furl = self._furl()
+            tunnel = tunnel_for(furl, self.reactor, self.resume)
+        except Exception as e:
+            return defer.fail(error.ConnectError(string=str(e)))
+        d = tunnel.when_ready(self.timeout)
+
+        def ready(tunnel: WorkerTunnel) -> Any:
+            protocol = protocolFactory.buildProtocol(tunnel.address)
+            if protocol is None:
+                raise error.ConnectError(string="the factory refused the connection")
+            tunnel.open_stream(protocol)
+            return protocol
+
+        d.addCallback(ready)
+        return d
+
+
+def endpoint_from_string(reactor: Any, *args: str, **kwargs: str) -> TunnelEndpoint:
+    """The endpoint-string parser behind ``bbenroll:furlfile=...``."""
+    furlfile = kwargs.pop("furlfile", None) or (args[0] if args else None)
+    if not furlfile:
+        raise ValueError("bbenroll endpoint needs furlfile=PATH")
+    resume = float(kwargs.pop("resume", DEFAULT_RESUME_DEADLINE))
+    timeout = float(kwargs.pop("timeout", CONNECT_TIMEOUT))
+    if kwargs:
+        raise ValueError(f"unknown bbenroll endpoint options: {', '.join(sorted(kwargs))}")
+    return TunnelEndpoint(reactor, furlfile, resume=resume, timeout=timeout)

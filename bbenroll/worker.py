@@ -1,0 +1,124 @@
+"""The worker admin's side: turn a FURL into a ready buildbot-worker basedir.
+
+``bbenroll worker create BASEDIR FURL`` connects once over the FURL (checking
+the master's identity and the worker's secret), fetches the worker's name and
+PB password over the encrypted link, and writes a normal buildbot-worker
+basedir whose ``connection_string`` goes through bbenroll's tunnel. The stock
+``buildbot-worker start BASEDIR`` then runs it; no port is opened locally.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bbenroll.errors import BBEnrollError
+from bbenroll.fileio import atomic_write
+from bbenroll.furl import parse_furl
+
+FURL_FILE = "bbenroll.furl"
+DEFAULT_TIMEOUT = 30.0
+
+
+class WorkerSetupError(BBEnrollError):
+    pass
+
+
+def escape_endpoint_value(value: str) -> str:
+    """Escape a value for a Twisted endpoint string (``:``, ``=`` and ``\\``)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def connection_string(furl_file: Path, resume: int) -> str:
+    return f"bbenroll:furlfile={escape_endpoint_value(str(furl_file))}:resume={resume}"
+
+
+def fetch_worker_config(furl: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """Connect once over ``furl`` and ask for this worker's configuration (blocking).
+
+    Runs the Twisted reactor, so call it once per process (the CLI does).
+    """
+    parse_furl(furl)
+    from foolscap.api import Tub
+    from twisted.internet import reactor
+
+    from bbenroll.tunnel.worker_side import classify_failure
+
+    result: dict[str, Any] = {}
+    tub = Tub()
+    tub.setOption("expose-remote-exception-types", False)
+    tub.startService()
+
+    def go() -> None:
+        d = tub.getReference(furl)
+        d.addCallback(lambda ref: ref.callRemote("get_worker_config"))
+        d.addCallback(lambda config: result.update(config=config))
+        d.addErrback(lambda failure: result.update(error=classify_failure(failure)))
+        d.addBoth(lambda _: tub.stopService())
+        d.addBoth(lambda _: reactor.stop())
+
+    def give_up() -> None:
+        if not result:
+            result["error"] = (
+                f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
+            )
+            reactor.stop()
+
+    reactor.callWhenRunning(go)
+    timer = reactor.callLater(timeout, give_up)
+    reactor.run(installSignalHandlers=True)
+    if timer.active():
+        timer.cancel()
+    if "error" in result:
+        raise WorkerSetupError(result["error"])
+    config = result.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str) or not config.get("password"):
+        raise WorkerSetupError("the master sent an incomplete worker configuration")
+    return config
+
+
+def create_worker_dir(
+    basedir: Path, furl: str, config: dict[str, Any], *, resume: int, force: bool = False
+) -> dict[str, Any]:
+    """Write the buildbot-worker basedir. Secrets (tac, FURL) are mode 0600."""
+    try:
+        from buildbot_worker.scripts.create_worker import createWorker
+        from buildbot_worker.scripts.runner import CreateWorkerOptions
+    except ImportError:
+        raise WorkerSetupError(
+            "buildbot-worker is not installed here: pip install 'bbenroll[worker]'"
+        ) from None
+    basedir = Path(basedir).absolute()
+    tac = basedir / "buildbot.tac"
+    if tac.exists() and not force:
+        raise WorkerSetupError(f"{tac} already exists; use --force to replace it")
+    basedir.mkdir(parents=True, exist_ok=True)
+    if os.name == "posix":
+        os.chmod(basedir, 0o700)  # builds and secrets live here
+    furl_file = basedir / FURL_FILE
+    atomic_write(furl_file, (furl.strip() + "\n").encode("ascii"))
+    options = CreateWorkerOptions()
+    options.parseOptions(
+        [
+            "--quiet",
+            "--force",
+            "--connection-string",
+            connection_string(furl_file, resume),
+            str(basedir),
+            "unused:9989",
+            config["name"],
+            config["password"],
+        ]
+    )
+    if createWorker(options) != 0:
+        raise WorkerSetupError(f"buildbot-worker could not create {basedir}")
+    if os.name == "posix":
+        os.chmod(tac, 0o600)  # it holds the PB password
+    return {
+        "basedir": str(basedir),
+        "name": config["name"],
+        "furl_file": str(furl_file),
+        "tac": str(tac),
+        "master": parse_furl(furl).redacted(),
+    }
