@@ -339,12 +339,23 @@ class Editor:
         text = self.loaded.text
         old = self.loaded.registry.workers
         try:
+            # checks every table it cuts out or writes; the rest of the text is kept
             return tomledit.splice(text, old, self._changed, self._added, self.workers)
         except tomledit.Fallback:
             pass
-        new_text = tomledit.rewrite_whole(text, self._changed, self._added, self.workers)
-        if registry_from_text(self.path, new_text) != self.registry:
-            raise RegistryError(str(self.path), "internal error: edit did not read back; file unchanged")
+        try:
+            new_text = tomledit.rewrite_whole(text, old, self._changed, self._added, self.workers)
+        except tomledit.LayoutError as e:
+            raise RegistryError(str(self.path), f"cannot edit this layout: {e}; file unchanged") from None
+        try:
+            reads_back = registry_from_text(self.path, new_text) == self.registry
+        except RegistryError as e:
+            reads_back, why = False, f" ({e.message})"
+        else:
+            why = ""
+        if not reads_back:
+            message = f"the edited text would not read back as intended{why}; file unchanged"
+            raise RegistryError(str(self.path), f"cannot edit this layout: {message}")
         return new_text
 
     def save(self) -> None:

@@ -5,7 +5,9 @@ re-parse only the edited worker's tables and splice the result back; the rest
 of the file is carried over byte for byte. This module finds where each table
 starts. It tracks just enough of TOML's lexical structure (multi-line strings,
 arrays spanning lines, comments) to tell a real ``[header]`` line from one
-inside a string or an array.
+inside a string or an array, and a real comment line from a line of a
+multi-line string that happens to start with ``#``. Lines may end in ``\n`` or
+``\r\n``; offsets always count every character of the text.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ class Header:
     line: int  # 1-based line number
     path: tuple[str, ...]
     is_array: bool
+    # where the last content line before this header ends (after its line
+    # break): the comment and blank lines between there and ``offset`` are
+    # top-level lines that introduce this table, not part of the one before
+    content_end: int
+
+
+@dataclass(frozen=True)
+class Scan:
+    headers: list[Header]
+    content_end: int  # ``Header.content_end`` for the end of the text
 
 
 class ScanError(Exception):
@@ -56,6 +68,8 @@ def _closing(line: str, start: int, delim: str) -> int:
 
 
 def header_path(line: str) -> tuple[tuple[str, ...], bool]:
+    if line.endswith("\r"):
+        line = line[:-1]
     mo = _BARE_HEADER_RE.match(line)
     if mo:
         opener, keys, closer = mo.groups()
@@ -79,24 +93,40 @@ def header_path(line: str) -> tuple[tuple[str, ...], bool]:
 
 
 def scan_headers(text: str) -> list[Header]:
+    return scan(text).headers
+
+
+def scan(text: str) -> Scan:
+    """Every real table header of ``text``, and where its content ends."""
     headers: list[Header] = []
     in_string: str | None = None  # the open multi-line delimiter
     depth = 0  # open [ and { outside strings
     offset = 0
+    content_end = 0  # end of the last line that is not a top-level comment/blank line
+    crlf = "\r" in text
     for lineno, line in enumerate(text.split("\n"), 1):
         line_offset = offset
         offset += len(line) + 1
+        if crlf and line.endswith("\r"):
+            line = line[:-1]
         pos = 0
         if in_string:
             end = _closing(line, 0, in_string)
             if end < 0:
+                content_end = offset
                 continue
             in_string = None
             pos = end
-        elif depth == 0 and line.lstrip(" \t").startswith("["):
-            path, is_array = header_path(line)
-            headers.append(Header(line_offset, lineno, path, is_array))
-            continue
+        elif depth == 0:
+            first = line.lstrip(" \t")[:1]
+            if first == "" or first == "#":
+                continue  # a top-level comment or blank line
+            if first == "[":
+                path, is_array = header_path(line)
+                headers.append(Header(line_offset, lineno, path, is_array, content_end))
+                content_end = offset
+                continue
+        content_end = offset
         if depth == 0 and not _INTERESTING.search(line, pos):
             continue
         while True:
@@ -119,28 +149,27 @@ def scan_headers(text: str) -> list[Header]:
                 depth -= 1
                 if depth < 0:
                     raise ScanError(f"line {lineno}: unbalanced brackets")
-    return headers
+    if in_string or depth:
+        raise ScanError("unterminated string or bracket at the end of the text")
+    return Scan(headers, min(content_end, len(text)))
 
 
-def table_span(text: str, headers: list[Header], index: int) -> tuple[int, int]:
-    """``[start, end)`` of the table whose header is ``headers[index]``, with its sub-tables.
+def table_span(scanned: Scan, index: int, *, subtables: bool = True) -> tuple[int, int]:
+    """``[start, end)`` of the table whose header is ``scanned.headers[index]``.
 
-    The end stops before any comment lines and blank lines that directly
-    precede the next header (they describe the next table) or end the file.
+    With ``subtables``, the span runs on over the sub-tables that directly
+    follow it. The end is the end of the last content line (after its line
+    break): any comment and blank lines after it, up to the next header or the
+    end of the text, describe the next table (or the file) and are not part of
+    this one. A line inside a multi-line string or array is content, even if
+    it starts with ``#``.
     """
+    headers = scanned.headers
     head = headers[index]
-    prefix = head.path
     j = index + 1
-    while j < len(headers) and headers[j].path[: len(prefix)] == prefix:
-        j += 1
-    end = headers[j].offset if j < len(headers) else len(text)
-    # back up over the comment/blank block that introduces the next table
-    # (or trails the file): it is not part of this table
-    lines = text[head.offset : end].split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    keep = len(lines)
-    while keep > 1 and (not lines[keep - 1].strip() or lines[keep - 1].lstrip().startswith("#")):
-        keep -= 1
-    end = min(end, head.offset + sum(len(line) + 1 for line in lines[:keep]))
+    if subtables:
+        prefix = head.path
+        while j < len(headers) and headers[j].path[: len(prefix)] == prefix:
+            j += 1
+    end = headers[j].content_end if j < len(headers) else scanned.content_end
     return head.offset, end
