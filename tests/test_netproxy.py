@@ -346,8 +346,18 @@ def test_wait_for_connections(echo: EchoServer, proxy_to: Callable[..., FaultyPr
     proxy = proxy_to(echo.port)
     with pytest.raises(TimeoutError):
         proxy.wait_for_connections(1, timeout=0.05)
-    threading.Timer(0.1, lambda: connect(proxy.port).close()).start()
+    connected = threading.Event()
+
+    def connect_later() -> None:
+        time.sleep(0.1)
+        with connect(proxy.port):
+            connected.wait(TIMEOUT)  # keep it open until the waiter saw it
+
+    late = threading.Thread(target=connect_later, daemon=True)
+    late.start()
     proxy.wait_for_connections(1, timeout=TIMEOUT)
+    connected.set()
+    late.join(TIMEOUT)
     assert proxy.connections_accepted == 1
 
 
