@@ -123,6 +123,19 @@ class Enrollment:
                 raise _config_error(f"{self.path}: workers.{name}.buildbot: {e}") from None
         return result
 
+    def names(self, *, tag: str | None = None) -> list[str]:
+        """Names of the usable workers (optionally only those with ``tag``), for builders'
+        ``workernames``: a builder naming a revoked worker would make Buildbot refuse the
+        reconfig that removes it."""
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        return [
+            name
+            for name, worker in self.loaded.registry.workers.items()
+            if worker.is_usable(now) and (tag is None or tag in worker.tags)
+        ]
+
     def service(self, *, poll_interval: float = POLL_INTERVAL) -> EnrollmentMasterService:
         return EnrollmentMasterService(str(self.path), poll_interval=poll_interval)
 
