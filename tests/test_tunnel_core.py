@@ -99,8 +99,8 @@ def test_open_write_deliver_both_ways_and_close():
     p.worker.close(s, p.now)
     p.collect()
     p.settle()
-    assert (core.CLOSED, s) in kinds(p.events["master"])
-    assert (core.CLOSED, s) not in kinds(p.events["worker"])  # it closed itself
+    closed = {side: [e.reason for e in p.events[side] if e.kind == core.CLOSED] for side in p.events}
+    assert closed == {"master": [core.CLOSED_BY_PEER], "worker": [core.CLOSED_CLEANLY]}
     assert p.worker.streams == {} and p.master.streams == {}
 
 

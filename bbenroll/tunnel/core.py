@@ -40,6 +40,10 @@ RESUME = "resume"  # below the low-water mark again
 LINK_DEAD = "link-dead"  # nothing heard for dead_after: drop the link and reconnect
 EXPIRED = "expired"  # the link stayed down past the resume deadline: session over
 
+# reasons of CLOSED events that are an orderly end (not a failure)
+CLOSED_BY_PEER = "closed by the other side"
+CLOSED_CLEANLY = "closed"
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -329,8 +333,11 @@ class TunnelCore:
         if final is not None and stream.recv_next >= final and not stream.delivered_close:
             stream.delivered_close = True
             if not stream.closing:
-                self.events.append(Event(CLOSED, stream.id, reason="closed by the other side"))
+                self.events.append(Event(CLOSED, stream.id, reason=CLOSED_BY_PEER))
                 stream.closing = True  # our side closes too, once its data is out
+            else:
+                # we closed first; the peer's close completes it (like TCP's connectionLost)
+                self.events.append(Event(CLOSED, stream.id, reason=CLOSED_CLEANLY))
             self._forget_if_finished(stream)
 
     def _reset(self, stream: Stream, reason: str) -> None:

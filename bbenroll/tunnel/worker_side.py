@@ -103,10 +103,11 @@ class StreamTransport:
     disconnecting = False
     connected = True
 
-    def __init__(self, tunnel: WorkerTunnel, stream: int, protocol: Any) -> None:
+    def __init__(self, tunnel: WorkerTunnel, stream: int, protocol: Any, factory: Any = None) -> None:
         self.tunnel = tunnel
         self.stream = stream
         self.protocol = protocol
+        self.factory = factory
         self.producer: Any = None
         self._lost = False
 
@@ -173,12 +174,12 @@ class StreamTransport:
         self.disconnecting = True
         if self.producer is not None:
             self.producer.stopProducing()
-        exc = (
-            error.ConnectionDone(reason)
-            if reason == "closed by the other side"
-            else error.ConnectionLost(reason)
-        )
+        clean = reason in (core.CLOSED_BY_PEER, core.CLOSED_CLEANLY)
+        exc = error.ConnectionDone(reason) if clean else error.ConnectionLost(reason)
         self.protocol.connectionLost(Failure(exc))
+        if self.factory is not None:
+            self.factory.doStop()  # as Twisted's connectors do: buildbot-worker waits for it
+            self.factory = None
 
 
 class WorkerTunnel:
@@ -347,9 +348,9 @@ class WorkerTunnel:
 
     # -- streams -----------------------------------------------------------------------
 
-    def open_stream(self, protocol: Any) -> StreamTransport:
+    def open_stream(self, protocol: Any, factory: Any = None) -> StreamTransport:
         stream = self.core.open_stream(self.clock.seconds())
-        transport = StreamTransport(self, stream, protocol)
+        transport = StreamTransport(self, stream, protocol, factory)
         self.streams[stream] = transport
         protocol.makeConnection(transport)
         self.flush()
@@ -497,10 +498,12 @@ class TunnelEndpoint:
         d = tunnel.when_ready(self.timeout)
 
         def ready(tunnel: WorkerTunnel) -> Any:
+            protocolFactory.doStart()  # paired with doStop() when the stream ends
             protocol = protocolFactory.buildProtocol(tunnel.address)
             if protocol is None:
+                protocolFactory.doStop()
                 raise error.ConnectError(string="the factory refused the connection")
-            tunnel.open_stream(protocol)
+            tunnel.open_stream(protocol, protocolFactory)
             return protocol
 
         d.addCallback(ready)
