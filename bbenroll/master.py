@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from bbenroll import registry as regmod
 from bbenroll.errors import BBEnrollError
 from bbenroll.service import POLL_INTERVAL, EnrollmentService
+from bbenroll.tunnel.master_side import endpoint_parts
 
 log = Logger(namespace="bbenroll")
 
@@ -43,12 +44,18 @@ def _config_error(message: str) -> ConfigErrors:
 def check_loopback_endpoint(endpoint: str) -> str:
     """Refuse a PB port that other machines could reach: workers must use the FURL."""
     text = str(endpoint).strip()
-    kind, _, rest = text.partition(":")
-    if text.isdigit() or kind in ("tcp", "tcp6", "ssl"):
+    parts = endpoint_parts(text)
+    kind, rest = parts[0], parts[1:]
+    if kind == "ssl":
+        raise BBEnrollError(
+            f"master.pb {text!r}: TLS on the loopback PB port is not needed (the tunnel is encrypted) "
+            "and the tunnel cannot connect to it; use 'tcp:9990:interface=127.0.0.1'"
+        )
+    if text.isdigit() or kind in ("tcp", "tcp6"):
         interface = None
-        for part in rest.split(":") if rest else []:
+        for part in rest:
             if part.startswith("interface="):
-                interface = part.split("=", 1)[1].replace("\\:", ":")
+                interface = part.split("=", 1)[1]
         if interface is None:
             raise BBEnrollError(
                 f"master.pb {text!r} listens on every interface; workers must arrive only through "
@@ -216,7 +223,10 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             yield enrollment.stopService()
 
     def _workers_changed(self, workers: dict[str, Any]) -> None:
-        log.info("bbenroll: the set of workers changed ({count} usable); reconfiguring", count=len(workers))
+        log.info(
+            "bbenroll: workers, passwords or options changed ({count} usable); reconfiguring Buildbot",
+            count=len(workers),
+        )
         from buildbot.util.eventual import eventually  # fire and forget: never wait on a reconfig
 
         eventually(self.master.reconfig)

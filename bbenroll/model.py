@@ -164,8 +164,12 @@ def new_worker(
 
 
 def rotate(worker: Worker, now: datetime, grace: timedelta | None = None) -> Worker:
-    """New secrets; with ``grace`` the current swissnum stays valid that long.
+    """A new swissnum; with ``grace`` the current one stays valid that long.
 
+    Without grace the PB password changes too: everything the old FURL gave is
+    void at once. With grace the PB password is kept, because workers still
+    running from the old FURL log in to Buildbot with it until they move over;
+    it is only usable through an authenticated tunnel to a loopback port.
     A rotation during a grace window replaces the older previous secret: only
     the secret being rotated away gets a grace period.
     """
@@ -176,7 +180,7 @@ def rotate(worker: Worker, now: datetime, grace: timedelta | None = None) -> Wor
     return replace(
         worker,
         swissnum=new_swissnum(),
-        password=new_password(),
+        password=worker.password if grace else new_password(),
         rotated=now,
         previous=previous,
     )

@@ -41,6 +41,8 @@ from bbenroll.tunnel.master_side import MAX_RESUME_DEADLINE, MasterSession, pb_c
 from bbenroll.tunnel.wire import RIEnrolledWorker
 
 log = Logger(namespace="bbenroll")
+_NEVER = object()  # a file signature that matches nothing
+MAX_SESSIONS_PER_WORKER = 4  # one worker process needs one; a few allow restarts
 
 POLL_INTERVAL = 1.0  # seconds between registry checks (the issue asks for at least 1/s)
 KEEPALIVE = 15  # Foolscap pings an idle connection after this many seconds ...
@@ -193,8 +195,10 @@ class EnrollmentService(service.MultiService):
         self.tub: EnrollmentTub | None = None
         self._loop: task.LoopingCall | None = None
         self._signature: tuple[int, int, int] | None = None
-        self._refused_signature: tuple[int, int, int] | None = None
+        self._refused_signature: object = _NEVER
         self._last_status_write: datetime | None = None
+        self._running_master: tuple[Any, ...] | None = None
+        self._warned_master: tuple[Any, ...] | None = None
         # load now, so that a broken registry fails master.cfg/startup loudly
         self.loaded = regmod.load(self.registry_path)
         self.gate = gatemod.Gate(self.loaded.registry)
@@ -222,6 +226,7 @@ class EnrollmentService(service.MultiService):
         tub.setOption("logLocalFailures", False)
         tub.setOption("logRemoteFailures", False)
         self.listener = tub.listenOn(master.listen)
+        self._running_master = (master.listen, master.location, master.pb)
         tub.setLocation(*master.location)
         tub.setServiceParent(self)
         self.tub = tub
@@ -333,6 +338,7 @@ class EnrollmentService(service.MultiService):
         if session is None:
             if resume:
                 return {"status": "unknown", "received": {}}
+            self._make_room_for_session(obj.name)
             pb = self.loaded.registry.master.pb
             if pb is None:
                 raise Refused("this master has no PB port configured")
@@ -360,6 +366,17 @@ class EnrollmentService(service.MultiService):
             streams=len(session.core.streams),
         )
         return {"status": status, "received": ours}
+
+    def _make_room_for_session(self, worker: str) -> None:
+        """Bound the sessions one worker can hold: end its oldest idle ones."""
+        mine = [s for s in self.sessions.values() if s.worker == worker]
+        idle = sorted((s for s in mine if s.peer is None), key=lambda s: s.core.link_changed)
+        while len(mine) >= MAX_SESSIONS_PER_WORKER and idle:
+            oldest = idle.pop(0)
+            mine.remove(oldest)
+            oldest.terminate("replaced by a newer session")
+        if len(mine) >= MAX_SESSIONS_PER_WORKER:
+            raise Refused("too many tunnel sessions for this worker")
 
     def _session_over(self, session: MasterSession) -> None:
         self.sessions.pop((session.worker, session.session_id), None)
@@ -424,10 +441,18 @@ class EnrollmentService(service.MultiService):
                 error=str(e),
             )
             return
-        if (new_master.listen, new_master.location) != (old_master.listen, old_master.location):
-            log.warn("bbenroll: [master] listen/location changed; they take effect after a restart")
+        running = self._running_master
+        if (new_master.listen, new_master.location, new_master.pb) != running:
+            if running != self._warned_master:
+                log.warn(
+                    "bbenroll: [master] listen/location/pb changed in the registry; "
+                    "they take effect when the master restarts"
+                )
+            self._warned_master = running
+        else:
+            self._warned_master = None
         self._signature = signature
-        self._refused_signature = None
+        self._refused_signature = _NEVER
         self.loaded = loaded
         self.gate = gatemod.Gate(loaded.registry)
         self.status.forget(set(loaded.registry.workers))
@@ -454,6 +479,7 @@ class EnrollmentService(service.MultiService):
             write_status(self.status_path, self.status.to_json(now, running=running, listen=listen))
         except OSError as e:
             log.error("bbenroll: cannot write {path}: {error}", path=str(self.status_path), error=str(e))
+            self._last_status_write = now  # retry with the next heartbeat, not every tick
             return
         self.status.changed = False
         self._last_status_write = now

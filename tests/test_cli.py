@@ -181,13 +181,16 @@ def test_rotate_with_grace(cli, reg_path, clock):
     new = registry_data(reg_path)["workers"]["w1"]
     assert result.out == old_furl.rsplit("/", 1)[0] + "/" + new["swissnum"] + "\n"
     assert result.err == "old FURLs keep working until 2026-12-06T07:00:00Z\n"
-    assert new["swissnum"] != old["swissnum"] and new["password"] != old["password"]
+    assert new["swissnum"] != old["swissnum"]
+    assert new["password"] == old["password"]  # workers on the old FURL still log in to Buildbot
     assert new["previous"]["swissnum"] == old["swissnum"]
     assert new["rotated"] - old["rotated"] == timedelta(hours=1)
     assert json.loads(cli("show", "w1", "--json").out)["state"] == "rotating"
-    # rotating again without grace drops the previous secret at once
+    # rotating again without grace drops the previous secret and the password at once
     assert cli("rotate", "w1").code == 0
-    assert "previous" not in registry_data(reg_path)["workers"]["w1"]
+    after = registry_data(reg_path)["workers"]["w1"]
+    assert "previous" not in after
+    assert after["password"] != new["password"]
 
 
 def test_rotate_all_and_usage_errors(cli, reg_path):

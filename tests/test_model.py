@@ -32,7 +32,8 @@ def test_state_progression_and_acceptance():
     assert r.accepts(r.swissnum, later) and not r.accepts(w.swissnum, later)
     assert r.state(later) == "active"
     assert (r.created, r.rotated) == (w.created, NOW)
-    assert r.password != w.password
+    assert r.password == w.password  # kept during a grace rotation
+    assert model.rotate(r, NOW).password != r.password  # a rotation without grace changes it
 
     v = model.revoke(r, NOW, "lost")
     assert v.state(NOW) == "revoked" and v.previous is None

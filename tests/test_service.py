@@ -285,3 +285,39 @@ def test_gate_decisions_are_pure():
     assert g.still_allowed("b", a.swissnum, now) == gate.Decision(False, gate.UNKNOWN)
     assert set(g.usable_workers(now)) == {"a", "b"}
     assert set(g.usable_workers(now + timedelta(days=2))) == {"b"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_huge_name_before_authentication_is_dropped_unread(master):
+    """After TLS but before any secret is accepted, a peer may not make us buffer much."""
+    furl = master.cli("add", "w1")
+    master.service.startService()
+    looked_up = []
+    real_lookup = master.service.lookup
+    master.service.lookup = lambda name, broker: looked_up.append(len(name)) or real_lookup(name, broker)
+    huge = furl.rsplit("/", 1)[0] + "/" + "a" * (4 * 1024 * 1024)
+    started = time.monotonic()
+    with pytest.raises(Exception) as info:
+        await master.client().getReference(huge)
+    assert time.monotonic() - started < 5
+    assert looked_up == []  # the name never reached the lookup
+    assert "lost" in str(info.value).lower() or "closed" in str(info.value).lower(), info.value
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_disappearing_is_logged_once_and_last_good_kept(master):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        furl = master.cli("add", "w1")
+        master.service.startService()
+        text = master.path.read_text()
+        master.path.unlink()
+        await sleep(0.5)
+        errors = [e for e in events if "keeping the last good registry" in str(e.get("log_format", ""))]
+        assert len(errors) == 1 and "disappeared" in errors[0]["error"]
+        ref = await master.connect(furl)
+        assert (await ref.callRemote("get_worker_config"))["name"] == "w1"
+        master.path.write_text(text)
+    finally:
+        globalLogPublisher.removeObserver(events.append)

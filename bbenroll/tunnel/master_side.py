@@ -24,10 +24,27 @@ log = Logger(namespace="bbenroll")
 MAX_RESUME_DEADLINE = 3600
 
 
+def endpoint_parts(text: str) -> list[str]:
+    """Split a Twisted endpoint string on unescaped colons, unescaping the parts."""
+    parts, current, escaped = [], [], False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
     """How to reach the PB port given as a server endpoint (``tcp:9990:interface=127.0.0.1``)."""
-    kind, _, rest = server_endpoint.partition(":")
-    parts = rest.split(":")
+    kind, *parts = endpoint_parts(server_endpoint)
     if kind in ("tcp", "tcp6"):
         port = None
         host = "127.0.0.1" if kind == "tcp" else "::1"
@@ -35,7 +52,7 @@ def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
             if part.startswith("port="):
                 port = int(part[5:])
             elif part.startswith("interface="):
-                host = part[len("interface=") :].replace("\\:", ":")
+                host = part[len("interface=") :]
             elif part.isdigit() and port is None:
                 port = int(part)
         if port is None:
