@@ -413,6 +413,33 @@ def _worker_fast(name: str, data: Any) -> Worker | None:
     return Worker(name, swissnum, password, created, rotated, expires, tuple(tags), note, None, revoked)
 
 
+# buildbot.worker.Worker options that can be written in TOML, and their types
+BUILDBOT_OPTIONS: dict[str, tuple[type, ...]] = {
+    "max_builds": (int,),
+    "notify_on_missing": (str, list),
+    "missing_timeout": (int,),
+    "properties": (dict,),
+    "defaultProperties": (dict,),
+    "keepalive_interval": (int,),
+    "machine_name": (str,),
+}
+
+
+def check_buildbot_options(options: dict[str, Any], where: str, problems: Problems) -> None:
+    """Catch typos before Buildbot refuses a whole reconfig over one.
+
+    Used by ``bbenroll check`` only: editing commands stay tolerant of options
+    a newer Buildbot may have added.
+    """
+    for key, value in options.items():
+        types = BUILDBOT_OPTIONS.get(key)
+        if types is None:
+            known = ", ".join(sorted(BUILDBOT_OPTIONS))
+            problems.add(f"{where}.{key_path(key)}", f"unknown Buildbot worker option (known: {known})")
+        elif isinstance(value, bool) or not isinstance(value, types):
+            problems.add(f"{where}.{key_path(key)}", f"must be {' or '.join(_TYPE_NAMES[t] for t in types)}")
+
+
 def worker_from_data(name: str, data: Any, problems: Problems) -> Worker | None:
     worker = _worker_fast(name, data)
     if worker is not None:

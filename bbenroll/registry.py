@@ -173,6 +173,11 @@ def check(path: Path) -> list[str]:
         return [str(e)]
     problems = Problems()
     registry = model.registry_from_data(data, problems)
+    if registry is not None:
+        for worker in registry.workers.values():
+            model.check_buildbot_options(
+                dict(worker.buildbot), f"workers.{model.key_path(worker.name)}.buildbot", problems
+            )
     messages = problem_messages(path, text, problems)
     master = data.get("master")
     if isinstance(master, dict) and isinstance(master.get("identity"), str) and master["identity"]:

@@ -146,6 +146,10 @@ def test_build_through_the_tunnel_delivers_the_log_intact(farm_factory):
     assert len(wire) > 4_000_000  # the whole build went through the proxy
     for secret in [*farm.secrets(), f"{MARK} 00000042".encode(), b"Build number"]:
         assert secret not in wire
+    # neither side logs the worker's secret
+    swissnum = farm.furl.rsplit("/", 1)[1]
+    for log in (farm.wdir / "twistd.log", farm.basedir / "twistd.log"):
+        assert swissnum not in log.read_text()
     # buildbot-worker stops cleanly (the tunnel ends its streams like TCP would)
     stop = run(BIN / "buildbot-worker", "stop", farm.wdir, check=False, timeout=60)
     assert stop.returncode == 0 and "is dead" in stop.stdout, stop.stdout + stop.stderr

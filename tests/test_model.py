@@ -92,3 +92,27 @@ def test_example_registry_matches_schema():
     assert not problems.items, problems.items
     assert reg is not None
     assert {w.state(NOW) for w in reg.workers.values()} == {"active", "rotating", "revoked"}
+
+
+def test_buildbot_options_are_checked():
+    problems = model.Problems()
+    model.check_buildbot_options({"max_builds": 2, "properties": {"os": "linux"}, "notify_on_missing": ["a"]},
+                                 "workers.w1.buildbot", problems)
+    assert not problems
+    model.check_buildbot_options({"max_build": 2, "max_builds": "2", "keepalive_interval": True},
+                                 "workers.w1.buildbot", problems)
+    assert problems.items == [
+        ("workers.w1.buildbot.max_build", "unknown Buildbot worker option (known: defaultProperties, "
+         "keepalive_interval, machine_name, max_builds, missing_timeout, notify_on_missing, properties)"),
+        ("workers.w1.buildbot.max_builds", "must be an integer"),
+        ("workers.w1.buildbot.keepalive_interval", "must be an integer"),
+    ]
+
+
+def test_check_reports_bad_buildbot_options_but_edits_still_work(cli, reg_path):
+    assert cli("add", "w1").code == 0
+    reg_path.write_text(reg_path.read_text() + "\n[workers.w1.buildbot]\nmax_build = 2\n")
+    result = cli("check")
+    assert result.code == 1
+    assert "workers.w1.buildbot.max_build: unknown Buildbot worker option" in result.err
+    assert cli("rotate", "w1").code == 0  # a newer Buildbot's option must not block editing

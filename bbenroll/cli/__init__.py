@@ -30,6 +30,7 @@ COMMANDS = {
     "check": "bbenroll.cli.check",
     "status": "bbenroll.cli.status",
     "worker": "bbenroll.cli.worker",
+    "demo": "bbenroll.cli.demo",
 }
 
 
