@@ -35,6 +35,8 @@ from bbenroll.tunnel.master_side import endpoint_parts
 log = Logger(namespace="bbenroll")
 
 SERVICE_NAME = "bbenroll"
+RECONFIG_POLL = 0.5  # seconds between checks for builds of removed workers
+RECONFIG_MAX_WAIT = 120.0  # then reconfigure anyway
 
 
 def _config_error(message: str) -> ConfigErrors:
@@ -170,6 +172,9 @@ class EnrollmentMasterService(bbservice.BuildbotService):
 
     name = SERVICE_NAME
     enrollment: EnrollmentService | None = None
+    _reconfig_timer: Any = None
+    _wanted: set[str] = frozenset()  # type: ignore[assignment]
+    _waited = 0.0
 
     def checkConfig(self, registry_path: str, poll_interval: float = POLL_INTERVAL) -> None:
         if poll_interval <= 0:
@@ -202,6 +207,8 @@ class EnrollmentMasterService(bbservice.BuildbotService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        if self._reconfig_timer is not None and self._reconfig_timer.active():
+            self._reconfig_timer.cancel()
         yield self._stop_enrollment()
         yield super().stopService()
 
@@ -227,6 +234,42 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             "bbenroll: workers, passwords or options changed ({count} usable); reconfiguring Buildbot",
             count=len(workers),
         )
+        self._wanted = set(workers)
+        self._waited = 0.0
+        self._reconfig_when_idle()
+
+    def _busy_removed_workers(self) -> list[str]:
+        """Workers the reconfig would remove that are still finishing a build.
+
+        Buildbot 4.3 breaks (AttributeError in Worker.buildFinished, and the master
+        can no longer shut down) if a worker is removed while its interrupted build
+        is still finishing; a revoked worker's build ends within a second or two.
+        """
+        manager = getattr(self.master, "workers", None)
+        configured = getattr(manager, "workers", {}) or {}
+        busy = []
+        for name, worker in configured.items():
+            if name in self._wanted:
+                continue
+            wfbs = getattr(worker, "workerforbuilders", {}) or {}
+            if any(wfb.isBusy() for wfb in wfbs.values()):
+                busy.append(name)
+        return busy
+
+    def _reconfig_when_idle(self) -> None:
         from buildbot.util.eventual import eventually  # fire and forget: never wait on a reconfig
 
+        if self._reconfig_timer is not None and self._reconfig_timer.active():
+            return  # already waiting; it will see the newest wanted set
+        self._reconfig_timer = None
+        busy = self._busy_removed_workers()
+        if busy and self._waited < RECONFIG_MAX_WAIT:
+            if self._waited == 0:
+                log.info(
+                    "bbenroll: waiting for the builds of {workers} to end before reconfiguring",
+                    workers=", ".join(sorted(busy)),
+                )
+            self._waited += RECONFIG_POLL
+            self._reconfig_timer = self.master.reactor.callLater(RECONFIG_POLL, self._reconfig_when_idle)
+            return
         eventually(self.master.reconfig)

@@ -199,3 +199,6 @@ def test_revoking_during_a_build_drops_the_worker_for_good(farm_factory):
     time.sleep(3)
     worker = {w["name"]: w for w in rest(farm.www, "workers")["workers"]}["worker1"]
     assert not worker["connected_to"]
+    # and the master still shuts down (Buildbot hangs if a worker is removed mid-build)
+    stop = run(BIN / "buildbot", "stop", farm.basedir, check=False, timeout=60)
+    assert stop.returncode == 0 and "is dead" in stop.stdout, stop.stdout + stop.stderr
