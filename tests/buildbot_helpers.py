@@ -126,3 +126,19 @@ def step_log(www_port: int, build: dict[str, Any], step: int = -1, log: str = "s
     url = f"http://127.0.0.1:{www_port}/api/v2/builds/{build['buildid']}/steps/{number}/logs/{log}/raw"
     with urllib.request.urlopen(url, timeout=60) as response:
         return response.read()
+
+
+def stop_daemon(script: str, basedir: Path) -> None:
+    """`buildbot stop` / `buildbot-worker stop`, then SIGKILL whatever is left: tests never leak processes."""
+    import signal
+
+    subprocess.run([str(BIN / script), "stop", str(basedir)], capture_output=True, timeout=60)
+    pidfile = Path(basedir) / "twistd.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

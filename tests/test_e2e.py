@@ -7,7 +7,6 @@ the network (tests/netproxy.py), so the tunnel's resume is tested for real.
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 import textwrap
 import time
@@ -26,6 +25,7 @@ from tests.buildbot_helpers import (
     rest,
     run,
     step_log,
+    stop_daemon,
     wait_build,
     wait_for,
 )
@@ -112,8 +112,8 @@ class Farm:
         return wait_for(started, timeout=60, what="build started")
 
     def stop(self) -> None:
-        subprocess.run([BIN / "buildbot-worker", "stop", self.wdir], capture_output=True, timeout=60)
-        subprocess.run([BIN / "buildbot", "stop", self.basedir], capture_output=True, timeout=60)
+        stop_daemon("buildbot-worker", self.wdir)
+        stop_daemon("buildbot", self.basedir)
         self.proxy.stop()
 
 

@@ -12,6 +12,7 @@ from tests.buildbot_helpers import (
     create_master,
     fetch_config,
     run,
+    stop_daemon,
     wait_for,
 )
 from tests.conftest import free_port, run_cli
@@ -27,7 +28,7 @@ def master_dir(tmp_path, served_reg_path):
     for name in ("workers.toml", "master.pem"):
         (served_reg_path.parent / name).rename(basedir / name)
     yield basedir, www_port
-    run(BIN / "buildbot", "stop", basedir, check=False, timeout=60)
+    stop_daemon("buildbot", basedir)
 
 
 def bbenroll(basedir, *args):
@@ -81,7 +82,7 @@ def test_real_master_serves_furls_and_picks_up_new_workers_live(master_dir, tmp_
         wait_for(lambda: "worker2" not in configured_workers(www_port), what="worker2 unconfigured")
         assert fetch_config(furl2) == {"error": "worker revoked"}
     finally:
-        run(BIN / "buildbot-worker", "stop", wdir, check=False, timeout=60)
+        stop_daemon("buildbot-worker", wdir)
     log = (basedir / "twistd.log").read_text()
     assert "accepted worker 'worker1'" in log
     for secret in (furl1.rsplit("/", 1)[1], furl2.rsplit("/", 1)[1]):
