@@ -220,7 +220,7 @@ def log_reason(path: Path) -> str:
     if "Configuration Errors:" in lines:  # Buildbot lists them, indented, after this line
         start = len(lines) - 1 - lines[::-1].index("Configuration Errors:")
         errors = []
-        for line in lines[start + 1:]:
+        for line in lines[start + 1 :]:
             if line in ("Halting master.", "BuildMaster startup failed"):
                 break
             errors.append(line)
@@ -355,8 +355,9 @@ class Demo:
 
     # -- processes -------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], *, cwd: Path, log: Path,
-               stdin: bytes | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], *, cwd: Path, log: Path, stdin: bytes | None = None
+    ) -> subprocess.Popen[bytes]:
         kwargs: dict[str, Any] = {}
         if os.name == "posix":
             kwargs.update(start_new_session=True, preexec_fn=self._preexec)
@@ -365,8 +366,13 @@ class Demo:
         with self._uninterrupted():
             with open(log, "ab") as out:
                 proc = subprocess.Popen(
-                    argv, cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, **kwargs,
+                    argv,
+                    cwd=cwd,
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    **kwargs,
                 )
             self.procs.append((name, proc))
         if stdin is not None and proc.stdin is not None:
@@ -415,7 +421,7 @@ class Demo:
                 proc.terminate()
             else:
                 proc.kill()
-        except (ProcessLookupError, PermissionError, OSError):
+        except OSError:  # already gone
             pass
 
     def _stop(self, proc: subprocess.Popen[bytes]) -> None:
@@ -431,23 +437,28 @@ class Demo:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
 
+    def _say(self, text: str) -> None:
+        """Progress during cleanup: a closed stderr must not stop us from cleaning up."""
+        with contextlib.suppress(Exception):
+            self.events.progress(text)
+
     def _cleanup(self) -> None:
         if self.procs:
             names = " and ".join(name for name, _ in reversed(self.procs))
-            self.events.progress(f"stopping {names}...")
+            self._say(f"stopping {names}...")
         while self.procs:
             _name, proc = self.procs[-1]  # the worker before the master
             self._stop(proc)
             self.procs.pop()
         if self.directory is not None and self.directory.exists():
             if self.keep:
-                self.events.progress(f"kept the demo directory: {self.directory}")
+                self._say(f"kept the demo directory: {self.directory}")
             else:
                 shutil.rmtree(self.directory, ignore_errors=True)
                 if self.directory.exists():
-                    self.events.progress(f"warning: could not remove {self.directory}")
+                    self._say(f"warning: could not remove {self.directory}")
                 else:
-                    self.events.progress(f"removed {self.directory}")
+                    self._say(f"removed {self.directory}")
 
     def _cleanup_until_done(self) -> None:
         self._cleaning = True
@@ -491,9 +502,16 @@ class Demo:
         progress(f"creating a Buildbot master and a registry in {tmp}...")
         self._run(
             "buildbot create-master",
-            [*script_command("buildbot", "buildbot.scripts.runner"), "create-master", "--quiet",
-             "--db", "sqlite:///state.sqlite", str(basedir)],
-            cwd=tmp, log=tmp / "create-master.log",
+            [
+                *script_command("buildbot", "buildbot.scripts.runner"),
+                "create-master",
+                "--quiet",
+                "--db",
+                "sqlite:///state.sqlite",
+                str(basedir),
+            ],
+            cwd=tmp,
+            log=tmp / "create-master.log",
         )
         registry.create(
             basedir / "workers.toml",
@@ -513,27 +531,55 @@ class Demo:
 
         progress("starting master...")
         self.daemons["master"] = basedir / "twistd.log"
-        self._spawn("master", [*script_command("buildbot", "buildbot.scripts.runner"), "start",
-                               "--nodaemon", str(basedir)], cwd=basedir, log=tmp / "master.out")
+        self._spawn(
+            "master",
+            [*script_command("buildbot", "buildbot.scripts.runner"), "start", "--nodaemon", str(basedir)],
+            cwd=basedir,
+            log=tmp / "master.out",
+        )
         self._wait("the master to start", lambda: rest.try_get("masters"))
-        progress(f"master running: http://127.0.0.1:{www_port}/ (REST API under /api/v2/), "
-                 f"FURL service on 127.0.0.1:{listen_port}")
+        progress(
+            f"master running: http://127.0.0.1:{www_port}/ (REST API under /api/v2/), "
+            f"FURL service on 127.0.0.1:{listen_port}"
+        )
 
         self.events.furl(WORKER_NAME, furl)
-        self._wait("the master to configure the worker",
-                   lambda: self._worker(rest, configured=True) and self._builder(rest))
+        self._wait(
+            "the master to configure the worker",
+            lambda: self._worker(rest, configured=True) and self._builder(rest),
+        )
 
         progress("creating the worker from nothing but its FURL (bbenroll worker create)...")
         self._run(
             "bbenroll worker create",
-            [sys.executable, "-m", "bbenroll", "worker", "create", str(wdir), "-",
-             "--timeout", f"{min(60.0, self._remaining()):.0f}"],
-            cwd=tmp, log=tmp / "worker-create.log", stdin=(furl + "\n").encode("ascii"),
+            [
+                sys.executable,
+                "-m",
+                "bbenroll",
+                "worker",
+                "create",
+                str(wdir),
+                "-",
+                "--timeout",
+                f"{min(60.0, self._remaining()):.0f}",
+            ],
+            cwd=tmp,
+            log=tmp / "worker-create.log",
+            stdin=(furl + "\n").encode("ascii"),
         )
         progress("starting worker...")
         self.daemons["worker"] = wdir / "twistd.log"
-        self._spawn("worker", [*script_command("buildbot-worker", "buildbot_worker.scripts.runner"), "start",
-                               "--nodaemon", str(wdir)], cwd=wdir, log=tmp / "worker.out")
+        self._spawn(
+            "worker",
+            [
+                *script_command("buildbot-worker", "buildbot_worker.scripts.runner"),
+                "start",
+                "--nodaemon",
+                str(wdir),
+            ],
+            cwd=wdir,
+            log=tmp / "worker.out",
+        )
         self._wait("the worker to attach", lambda: self._worker(rest, connected=True))
         progress("worker attached (through the FURL's encrypted, authenticated tunnel)")
 
@@ -594,8 +640,12 @@ class Demo:
         if done.get("started_at") is not None and done.get("complete_at") is not None:
             duration = float(done["complete_at"] - done["started_at"])
         return BuildResult(
-            number=done["number"], builder=BUILDER_NAME, worker=WORKER_NAME, result=name,
-            duration=duration, log_tail=self._log_tail(rest, done),
+            number=done["number"],
+            builder=BUILDER_NAME,
+            worker=WORKER_NAME,
+            result=name,
+            duration=duration,
+            log_tail=self._log_tail(rest, done),
         )
 
     @staticmethod

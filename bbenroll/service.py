@@ -35,10 +35,9 @@ from bbenroll import registry as regmod
 from bbenroll.errors import BBEnrollError
 from bbenroll.identity import load_identity
 from bbenroll.status import HEARTBEAT, StatusBook, status_path, write_status
-from bbenroll.tunnel import core
 from bbenroll.tunnel.core import Frame, Settings
 from bbenroll.tunnel.master_side import MAX_RESUME_DEADLINE, MasterSession, pb_client_endpoint
-from bbenroll.tunnel.wire import RIEnrolledWorker
+from bbenroll.tunnel.wire import FrameSink, RIEnrolledWorker
 
 log = Logger(namespace="bbenroll")
 _NEVER = object()  # a file signature that matches nothing
@@ -107,7 +106,7 @@ class EnrollmentTub(Tub):
 
 
 @implementer(RIEnrolledWorker)
-class EnrolledWorker(Referenceable):
+class EnrolledWorker(FrameSink, Referenceable):
     """What a worker's FURL resolves to, for one connection."""
 
     def __init__(self, service: EnrollmentService, name: str, swissnum: str, broker: Broker) -> None:
@@ -133,28 +132,10 @@ class EnrolledWorker(Referenceable):
     ) -> dict[str, Any]:
         return self.service.open_session(self, session, receiver, received, resume, deadline)
 
-    # frames of the tunnel; ignored until a session is open
-    def _frame(self, frame: Frame) -> None:
+    # frames of the tunnel (FrameSink); ignored until a session is open
+    def receive_frame(self, frame: Frame) -> None:
         if self.session is not None:
             self.session.receive(frame)
-
-    def remote_frame_open(self, stream: int) -> None:
-        self._frame(Frame(core.OPEN, stream))
-
-    def remote_frame_data(self, stream: int, offset: int, payload: bytes) -> None:
-        self._frame(Frame(core.DATA, stream, offset, payload))
-
-    def remote_frame_ack(self, stream: int, offset: int) -> None:
-        self._frame(Frame(core.ACK, stream, offset))
-
-    def remote_frame_close(self, stream: int, offset: int) -> None:
-        self._frame(Frame(core.CLOSE, stream, offset))
-
-    def remote_frame_reset(self, stream: int) -> None:
-        self._frame(Frame(core.RESET, stream))
-
-    def remote_frame_ping(self) -> None:
-        self._frame(Frame(core.PING))
 
 
 Now = Callable[[], datetime]

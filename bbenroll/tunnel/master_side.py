@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from bbenroll.tunnel import core
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
+from bbenroll.tunnel.wire import send_frame
 
 log = Logger(namespace="bbenroll")
 
@@ -197,18 +198,8 @@ class MasterSession:
         self._reschedule()
 
     def _send(self, frame: Frame) -> None:
-        peer = self.peer
         try:
-            if frame.kind == core.DATA:
-                peer.callRemoteOnly("frame_data", frame.stream, frame.offset, frame.payload)
-            elif frame.kind == core.ACK:
-                peer.callRemoteOnly("frame_ack", frame.stream, frame.offset)
-            elif frame.kind == core.PING:
-                peer.callRemoteOnly("frame_ping")
-            elif frame.kind == core.CLOSE:
-                peer.callRemoteOnly("frame_close", frame.stream, frame.offset)
-            elif frame.kind == core.RESET:
-                peer.callRemoteOnly("frame_reset", frame.stream)
+            send_frame(self.peer, frame)
         except DeadReferenceError:
             pass  # the disconnect notification is on its way
 

@@ -18,7 +18,8 @@ from foolscap.schema import (
     UnicodeConstraint,
 )
 
-from bbenroll.tunnel.core import Settings
+from bbenroll.tunnel import core
+from bbenroll.tunnel.core import Frame, Settings
 
 MAX_PAYLOAD = 2 * Settings().chunk  # a data frame never carries more than one chunk
 Offset = IntegerConstraint(maxBytes=8)  # streams can outgrow 2**31 bytes
@@ -75,3 +76,48 @@ class RIEnrolledWorker(RITunnelPeer):
         session expired): the worker must drop its streams and start a new session.
         """
         return DictOf(UnicodeConstraint(maxLength=16), Any(), maxKeys=8)
+
+
+def send_frame(remote: object, frame: Frame) -> None:
+    """Put one frame of the tunnel core on the link (no answer expected)."""
+    kind = frame.kind
+    call = remote.callRemoteOnly  # type: ignore[attr-defined]
+    if kind == core.DATA:
+        call("frame_data", frame.stream, frame.offset, frame.payload)
+    elif kind == core.ACK:
+        call("frame_ack", frame.stream, frame.offset)
+    elif kind == core.OPEN:
+        call("frame_open", frame.stream)
+    elif kind == core.CLOSE:
+        call("frame_close", frame.stream, frame.offset)
+    elif kind == core.RESET:
+        call("frame_reset", frame.stream)
+    elif kind == core.PING:
+        call("frame_ping")
+    else:
+        raise ValueError(f"unknown frame kind {kind!r}")
+
+
+class FrameSink:
+    """The ``remote_frame_*`` methods of :class:`RITunnelPeer`, turned back into frames."""
+
+    def receive_frame(self, frame: Frame) -> None:
+        raise NotImplementedError
+
+    def remote_frame_open(self, stream: int) -> None:
+        self.receive_frame(Frame(core.OPEN, stream))
+
+    def remote_frame_data(self, stream: int, offset: int, payload: bytes) -> None:
+        self.receive_frame(Frame(core.DATA, stream, offset, payload))
+
+    def remote_frame_ack(self, stream: int, offset: int) -> None:
+        self.receive_frame(Frame(core.ACK, stream, offset))
+
+    def remote_frame_close(self, stream: int, offset: int) -> None:
+        self.receive_frame(Frame(core.CLOSE, stream, offset))
+
+    def remote_frame_reset(self, stream: int) -> None:
+        self.receive_frame(Frame(core.RESET, stream))
+
+    def remote_frame_ping(self) -> None:
+        self.receive_frame(Frame(core.PING))

@@ -26,7 +26,7 @@ from zope.interface import implementer
 from bbenroll.furl import parse_furl
 from bbenroll.tunnel import core
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
-from bbenroll.tunnel.wire import RITunnelPeer
+from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, send_frame
 
 log = Logger(namespace="bbenroll")
 
@@ -62,29 +62,14 @@ def classify_failure(failure: Failure) -> str:
 
 
 @implementer(RITunnelPeer)
-class Receiver(Referenceable):
+class Receiver(FrameSink, Referenceable):
     """The worker's frame sink, handed to the master in open_session."""
 
     def __init__(self, tunnel: WorkerTunnel) -> None:
         self.tunnel = tunnel
 
-    def remote_frame_open(self, stream: int) -> None:
-        self.tunnel.receive(Frame(core.OPEN, stream))
-
-    def remote_frame_data(self, stream: int, offset: int, payload: bytes) -> None:
-        self.tunnel.receive(Frame(core.DATA, stream, offset, payload))
-
-    def remote_frame_ack(self, stream: int, offset: int) -> None:
-        self.tunnel.receive(Frame(core.ACK, stream, offset))
-
-    def remote_frame_close(self, stream: int, offset: int) -> None:
-        self.tunnel.receive(Frame(core.CLOSE, stream, offset))
-
-    def remote_frame_reset(self, stream: int) -> None:
-        self.tunnel.receive(Frame(core.RESET, stream))
-
-    def remote_frame_ping(self) -> None:
-        self.tunnel.receive(Frame(core.PING))
+    def receive_frame(self, frame: Frame) -> None:
+        self.tunnel.receive(frame)
 
 
 @implementer(IAddress)
@@ -384,28 +369,12 @@ class WorkerTunnel:
         if remote is not None:
             try:
                 for frame in frames:
-                    self._send(remote, frame)
+                    send_frame(remote, frame)
             except DeadReferenceError:
                 pass
         for event in events:
             self._handle(event)
         self._reschedule()
-
-    @staticmethod
-    def _send(remote: Any, frame: Frame) -> None:
-        kind = frame.kind
-        if kind == core.DATA:
-            remote.callRemoteOnly("frame_data", frame.stream, frame.offset, frame.payload)
-        elif kind == core.ACK:
-            remote.callRemoteOnly("frame_ack", frame.stream, frame.offset)
-        elif kind == core.OPEN:
-            remote.callRemoteOnly("frame_open", frame.stream)
-        elif kind == core.PING:
-            remote.callRemoteOnly("frame_ping")
-        elif kind == core.CLOSE:
-            remote.callRemoteOnly("frame_close", frame.stream, frame.offset)
-        elif kind == core.RESET:
-            remote.callRemoteOnly("frame_reset", frame.stream)
 
     def _handle(self, event: core.Event) -> None:
         kind = event.kind
