@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import six
 from foolscap.api import DeadReferenceError, Referenceable, Tub
 from foolscap.broker import Broker
 from twisted.application import service
@@ -77,7 +76,9 @@ class EnrollmentBroker(Broker):
         enrollment = getattr(self.tub, "enrollment", None)
         if enrollment is None:  # a plain Tub using this broker class
             return Broker.remote_getReferenceByName(self, name)
-        return enrollment.lookup(six.ensure_str(name, errors="replace"), self)
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return enrollment.lookup(name, self)
 
     def handleData(self, chunk: bytes) -> None:
         Broker.handleData(self, chunk)
