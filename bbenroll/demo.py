@@ -1,17 +1,19 @@
 """``bbenroll demo``: the whole story on this machine, in a throwaway directory.
 
-A registry and a real Buildbot master (with the master.cfg hook) start on free
-127.0.0.1 ports; a worker is enrolled while the master runs, turned into a
-buildbot-worker by ``bbenroll worker create`` from nothing but its FURL, and
-attaches through the tunnel; one build is forced through the REST API and its
-result is reported. Then everything is stopped and the directory removed, also
-on an error, Ctrl-C (SIGINT), SIGTERM or SIGHUP.
+A registry, one enrolled worker and a real Buildbot master (with the master.cfg
+hook) start on free 127.0.0.1 ports (Buildbot refuses to start without a
+worker, so the worker is enrolled first); its FURL is shown, turned into a
+buildbot-worker by ``bbenroll worker create`` (the FURL on stdin, never on a
+command line), which attaches through the tunnel; one build is forced through
+the REST API and its result reported. Then everything is stopped and the
+directory removed, also on an error, Ctrl-C (SIGINT), SIGTERM or SIGHUP.
 
 The master and the worker run in the foreground (``--nodaemon``) as our own
 children, each in its own session: the terminal's Ctrl-C reaches only this
-process, which then stops them in order (SIGTERM to the process group, SIGKILL
-after a grace period or on a second Ctrl-C). On Linux they also get SIGTERM if
-this process dies without cleaning up (``PR_SET_PDEATHSIG``).
+process, which then stops them, the master first (SIGTERM to each process
+group; SIGKILL after a grace period, or at once on another Ctrl-C while
+stopping). On Linux they also get SIGTERM if this process dies without cleaning
+up (``PR_SET_PDEATHSIG``).
 
 Only the standard library is imported here until the demo runs; Buildbot
 itself is never imported in this process.
@@ -23,6 +25,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,7 +43,7 @@ from typing import Any, Protocol
 
 from bbenroll.errors import BBEnrollError
 
-DEFAULT_TIMEOUT = 180.0  # seconds for the whole demo; a typical run takes about 15
+DEFAULT_TIMEOUT = 180.0  # seconds for the whole demo; a run takes 5-10 s
 STOP_GRACE = 10.0  # seconds a process gets to stop after SIGTERM before SIGKILL
 POLL = 0.2
 LOG_TAIL_LINES = 8
@@ -201,6 +204,10 @@ def format_seconds(seconds: float | None) -> str:
     return f"{minutes}m{rest:02d}s"
 
 
+LOG_REASON_WINDOW = 80  # lines at the end of a log that may explain a failure
+_EXCEPTION_RE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception)): (.+)$")
+
+
 def _strip_twistd_prefix(line: str) -> str:
     # twistd: "2026-01-02 03:04:05+0000 [-] message"
     head, sep, rest = line.partition("] ")
@@ -226,8 +233,13 @@ def log_reason(path: Path) -> str:
             errors.append(line)
         if errors:
             return "configuration errors: " + "; ".join(errors)
-    for line in reversed(lines):
-        if any(word in line for word in ("Error", "error:", "failed", "refused", "Traceback")):
+    recent = lines[-LOG_REASON_WINDOW:]
+    for line in reversed(recent):  # the exception at the end of a traceback says it best
+        mo = _EXCEPTION_RE.match(line)
+        if mo:
+            return f"{mo.group(1)}: {mo.group(2)}"
+    for line in reversed(recent):
+        if any(word in line for word in ("Error", "error:", "failed", "refused")):
             return line
     return lines[-1]
 
@@ -260,8 +272,8 @@ class Rest:
         self.base = f"http://127.0.0.1:{port}/api/v2/"
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def get(self, path: str) -> Any:
-        with self.opener.open(self.base + path, timeout=10) as response:
+    def get(self, path: str, timeout: float = 10) -> Any:
+        with self.opener.open(self.base + path, timeout=timeout) as response:
             return json.load(response)
 
     def raw(self, path: str) -> bytes:
@@ -269,8 +281,9 @@ class Rest:
             return response.read()
 
     def try_get(self, path: str) -> Any:
+        """For polling: None until the answer is there (and never a long wait)."""
         try:
-            return self.get(path)
+            return self.get(path, timeout=2)
         except (OSError, ValueError):  # URLError, HTTPError, refused, not JSON yet
             return None
 
@@ -400,10 +413,10 @@ class Demo:
 
     def _wait(self, what: str, predicate: Callable[[], Any]) -> Any:
         while True:
+            self._check_alive()
             value = predicate()
             if value:
                 return value
-            self._check_alive()
             if time.monotonic() > self.deadline:
                 raise DemoError(
                     f"timed out after {self.timeout:g}s waiting for {what} (allow longer with --timeout)"
@@ -444,12 +457,14 @@ class Demo:
 
     def _cleanup(self) -> None:
         if self.procs:
-            names = " and ".join(name for name, _ in reversed(self.procs))
+            names = " and ".join(name for name, _ in self.procs)
             self._say(f"stopping {names}...")
+        # The master first: its clean shutdown stops a running build through the live worker.
+        # Stopped first, the worker's tunnel could leave the master waiting for it to resume.
         while self.procs:
-            _name, proc = self.procs[-1]  # the worker before the master
+            _name, proc = self.procs[0]
             self._stop(proc)
-            self.procs.pop()
+            self.procs.pop(0)
         if self.directory is not None and self.directory.exists():
             if self.keep:
                 self._say(f"kept the demo directory: {self.directory}")

@@ -12,8 +12,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,7 +86,8 @@ def test_missing_extras_is_one_clear_line_and_creates_nothing(monkeypatch, tmp_p
 def test_missing_extras_looks_for_every_distribution(monkeypatch):
     real = demo.importlib.util.find_spec
     monkeypatch.setattr(
-        demo.importlib.util, "find_spec",
+        demo.importlib.util,
+        "find_spec",
         lambda name, *a: None if name in ("buildbot_worker", "buildbot_www") else real(name, *a),
     )
     assert demo.missing_extras() == ["buildbot-worker", "buildbot-www"]
@@ -109,9 +112,28 @@ def test_log_reason_finds_buildbots_configuration_errors(tmp_path):
     assert demo.log_reason(tmp_path / "missing.log") == ""
 
 
+def test_log_reason_prefers_the_exception_that_ended_a_traceback(tmp_path):
+    log = tmp_path / "twistd.log"
+    log.write_text(
+        "2026-11-29 08:02:59+0000 [-] while starting BuildMaster\n"
+        "\tTraceback (most recent call last):\n"
+        '\t  File "tcp.py", line 1438, in startListening\n'
+        "\ttwisted.internet.error.CannotListenError: Couldn't listen on 127.0.0.1:1: in use.\n"
+        "\t\n"
+        "2026-11-29 08:02:59+0000 [-] BuildMaster startup failed\n"
+        "2026-11-29 08:02:59+0000 [-] Server Shut Down.\n"
+    )
+    assert demo.log_reason(log) == "CannotListenError: Couldn't listen on 127.0.0.1:1: in use."
+
+
 def test_format_seconds():
     assert [demo.format_seconds(s) for s in (None, 0, 2.0, 2.5, 61, 3600)] == [
-        "an unknown time", "0s", "2s", "2.5s", "1m01s", "60m00s",
+        "an unknown time",
+        "0s",
+        "2s",
+        "2.5s",
+        "1m01s",
+        "60m00s",
     ]
 
 
@@ -123,8 +145,14 @@ def test_cli_default_timeout_matches_the_core():
 
 @pytest.mark.parametrize("json_mode", [False, True])
 def test_a_failed_build_is_reported_then_exits_1(monkeypatch, json_mode):
-    build = demo.BuildResult(number=1, builder="demo", worker="demo-worker", result="failure",
-                             duration=3.0, log_tail=["boom", "program finished with exit code 1"])
+    build = demo.BuildResult(
+        number=1,
+        builder="demo",
+        worker="demo-worker",
+        result="failure",
+        duration=3.0,
+        log_tail=["boom", "program finished with exit code 1"],
+    )
 
     def fake_run_demo(events, *, timeout, keep):
         events.build_done(build)
@@ -139,7 +167,9 @@ def test_a_failed_build_is_reported_then_exits_1(monkeypatch, json_mode):
         assert doc["ok"] is False and doc["result"] == "failure" and doc["build"]["duration"] == 3.0
     else:
         assert result.out.splitlines() == [
-            "build 1 on demo-worker: failure in 3s", "  | boom", "  | program finished with exit code 1",
+            "build 1 on demo-worker: failure in 3s",
+            "  | boom",
+            "  | program finished with exit code 1",
         ]
 
 
@@ -156,8 +186,9 @@ def test_help_lists_the_options():
 @pytest.mark.network
 def test_demo_runs_a_build_shows_the_furl_and_leaves_nothing(tmpdir_):
     started = time.monotonic()
-    proc = subprocess.run([BIN / "bbenroll", "demo"], capture_output=True, text=True, timeout=240,
-                          env=demo_env(tmpdir_))
+    proc = subprocess.run(
+        [BIN / "bbenroll", "demo"], capture_output=True, text=True, timeout=240, env=demo_env(tmpdir_)
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -169,8 +200,12 @@ def test_demo_runs_a_build_shows_the_furl_and_leaves_nothing(tmpdir_):
     assert decode_terminal("\n".join(lines[: furl_lines[0]])) == [furl]
     assert re.search(r"^build 1 on demo-worker: success in \d", proc.stdout, re.M), proc.stdout
     assert "  | Hello from the bbenroll demo build!" in lines
-    for message in ("starting master...", "worker attached", "build 1 running...",
-                    "stopping worker and master..."):
+    for message in (
+        "starting master...",
+        "worker attached",
+        "build 1 running...",
+        "stopping master and worker...",
+    ):
         assert message in proc.stderr
     assert swissnum not in proc.stderr  # shown once, deliberately, on stdout only
     assert_nothing_left(tmpdir_)
@@ -180,8 +215,13 @@ def test_demo_runs_a_build_shows_the_furl_and_leaves_nothing(tmpdir_):
 @pytest.mark.slow
 @pytest.mark.network
 def test_demo_json_keep_redacts_the_furl_and_keeps_the_secret_out_of_logs(tmpdir_):
-    proc = subprocess.run([BIN / "bbenroll", "demo", "--json", "--keep"], capture_output=True, text=True,
-                          timeout=240, env=demo_env(tmpdir_))
+    proc = subprocess.run(
+        [BIN / "bbenroll", "demo", "--json", "--keep"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=demo_env(tmpdir_),
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # exactly one JSON document: no QR code, no FURL line
     assert doc["ok"] is True and doc["result"] == "success" and doc["kept"] is True
@@ -200,7 +240,8 @@ def test_demo_json_keep_redacts_the_furl_and_keeps_the_secret_out_of_logs(tmpdir
     swissnum = re.search(r'swissnum = "([a-z2-7]+)"', entry).group(1)
     assert swissnum not in doc["furl"] and doc["furl"].endswith(f"/{swissnum[:4]}…")
     holders = sorted(
-        str(p.relative_to(kept)) for p in kept.rglob("*")
+        str(p.relative_to(kept))
+        for p in kept.rglob("*")
         if p.is_file() and swissnum.encode() in p.read_bytes()
     )
     assert holders == ["master/workers.toml", "worker/bbenroll.furl"]
@@ -208,12 +249,63 @@ def test_demo_json_keep_redacts_the_furl_and_keeps_the_secret_out_of_logs(tmpdir
     shutil.rmtree(kept)
 
 
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def progress(self, text: str) -> None:
+        self.messages.append(text)
+
+    def furl(self, name: str, furl: str) -> None:
+        self.messages.append("FURL shown")
+
+    def build_done(self, build: demo.BuildResult) -> None:
+        self.messages.append(f"build {build.result}")
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_a_master_that_cannot_start_is_one_line_and_leaves_nothing(monkeypatch, tmpdir_):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir_))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = iter([busy.getsockname()[1], demo.free_port(), demo.free_port()])  # www first
+        monkeypatch.setattr(demo, "free_port", lambda: next(ports))
+        started = time.monotonic()
+        result = run_cli(["demo"])
+    assert result.code == 1
+    assert result.err.count("error:") == 1 and "Traceback" not in result.err
+    last = result.err.splitlines()[-1]
+    assert last.startswith("error: the master stopped unexpectedly: CannotListenError: "), result.err
+    assert last.endswith("(run with --keep to read its log)")
+    assert "stopping master..." in result.err
+    assert time.monotonic() - started < 30
+    assert_nothing_left(tmpdir_)
+
+
+@pytest.mark.slow
+def test_timeout_stops_what_runs_and_removes_the_directory(monkeypatch, tmpdir_):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir_))
+    events = Recorder()
+    with pytest.raises(demo.DemoError, match=r"^timed out after 0.5s waiting for buildbot create-master"):
+        demo.Demo(events, timeout=0.5).run()
+    assert events.messages[-2] == "stopping buildbot create-master..."
+    assert events.messages[-1].startswith(f"removed {tmpdir_.resolve()}")
+    assert_nothing_left(tmpdir_)
+
+
 @pytest.mark.slow
 @pytest.mark.network
 @pytest.mark.parametrize("when", ["master running", "build 1 running..."])
 def test_ctrl_c_stops_everything_promptly(tmpdir_, when):
-    proc = subprocess.Popen([BIN / "bbenroll", "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=demo_env(tmpdir_))
+    proc = subprocess.Popen(
+        [BIN / "bbenroll", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=demo_env(tmpdir_),
+    )
     seen = []
     try:
         for line in proc.stderr:
