@@ -14,6 +14,7 @@ Nothing here imports Buildbot; ``bbenroll.master`` adapts it to a master.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ MAX_SESSIONS_PER_WORKER = 4  # one worker process needs one; a few allow restart
 POLL_INTERVAL = 1.0  # seconds between registry checks (the issue asks for at least 1/s)
 KEEPALIVE = 15  # Foolscap pings an idle connection after this many seconds ...
 DISCONNECT_TIMEOUT = 45  # ... and drops one that stayed silent this long
+SHUTDOWN_GRACE = 1.0  # seconds a dropped peer gets to receive our last frames
 PREAUTH_BUFFER_LIMIT = 16 * 1024  # bytes a peer may have pending before any secret was accepted
 BUFFER_LIMIT = 2 * 1024 * 1024  # afterwards (must exceed the largest legitimate token)
 MAX_SWISSNUM_LENGTH = 256
@@ -93,12 +95,20 @@ class EnrollmentBroker(Broker):
             self.transport.abortConnection()
 
     def shutdown(self, why: Failure, fireDisconnectWatchers: bool = True) -> None:
+        # loseConnection flushes what is queued (e.g. the tunnel's reset frames) but
+        # then waits for the peer's TLS close_notify; a stuck or hostile peer would
+        # keep the socket (and the worker's slot) forever, so abort soon after.
         Broker.shutdown(self, why, fireDisconnectWatchers)
-        # loseConnection waits for the peer's TLS close_notify; a stuck or
-        # hostile peer would keep the socket (and the worker's slot) forever.
-        abort = getattr(self.transport, "abortConnection", None)
+        transport = self.transport
+        abort = getattr(transport, "abortConnection", None)
         if abort is not None:
-            abort()
+            from twisted.internet import reactor
+
+            def abort_if_still_open() -> None:
+                with contextlib.suppress(Exception):  # nothing left to abort
+                    abort()  # a no-op once the connection is gone
+
+            reactor.callLater(SHUTDOWN_GRACE, abort_if_still_open)
 
 
 class EnrollmentTub(Tub):
@@ -179,6 +189,7 @@ class EnrollmentService(service.MultiService):
         self._signature: tuple[int, int, int] | None = None
         self._refused_signature: object = _NEVER
         self._last_status_write: datetime | None = None
+        self._status_failing = False
         self._running_master: tuple[Any, ...] | None = None
         self._warned_master: tuple[Any, ...] | None = None
         # load now, so that a broken registry fails master.cfg/startup loudly
@@ -321,7 +332,7 @@ class EnrollmentService(service.MultiService):
             if resume:
                 return {"status": "unknown", "received": {}}
             self._make_room_for_session(obj.name)
-            pb = self.loaded.registry.master.pb
+            pb = self._running_master[2] if self._running_master else self.loaded.registry.master.pb
             if pb is None:
                 raise Refused("this master has no PB port configured")
             settings = Settings(resume_deadline=float(min(max(deadline, 5), MAX_RESUME_DEADLINE)))
@@ -454,14 +465,16 @@ class EnrollmentService(service.MultiService):
     def _write_status(self, *, force: bool = False, running: bool = True) -> None:
         now = self.now()
         due = self._last_status_write is None or now - self._last_status_write >= HEARTBEAT
-        if not (force or self.status.changed or due):
+        if not (force or due or (self.status.changed and not self._status_failing)):
             return
         listen = self.loaded.registry.master.listen
         try:
             write_status(self.status_path, self.status.to_json(now, running=running, listen=listen))
         except OSError as e:
             log.error("bbenroll: cannot write {path}: {error}", path=str(self.status_path), error=str(e))
-            self._last_status_write = now  # retry with the next heartbeat, not every tick
+            self._last_status_write = now
+            self._status_failing = True  # retry with the next heartbeat, not every tick
             return
+        self._status_failing = False
         self.status.changed = False
         self._last_status_write = now

@@ -78,6 +78,15 @@ def fetch_worker_config(furl: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str
     return config
 
 
+def check_basedir(basedir: Path, force: bool) -> None:
+    """Refuse early (before contacting the master) to overwrite a worker."""
+    tac = Path(basedir) / "buildbot.tac"
+    if tac.exists() and not force:
+        raise WorkerSetupError(f"{tac} already exists; use --force to replace it")
+    if Path(basedir).exists() and not Path(basedir).is_dir():
+        raise WorkerSetupError(f"{basedir} exists and is not a directory")
+
+
 def create_worker_dir(
     basedir: Path, furl: str, config: dict[str, Any], *, resume: int, force: bool = False
 ) -> dict[str, Any]:
@@ -90,10 +99,14 @@ def create_worker_dir(
             "buildbot-worker is not installed here: pip install 'bbenroll[worker]'"
         ) from None
     basedir = Path(basedir).absolute()
+    check_basedir(basedir, force)
     tac = basedir / "buildbot.tac"
-    if tac.exists() and not force:
-        raise WorkerSetupError(f"{tac} already exists; use --force to replace it")
     basedir.mkdir(parents=True, exist_ok=True)
+    if force:
+        # buildbot-worker would write buildbot.tac.new beside a different old one,
+        # leaving the worker on its old password
+        tac.unlink(missing_ok=True)
+        (basedir / "buildbot.tac.new").unlink(missing_ok=True)
     if os.name == "posix":
         os.chmod(basedir, 0o700)  # builds and secrets live here
     furl_file = basedir / FURL_FILE

@@ -54,7 +54,7 @@ def create(
 ) -> None:
     """Create a buildbot-worker in BASEDIR from FURL ('-' or --furl-file: read it, not from argv)."""
     from bbenroll.furl import parse_furl
-    from bbenroll.worker import create_worker_dir, fetch_worker_config
+    from bbenroll.worker import check_basedir, create_worker_dir, fetch_worker_config
 
     if furl_file is not None and furl is not None:
         raise click.UsageError("give the FURL as an argument or with --furl-file, not both")
@@ -69,6 +69,7 @@ def create(
     if not furl:
         raise BBEnrollError("no FURL given")
     parse_furl(furl)
+    check_basedir(basedir, force)
     config = fetch_worker_config(furl, timeout=timeout)
     result = create_worker_dir(basedir, furl, config, resume=resume, force=force)
     if app.out.json_mode:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bbenroll.errors import BBEnrollError
 from bbenroll.furl import parse_furl
 from bbenroll.tunnel import core
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
@@ -390,7 +391,8 @@ class WorkerTunnel:
             log.info("bbenroll: tunnel link dead ({why}); reconnecting", why=event.reason)
             self._abort_link()
         elif kind == core.EXPIRED:
-            log.info("bbenroll: the link stayed down past the resume deadline; streams closed")
+            if self.streams:  # an empty session expiring is not news
+                log.info("bbenroll: the link stayed down past the resume deadline; streams closed")
             self._drop_streams("resume deadline passed")
             self._new_session()
 
@@ -455,28 +457,45 @@ class TunnelEndpoint:
         except OSError as e:
             raise error.ConnectError(string=f"cannot read FURL file {self.furlfile}: {e.strerror}") from None
         furl = text.strip()
-        parse_furl(furl)
+        try:
+            parse_furl(furl)
+        except BBEnrollError as e:
+            raise error.ConnectError(string=f"{self.furlfile}: {e}") from None
         return furl
 
     def connect(self, protocolFactory: Any) -> defer.Deferred:
+        # like Twisted's connectors: doStart now, doStop when the attempt fails or the
+        # connection ends (buildbot-worker's shutdown waits for stopFactory)
+        protocolFactory.doStart()
         try:
             furl = self._furl()
             tunnel = tunnel_for(furl, self.reactor, self.resume)
         except Exception as e:
-            return defer.fail(error.ConnectError(string=str(e)))
+            failure = e if isinstance(e, error.ConnectError) else error.ConnectError(string=str(e))
+            return self._failed(Failure(failure), protocolFactory)
         d = tunnel.when_ready(self.timeout)
 
         def ready(tunnel: WorkerTunnel) -> Any:
-            protocolFactory.doStart()  # paired with doStop() when the stream ends
             protocol = protocolFactory.buildProtocol(tunnel.address)
             if protocol is None:
-                protocolFactory.doStop()
                 raise error.ConnectError(string="the factory refused the connection")
             tunnel.open_stream(protocol, protocolFactory)
             return protocol
 
         d.addCallback(ready)
+        d.addErrback(self._failed, protocolFactory)
         return d
+
+    @staticmethod
+    def _failed(failure: Failure, protocolFactory: Any) -> Failure:
+        log.warn(
+            "bbenroll: cannot connect to the master: {why}",
+            why=failure.value.osError
+            if isinstance(failure.value, error.ConnectError) and failure.value.osError
+            else failure.getErrorMessage(),
+        )
+        protocolFactory.doStop()
+        return failure
 
 
 def endpoint_from_string(reactor: Any, *args: str, **kwargs: str) -> TunnelEndpoint:
