@@ -11,6 +11,7 @@ shorter than the resume deadline. No port is opened on the worker.
 
 from __future__ import annotations
 
+import random
 import secrets
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,12 @@ log = Logger(namespace="bbenroll")
 
 DEFAULT_RESUME_DEADLINE = 600  # seconds a stream survives a lost link
 CONNECT_TIMEOUT = 30.0  # a connect() that cannot reach the master gives up (buildbot-worker retries)
-BACKOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 5.0)  # reconnect delays; the last one repeats
+# Reconnect delays; the last one repeats. Capped low so that data flows again
+# within about 2 s of the network returning, even after an outage of minutes;
+# jitter (JITTER) keeps a farm of workers from reconnecting in lockstep.
+BACKOFF = (0.2, 0.5, 1.0, 1.5)
+JITTER = (0.7, 1.1)
+REFUSED_RETRY = 30.0  # revoked or unknown secret: no point hammering the master
 WORKER_MAX_BUFFER = 64 * 1024 * 1024  # bytes a stream may queue during an outage before it gives up
 
 
@@ -198,6 +204,7 @@ class WorkerTunnel:
         self._retry: Any = None
         self._timer: Any = None
         self._stopped = False
+        self._random = random.Random()  # noqa: S311 - jitter, not a secret
         self._new_session()
 
     def _new_session(self) -> None:
@@ -309,9 +316,9 @@ class WorkerTunnel:
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = False
         self.last_error = classify_failure(failure)
-        delay = BACKOFF[min(self._attempt, len(BACKOFF) - 1)]
+        delay = BACKOFF[min(self._attempt, len(BACKOFF) - 1)] * self._random.uniform(*JITTER)
         if "refused this FURL" in self.last_error:
-            delay = 30.0  # revoked or unknown: no point hammering the master
+            delay = REFUSED_RETRY
         self._attempt += 1
         log.info("bbenroll: {error}; retrying in {delay}s", error=self.last_error, delay=delay)
         if not self._stopped:

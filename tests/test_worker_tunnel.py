@@ -1,0 +1,133 @@
+"""The worker's tunnel adapter, deterministically: task.Clock, fake Foolscap references."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, error, task
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from bbenroll.tunnel import worker_side
+from bbenroll.tunnel.worker_side import WorkerTunnel
+
+FURL = "pb://" + "a" * 32 + "@tcp:127.0.0.1:9/" + "b" * 32
+
+
+class FakeRef:
+    """The master's EnrolledWorker as the worker sees it."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.sessions = []
+        self.frames = []
+        self.watchers = []
+
+    def callRemote(self, name, **kwargs):
+        assert name == "open_session"
+        self.sessions.append(kwargs)
+        return defer.succeed(self.answers.pop(0))
+
+    def callRemoteOnly(self, name, *args):
+        self.frames.append((name, *args))
+
+    def notifyOnDisconnect(self, callback, *args):
+        self.watchers.append((callback, args))
+
+    def disconnect(self):
+        for callback, args in self.watchers:
+            callback(*args)
+
+
+class FakeTub:
+    def __init__(self, results):
+        self.results = list(results)
+        self.attempts = 0
+
+    def stopService(self):
+        return defer.succeed(None)
+
+    def getReference(self, furl):
+        self.attempts += 1
+        result = self.results.pop(0)
+        return defer.fail(Failure(result)) if isinstance(result, Exception) else defer.succeed(result)
+
+
+class Recorder(Protocol):
+    def __init__(self):
+        self.data = b""
+        self.lost = None
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason=None):
+        self.lost = reason
+
+
+def make_tunnel(clock, results):
+    tunnel = WorkerTunnel(FURL, reactor=clock, clock=clock, resume_deadline=60)
+    tunnel.tub = FakeTub(results)
+    return tunnel
+
+
+def test_reconnect_backoff_is_short_and_capped():
+    clock = task.Clock()
+    refused = error.ConnectionRefusedError()
+    ref = FakeRef([{"status": "new", "received": {}}])
+    tunnel = make_tunnel(clock, [refused] * 8 + [ref])
+    tunnel._connect()
+    delays = []
+    while not tunnel.link_up:
+        (call,) = [c for c in clock.getDelayedCalls() if c.func == tunnel._connect]
+        delays.append(call.getTime() - clock.seconds())
+        clock.advance(delays[-1])
+    assert len(delays) == 8
+    assert all(d <= worker_side.BACKOFF[-1] * worker_side.JITTER[1] for d in delays)
+    assert delays[0] < 0.25 and delays[-1] >= worker_side.BACKOFF[-1] * worker_side.JITTER[0]
+    assert "cannot reach the master" in (tunnel.last_error or "cannot reach the master")
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_refused_secret_retries_slowly():
+    clock = task.Clock()
+    refusal = Exception("worker revoked")
+    refusal.failure = Failure(Exception("worker revoked"))  # what a RemoteException carries
+    refusal.failure.value = "worker revoked"
+    tunnel = make_tunnel(clock, [refusal])
+    tunnel._connect()
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() == worker_side.REFUSED_RETRY
+    assert tunnel.last_error == "the master refused this FURL: worker revoked"
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_stream_resumes_after_a_drop_and_restarts_after_a_master_restart():
+    clock = task.Clock()
+    first = FakeRef([{"status": "new", "received": {}}])
+    second = FakeRef([{"status": "resumed", "received": {1: 5}}])
+    third = FakeRef([{"status": "unknown", "received": {}}, {"status": "new", "received": {}}])
+    tunnel = make_tunnel(clock, [first, second, third])
+    tunnel._connect()
+    assert tunnel.link_up
+    app = Recorder()
+    tunnel.open_stream(app)
+    app.transport.write(b"hello world")
+    assert ("frame_open", 1) in first.frames and ("frame_data", 1, 0, b"hello world") in first.frames
+    # the link drops; the worker reconnects and resumes from what the master received
+    first.disconnect()
+    assert not tunnel.link_up
+    clock.advance(worker_side.BACKOFF[0] * worker_side.JITTER[1])
+    assert second.sessions[0]["resume"] is True
+    assert second.sessions[0]["session"] == first.sessions[0]["session"]
+    assert ("frame_data", 1, 5, b" world") in second.frames  # only what the master had not received
+    assert app.lost is None  # buildbot-worker noticed nothing
+    # the master restarted: it does not know the session; the stream ends, a new session starts
+    second.disconnect()
+    clock.advance(worker_side.BACKOFF[0] * worker_side.JITTER[1])
+    assert app.lost is not None
+    assert [s["resume"] for s in third.sessions] == [True, False]
+    assert third.sessions[1]["session"] != first.sessions[0]["session"]
+    assert tunnel.link_up and tunnel.streams == {}
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
