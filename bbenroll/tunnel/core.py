@@ -292,7 +292,7 @@ class TunnelCore:
         if end <= stream.recv_next:
             self._schedule_ack(stream, now, force=True)  # a duplicate: say where we are
             return
-        fresh = payload[stream.recv_next - offset :]
+        fresh = payload if offset == stream.recv_next else payload[stream.recv_next - offset :]
         stream.recv_next = end
         if not stream.delivered_close:
             self.events.append(Event(DELIVER, stream.id, fresh))
@@ -371,7 +371,8 @@ class TunnelCore:
                     break
                 size = min(settings.chunk, room, stream.send_end - stream.send_next)
                 start = stream.send_next - stream.send_base
-                payload = bytes(stream.send_buffer[start : start + size])
+                with memoryview(stream.send_buffer) as view:  # one copy, not two
+                    payload = bytes(view[start : start + size])
                 self._send(Frame(DATA, stream.id, stream.send_next, payload), now)
                 stream.send_next += size
             if stream.closing and not stream.close_sent and stream.send_next == stream.send_end:

@@ -78,6 +78,13 @@ class PBLeg(protocol.Protocol):
         self.stream = stream
         self.closed_by_tunnel = False
 
+    def connectionMade(self) -> None:
+        # PB's many small request/answer messages must not wait for Nagle's
+        # algorithm on this loopback hop (measured: +10-20 ms per small build)
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+
     def dataReceived(self, data: bytes) -> None:
         self.session.from_pb(self.stream, data)
 

@@ -40,7 +40,10 @@ CONNECT_TIMEOUT = 30.0  # a connect() that cannot reach the master gives up (bui
 BACKOFF = (0.2, 0.5, 1.0, 1.5)
 JITTER = (0.7, 1.1)
 REFUSED_RETRY = 30.0  # revoked or unknown secret: no point hammering the master
-WORKER_MAX_BUFFER = 64 * 1024 * 1024  # bytes a stream may queue during an outage before it gives up
+# Bytes a stream may queue while the link is down or slower than the build's
+# output, before it gives up (buildbot-worker cannot be paused). 64 MiB was
+# measured too small: a build printing 100 MB lost its stream in a 10 s stall.
+WORKER_MAX_BUFFER = 512 * 1024 * 1024
 
 
 def classify_failure(failure: Failure) -> str:
