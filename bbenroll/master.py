@@ -16,7 +16,6 @@ the running instance of a service whose name and class are unchanged).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -28,9 +27,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bbenroll import registry as regmod
+from bbenroll.endpoints import check_loopback_endpoint
 from bbenroll.errors import BBEnrollError
 from bbenroll.service import POLL_INTERVAL, EnrollmentService
-from bbenroll.tunnel.master_side import endpoint_parts
 
 log = Logger(namespace="bbenroll")
 
@@ -41,41 +40,6 @@ RECONFIG_MAX_WAIT = 120.0  # then reconfigure anyway
 
 def _config_error(message: str) -> ConfigErrors:
     return ConfigErrors([f"bbenroll: {message}"])
-
-
-def check_loopback_endpoint(endpoint: str) -> str:
-    """Refuse a PB port that other machines could reach: workers must use the FURL."""
-    text = str(endpoint).strip()
-    parts = endpoint_parts(text)
-    kind, rest = parts[0], parts[1:]
-    if kind == "ssl":
-        raise BBEnrollError(
-            f"master.pb {text!r}: TLS on the loopback PB port is not needed (the tunnel is encrypted) "
-            "and the tunnel cannot connect to it; use 'tcp:9990:interface=127.0.0.1'"
-        )
-    if text.isdigit() or kind in ("tcp", "tcp6"):
-        interface = None
-        for part in rest:
-            if part.startswith("interface="):
-                interface = part.split("=", 1)[1]
-        if interface is None:
-            raise BBEnrollError(
-                f"master.pb {text!r} listens on every interface; workers must arrive only through "
-                "bbenroll, so bind it to loopback, e.g. 'tcp:9990:interface=127.0.0.1'"
-            )
-        try:
-            loopback = ipaddress.ip_address(interface).is_loopback
-        except ValueError:
-            loopback = interface == "localhost"
-        if not loopback:
-            raise BBEnrollError(
-                f"master.pb {text!r} listens on {interface}, which is not a loopback address; "
-                "use interface=127.0.0.1"
-            )
-        return text
-    if kind == "unix":
-        return text
-    raise BBEnrollError(f"master.pb {text!r}: use 'tcp:PORT:interface=127.0.0.1' (or a unix: socket)")
 
 
 class Enrollment:

@@ -305,7 +305,11 @@ def _time(value: Any, key: str, problems: Problems) -> datetime | None:
         if value.tzinfo is None:
             problems.add(key, "must include a time zone, like 2027-01-01T00:00:00Z")
             return None
-        return to_utc(value)
+        try:
+            return to_utc(value)
+        except OverflowError:
+            problems.add(key, "is out of range")
+            return None
     if isinstance(value, date):  # a bare date means midnight UTC
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     problems.add(key, "must be a date-time, like 2027-01-01T00:00:00Z")
@@ -404,8 +408,8 @@ def _worker_fast(name: str, data: Any) -> Worker | None:
         or ("revoked" in data and revoked is None)
     ):
         return None
-    tags = data.get("tags", ())
-    if tags and (type(tags) is not list or not all(type(t) is str and t for t in tags)):
+    tags = data.get("tags", [])
+    if type(tags) is not list or not all(type(t) is str and t for t in tags):
         return None
     note = data.get("note")
     if note is not None and type(note) is not str:

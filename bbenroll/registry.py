@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bbenroll import model
-from bbenroll.errors import IdentityError, RegistryError, WorkerExists, WorkerNotFound
+from bbenroll.errors import BBEnrollError, IdentityError, RegistryError, WorkerExists, WorkerNotFound
 from bbenroll.fileio import atomic_write, exclusive_lock, permission_problem
 from bbenroll.identity import load_identity
 from bbenroll.model import Problems, Registry, Worker
@@ -239,6 +239,7 @@ def create(
     """Write a new registry and a new master identity; refuses to replace either."""
     import tomlkit
 
+    from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint
     from bbenroll.errors import FurlError
     from bbenroll.furl import check_hint
     from bbenroll.identity import create_identity
@@ -249,6 +250,14 @@ def create(
             check_hint(hint)
         except FurlError as e:
             raise RegistryError("--location", str(e)) from None
+    for option, value, check_endpoint in (
+        ("--listen", listen, check_listen_endpoint),
+        ("--pb", pb, check_loopback_endpoint),
+    ):
+        try:
+            check_endpoint(value)
+        except BBEnrollError as e:
+            raise RegistryError(option, str(e)) from None
     if path.exists():
         raise RegistryError(str(path), "already exists; refusing to overwrite a registry")
     if not path.parent.is_dir():

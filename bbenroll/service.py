@@ -73,6 +73,7 @@ class EnrollmentBroker(Broker):
     bounds what a peer may buffer, and really closes the socket on shutdown."""
 
     authenticated = False
+    _abort_scheduled = False
 
     def remote_getReferenceByName(self, name: Any) -> Any:
         enrollment = getattr(self.tub, "enrollment", None)
@@ -101,7 +102,8 @@ class EnrollmentBroker(Broker):
         Broker.shutdown(self, why, fireDisconnectWatchers)
         transport = self.transport
         abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
+        if abort is not None and not self._abort_scheduled:
+            self._abort_scheduled = True
             from twisted.internet import reactor
 
             def abort_if_still_open() -> None:
@@ -349,6 +351,9 @@ class EnrollmentService(service.MultiService):
             status = "new"
         if obj.session is not None and obj.session is not session:
             obj.session.detach(obj.session.peer)
+        for other in self.connections.values():
+            if other is not obj and other.session is session:
+                other.session = None  # a newer connection took this session over
         obj.session = session
         receiver.notifyOnDisconnect(session.detach, receiver)
         ours = session.attach(receiver, received)

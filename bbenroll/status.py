@@ -105,15 +105,20 @@ def write_status(path: Path, document: dict[str, Any]) -> None:
 def read_status(path: Path) -> dict[str, Any] | None:
     """The status document, or None if there is none. Raises on a damaged file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         return None
     except OSError as e:
         raise BBEnrollError(f"{path}: cannot read master status: {e.strerror}") from None
     try:
-        document = json.loads(text)
+        document = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
         if not isinstance(document, dict) or not isinstance(document.get("workers"), dict):
             raise ValueError
+        for entry in document["workers"].values():
+            if not isinstance(entry, dict) or not all(
+                value is None or isinstance(value, str) for value in entry.values()
+            ):
+                raise ValueError
     except ValueError:
         raise BBEnrollError(
             f"{path}: master status file is damaged; it is rewritten while a master runs"
@@ -134,7 +139,7 @@ def master_running(document: dict[str, Any] | None, now: datetime) -> tuple[bool
     pid = document.get("pid")
     if document.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
         return False, f"the master (pid {pid}) is gone; it stopped without saying so"
-    if now - updated > STALE_AFTER:
+    if abs(now - updated) > STALE_AFTER:  # a future time (skew, forgery) is stale too
         return False, f"the master has not updated its status since {document.get('updated')}"
     return True, "running"
 
@@ -142,6 +147,8 @@ def master_running(document: dict[str, Any] | None, now: datetime) -> tuple[bool
 def _pid_alive(pid: int) -> bool:
     if os.name != "posix":
         return True  # os.kill(pid, 0) would terminate the process on Windows
+    if not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

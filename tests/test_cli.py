@@ -81,8 +81,19 @@ def test_add_json_matches_show_json(cli):
     added = json.loads(cli("add", "w1", "--json").out)
     shown = json.loads(cli("--json", "show", "w1").out)
     assert added == shown
-    for key in ("name", "furl", "tubid", "location", "state", "created", "rotated", "expires",
-                "revoked", "tags", "note"):
+    for key in (
+        "name",
+        "furl",
+        "tubid",
+        "location",
+        "state",
+        "created",
+        "rotated",
+        "expires",
+        "revoked",
+        "tags",
+        "note",
+    ):
         assert key in shown
     assert shown["state"] == "active"
     assert shown["created"] == "2026-11-29T06:00:00Z"
@@ -138,10 +149,28 @@ def test_list_table_and_json(cli, clock):
     assert result.code == 0
     lines = result.out.splitlines()
     assert lines[0].split() == ["name", "state", "created", "rotated", "expires", "tags", "note"]
-    assert lines[2].split() == ["alpha", "active", "2026-11-29", "06:00", "2026-11-29", "06:00", "linux",
-                                "rack", "3"]
-    assert lines[3].split() == ["beta", "expiring", "2026-11-29", "06:00", "2026-11-29", "06:00",
-                                "2026-12-02", "06:00", "mac"]
+    assert lines[2].split() == [
+        "alpha",
+        "active",
+        "2026-11-29",
+        "06:00",
+        "2026-11-29",
+        "06:00",
+        "linux",
+        "rack",
+        "3",
+    ]
+    assert lines[3].split() == [
+        "beta",
+        "expiring",
+        "2026-11-29",
+        "06:00",
+        "2026-11-29",
+        "06:00",
+        "2026-12-02",
+        "06:00",
+        "mac",
+    ]
     assert lines[4].split()[:2] == ["gamma", "revoked"]
     assert len(lines) == 5
     listed = json.loads(cli("list", "--json").out)
@@ -275,24 +304,36 @@ def test_permission_warning_on_every_command(cli, reg_path):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda t: t.replace("version = 1", "version = 2"),
-         "{p}: version: unknown registry version 2; this bbenroll reads version 1"),
-        (lambda t: t.replace("version = 1", "version = 1\nversion = 1"),
-         "{p}:5:12: invalid TOML: Cannot overwrite a value"),
-        (lambda t: t + "[workers.w1]\nswissnum = 'x'\n",
-         "{p}:"),
-        (lambda t: t.replace('identity = "master.pem"', 'identity = "missing.pem"'),
-         "{p}: master.identity: {d}/missing.pem: master identity file not found"),
-        (lambda t: t.replace('listen = "tcp:9989"', "listen = 9989"),
-         "{p}:6: master.listen: must be a string, not an integer"),
-        (lambda t: t.replace("tubid = ", 'tubid = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"\n#'),
-         "{p}: master.tubid aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa does not match the identity"),
-        (lambda t: t.replace("password = ", "pasword = "),
-         "{p}:{w1}: workers.w1.pasword: unknown key (and 1 more problems: run 'bbenroll check')"),
-        (lambda t: t.replace("[workers.w1]", "[workers.w1]\ncreated = 5"),
-         "{p}:"),
-        (lambda t: t.replace("created = 2026-11-29T06:00:00Z", "created = 2026-11-29T06:00:00"),
-         "{p}:{w1}: workers.w1.created: must include a time zone, like 2027-01-01T00:00:00Z"),
+        (
+            lambda t: t.replace("version = 1", "version = 2"),
+            "{p}: version: unknown registry version 2; this bbenroll reads version 1",
+        ),
+        (
+            lambda t: t.replace("version = 1", "version = 1\nversion = 1"),
+            "{p}:5:12: invalid TOML: Cannot overwrite a value",
+        ),
+        (lambda t: t + "[workers.w1]\nswissnum = 'x'\n", "{p}:"),
+        (
+            lambda t: t.replace('identity = "master.pem"', 'identity = "missing.pem"'),
+            "{p}: master.identity: {d}/missing.pem: master identity file not found",
+        ),
+        (
+            lambda t: t.replace('listen = "tcp:9989"', "listen = 9989"),
+            "{p}:6: master.listen: must be a string, not an integer",
+        ),
+        (
+            lambda t: t.replace("tubid = ", 'tubid = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"\n#'),
+            "{p}: master.tubid aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa does not match the identity",
+        ),
+        (
+            lambda t: t.replace("password = ", "pasword = "),
+            "{p}:{w1}: workers.w1.pasword: unknown key (and 1 more problems: run 'bbenroll check')",
+        ),
+        (lambda t: t.replace("[workers.w1]", "[workers.w1]\ncreated = 5"), "{p}:"),
+        (
+            lambda t: t.replace("created = 2026-11-29T06:00:00Z", "created = 2026-11-29T06:00:00"),
+            "{p}:{w1}: workers.w1.created: must include a time zone, like 2027-01-01T00:00:00Z",
+        ),
         (lambda t: "\x00" + t, "{p}:1:1: invalid TOML"),
     ],
 )
@@ -354,3 +395,83 @@ def test_usage_errors_exit_2(cli):
     assert cli("frobnicate").code == 2
     assert cli("add").code == 2
     assert cli("list", "--expiring", "soon").code == 2
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "rotated = 2026-11-29T06:00:00Z",
+            "rotated = 2026-11-29T06:00:00Z\ntags = 0",
+            "workers.w1.tags: must be an array of non-empty strings",
+        ),
+        (
+            "created = 2026-11-29T06:00:00Z",
+            "created = 0001-01-01T00:00:00+01:00",
+            "workers.w1.created: is out of range",
+        ),
+    ],
+)
+def test_odd_values_in_the_registry_are_one_line_errors(cli, reg_path, old, new, message):
+    cli("add", "w1")
+    reg_path.write_text(reg_path.read_text().replace(old, new, 1))
+    for args in (("list",), ("check",)):
+        result = cli(*args)
+        assert result.code == 1 and "internal error" not in result.err
+        assert message in result.err
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe", b'{"workers": {"w1": 5}}', b'{"workers": {"w1": {"since": 5}}}']
+)
+def test_damaged_status_file_is_reported_not_a_crash(cli, reg_path, content):
+    cli("add", "w1")
+    (reg_path.parent / "workers.status.json").write_bytes(content)
+    result = cli("status")
+    assert result.code == 1
+    assert result.err.endswith("master status file is damaged; it is rewritten while a master runs\n")
+    assert result.err.count("\n") == 1
+
+
+def test_status_without_a_master(cli):
+    cli("add", "w1")
+    result = cli("status")
+    assert result.code == 0
+    assert (
+        result.err == "warning: no master is running: no master has run with this registry (no status file)\n"
+    )
+    assert result.out.splitlines()[2].split() == ["w1", "disconnected"]
+
+
+def test_qr_image_into_a_missing_directory(cli, reg_path):
+    cli("add", "w1")
+    target = reg_path.parent / "nodir" / "x.png"
+    result = cli("show", "w1", "--png", str(target))
+    assert result.code == 1
+    assert result.err == f"error: {target}: cannot write the QR code: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ("--listen", "garbage"),
+            "error: --listen: listen endpoint 'garbage' is not a Twisted server endpoint",
+        ),
+        (("--pb", "tcp:9990"), "error: --pb: master.pb 'tcp:9990' listens on every interface"),
+    ],
+)
+def test_init_checks_endpoints(tmp_path, args, message):
+    result = run_cli(["--registry", str(tmp_path / "workers.toml"), "init", "--location", HINT, *args])
+    assert result.code == 1 and result.err.startswith(message), result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_create_bad_arguments(tmp_path):
+    bad = tmp_path / "bad.furl"
+    bad.write_bytes(b"\xff\xfe")
+    result = run_cli(["worker", "create", str(tmp_path / "w"), "--furl-file", str(bad)])
+    assert (result.code, result.err) == (1, f"error: {bad}: cannot read the FURL file: not UTF-8 text\n")
+    result = run_cli(["worker", "create", str(tmp_path / "w"), "--timeout", "nan", "pb://x"])
+    assert result.code == 2 and "--timeout" in result.err
+    assert not (tmp_path / "w").exists()

@@ -6,9 +6,9 @@ import pytest
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.testing import MemoryReactor
 
+from bbenroll.endpoints import check_loopback_endpoint, endpoint_parts
 from bbenroll.errors import BBEnrollError
-from bbenroll.master import check_loopback_endpoint
-from bbenroll.tunnel.master_side import endpoint_parts, pb_client_endpoint
+from bbenroll.tunnel.master_side import pb_client_endpoint
 
 
 @pytest.mark.parametrize("text", [

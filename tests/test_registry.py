@@ -43,8 +43,7 @@ def test_sixteen_concurrent_writers_lose_nothing(reg_path):
         script = " && ".join(
             " ".join(bbenroll_cmd(reg_path, "add", f"p{i}-w{j}")) for j in range(per_process)
         )
-        procs.append(subprocess.Popen(script, shell=True, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE))
+        procs.append(subprocess.Popen(script, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     errors = [p.communicate()[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 16, errors
     workers = registry.load(reg_path).registry.workers
@@ -55,9 +54,15 @@ def test_sixteen_concurrent_writers_lose_nothing(reg_path):
 def test_concurrent_rotations_of_one_worker_all_apply(reg_path):
     """Read-modify-write under the lock: each rotation sees the previous one's result."""
     assert subprocess.run(bbenroll_cmd(reg_path, "add", "shared"), capture_output=True).returncode == 0
-    procs = [subprocess.Popen(bbenroll_cmd(reg_path, "rotate", "shared", "--grace", "1d"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(16)]
+    procs = [
+        subprocess.Popen(
+            bbenroll_cmd(reg_path, "rotate", "shared", "--grace", "1d"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(16)
+    ]
     furls = [p.communicate()[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     # serialised rotations form one chain: each one's previous secret is another's new secret
@@ -97,8 +102,9 @@ def test_crash_at_any_point_leaves_old_file(reg_path, cli):
     cli("add", "w1")
     before = reg_path.read_bytes()
     for point in ("mid-write", "before-fsync", "before-rename"):
-        proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(reg_path), point],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CRASH_SCRIPT, str(reg_path), point], capture_output=True, text=True
+        )
         assert proc.returncode == 9, proc.stderr
         assert reg_path.read_bytes() == before
         registry.load(reg_path)
@@ -153,8 +159,13 @@ def test_tubid_matches_identity_and_is_checked(reg_path):
     # swapping the identity file for another key is caught on load
     other = reg_path.parent / "other"
     other.mkdir()
-    registry.create(other / "workers.toml", location=["tcp:localhost:1"], listen="tcp:1", pb="tcp:2",
-                    identity="master.pem")
+    registry.create(
+        other / "workers.toml",
+        location=["tcp:localhost:1"],
+        listen="tcp:1",
+        pb="tcp:2:interface=127.0.0.1",
+        identity="master.pem",
+    )
     (reg_path.parent / "master.pem").write_bytes((other / "master.pem").read_bytes())
     try:
         registry.load(reg_path)

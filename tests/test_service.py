@@ -129,7 +129,13 @@ async def test_client_refuses_master_with_other_identity(master, tmp_path):
     other.mkdir()
     listen = tomllib.loads(master.path.read_text())["master"]["listen"]
     location = tomllib.loads(master.path.read_text())["master"]["location"]
-    registry.create(other / "workers.toml", location=location, listen=listen, pb="tcp:1", identity="m.pem")
+    registry.create(
+        other / "workers.toml",
+        location=location,
+        listen=listen,
+        pb="tcp:1:interface=127.0.0.1",
+        identity="m.pem",
+    )
     workers_part = "\n[workers." + master.path.read_text().split("\n[workers.", 1)[1]
     (other / "workers.toml").write_text((other / "workers.toml").read_text() + workers_part)
     impostor = Master(other / "workers.toml")
@@ -222,7 +228,7 @@ async def test_status_file_follows_connections(master):
     doc = json.loads(path.read_text())
     assert doc["workers"]["w1"]["state"] == "connected"
     assert doc["workers"]["w1"]["peer"].startswith("127.0.0.1:")
-    result = run_cli(["--registry", str(master.path), "status", "--json"])
+    result = run_cli(["--registry", str(master.path), "status", "--json"], clock=lambda: datetime.now(UTC))
     assert result.code == 0, result.err
     status = {w["name"]: w for w in json.loads(result.out)["workers"]}
     assert status["w1"]["state"] == "connected" and status["w2"]["state"] == "disconnected"
@@ -235,7 +241,7 @@ async def test_status_file_follows_connections(master):
     assert doc["workers"]["w1"]["state"] == "disconnected"
     await master.service.stopService()
     assert json.loads(path.read_text())["running"] is False
-    result = run_cli(["--registry", str(master.path), "status"])
+    result = run_cli(["--registry", str(master.path), "status"], clock=lambda: datetime.now(UTC))
     assert result.code == 0
     assert "no master is running" in result.err
 

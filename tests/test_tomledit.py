@@ -124,7 +124,11 @@ def test_remove_keeps_comments_of_separated_tables() -> None:
 def on_disk(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "workers.toml"
     created = registry.create(
-        path, location=["tcp:buildbot.example.org:9989"], listen="tcp:9989", pb="tcp:1", identity="master.pem"
+        path,
+        location=["tcp:buildbot.example.org:9989"],
+        listen="tcp:9989",
+        pb="tcp:1:interface=127.0.0.1",
+        identity="master.pem",
     )
     path.write_bytes(text.replace(TUBID, created.registry.master.tubid).encode())
     return path

@@ -392,7 +392,11 @@ def test_edit_on_disk_keeps_layout(tmp_path: Path) -> None:
     """Through registry.edit on a real registry: the file's other bytes are carried over."""
     path = tmp_path / "workers.toml"
     created = registry.create(
-        path, location=["tcp:buildbot.example.org:9989"], listen="tcp:9989", pb="tcp:1", identity="master.pem"
+        path,
+        location=["tcp:buildbot.example.org:9989"],
+        listen="tcp:9989",
+        pb="tcp:1:interface=127.0.0.1",
+        identity="master.pem",
     )
     tubid = created.registry.master.tubid
     path.write_bytes(COMMENTS.text.replace(TUBID, tubid).encode())

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from bbenroll.errors import TimeSpecError
+from bbenroll.errors import BBEnrollError, TimeSpecError
 from bbenroll.times import parse_duration, parse_when
 
 
@@ -54,12 +54,14 @@ def show_furl(
     if qr:
         color = app.out.color if app.out.color is not None else sys.stdout.isatty()
         app.out.data(qrmod.terminal_text(furl, color=color))
-    if png is not None:
-        qrmod.write_image(furl, png)
-        app.out.info(f"wrote QR code to {png} (mode 0600: it holds the secret)")
-    if svg is not None:
-        qrmod.write_image(furl, svg)
-        app.out.info(f"wrote QR code to {svg} (mode 0600: it holds the secret)")
+    for path in (png, svg):
+        if path is None:
+            continue
+        try:
+            qrmod.write_image(furl, path)
+        except OSError as e:
+            raise BBEnrollError(f"{path}: cannot write the QR code: {e.strerror}") from None
+        app.out.info(f"wrote QR code to {path} (mode 0600: it holds the secret)")
     if not app.out.json_mode:
         app.out.data(furl)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bbenroll.cli import App, output_options
+from bbenroll.errors import BBEnrollError
 
 COLUMNS = ("name", "state", "since", "peer", "last seen")
 
@@ -50,7 +51,10 @@ def command(app: App) -> None:
         app.out.warn(f"no master is running: {why}")
 
     def short(value: str | None) -> str:
-        return format_short(parse_date(value)) if value else ""
+        try:
+            return format_short(parse_date(value)) if value else ""
+        except BBEnrollError:
+            return "?"
 
     app.out.table(
         COLUMNS,

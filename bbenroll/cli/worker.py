@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -56,10 +57,16 @@ def create(
     from bbenroll.furl import parse_furl
     from bbenroll.worker import check_basedir, create_worker_dir, fetch_worker_config
 
+    if not math.isfinite(timeout):
+        raise click.BadParameter("must be a number of seconds", param_hint="'--timeout'")
     if furl_file is not None and furl is not None:
         raise click.UsageError("give the FURL as an argument or with --furl-file, not both")
     if furl_file is not None:
-        furl = furl_file.read_text(encoding="utf-8")
+        try:
+            furl = furl_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise BBEnrollError(f"{furl_file}: cannot read the FURL file: {why}") from None
     elif furl is None or furl == "-":
         if furl is None and sys.stdin.isatty():
             furl = click.prompt("FURL", hide_input=True, err=True)

@@ -16,6 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, U
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from bbenroll.endpoints import endpoint_parts
 from bbenroll.tunnel import core
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
 from bbenroll.tunnel.wire import send_frame
@@ -23,24 +24,6 @@ from bbenroll.tunnel.wire import send_frame
 log = Logger(namespace="bbenroll")
 
 MAX_RESUME_DEADLINE = 3600
-
-
-def endpoint_parts(text: str) -> list[str]:
-    """Split a Twisted endpoint string on unescaped colons, unescaping the parts."""
-    parts, current, escaped = [], [], False
-    for char in text:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
 
 
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
@@ -176,6 +159,8 @@ class MasterSession:
 
         def failed(failure: Any) -> None:
             self.pending.pop(stream, None)
+            if self.closed:
+                return
             log.error(
                 "bbenroll: worker {worker!r}: cannot connect to the master's PB port: {error}",
                 worker=self.worker,
