@@ -131,3 +131,15 @@ def test_stream_resumes_after_a_drop_and_restarts_after_a_master_restart():
     assert tunnel.link_up and tunnel.streams == {}
     tunnel.stop()
     assert clock.getDelayedCalls() == []
+
+
+def test_stop_fails_waiting_connects_and_leaves_no_timers():
+    clock = task.Clock()
+    tunnel = make_tunnel(clock, [error.ConnectionRefusedError()])
+    tunnel._connect()
+    waiting = tunnel.when_ready(timeout=30)
+    failures = []
+    waiting.addErrback(failures.append)
+    tunnel.stop()
+    assert failures and failures[0].check(error.ConnectError)
+    assert clock.getDelayedCalls() == []

@@ -245,6 +245,12 @@ class WorkerTunnel:
         for transport in list(self.streams.values()):
             transport.lost("tunnel stopped")
         self.streams.clear()
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:  # their timeouts are cancelled when they fire
+            d.errback(error.ConnectError(string="the tunnel was stopped"))
+        for key, tunnel in list(_tunnels.items()):
+            if tunnel is self:
+                del _tunnels[key]  # a later connect() starts a fresh tunnel
         tub, self.tub = self.tub, None
         return tub.stopService() if tub is not None else defer.succeed(None)
 
