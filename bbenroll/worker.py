@@ -110,7 +110,6 @@ def create_worker_dir(
     if os.name == "posix":
         os.chmod(basedir, 0o700)  # builds and secrets live here
     furl_file = basedir / FURL_FILE
-    atomic_write(furl_file, (furl.strip() + "\n").encode("ascii"))
     options = CreateWorkerOptions()
     options.parseOptions(
         [
@@ -126,6 +125,7 @@ def create_worker_dir(
     )
     if createWorker(options) != 0:
         raise WorkerSetupError(f"buildbot-worker could not create {basedir}")
+    atomic_write(furl_file, (furl.strip() + "\n").encode("ascii"))  # the secret: only once all else worked
     if os.name == "posix":
         os.chmod(tac, 0o600)  # it holds the PB password
     return {
