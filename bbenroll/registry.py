@@ -199,7 +199,6 @@ def check(path: Path) -> list[str]:
     perm = permission_problem(path)
     if perm:
         messages.append(perm)
-    del registry
     return messages
 
 

@@ -198,7 +198,7 @@ class EnrollmentService(service.MultiService):
         self.loaded = regmod.load(self.registry_path)
         self.gate = gatemod.Gate(self.loaded.registry)
         self._signature = self._file_signature()
-        self._announced = self._buildbot_view(self.now())
+        self._announced = self._buildbot_view(self.gate.usable_workers(self.now()))
 
     # -- time ---------------------------------------------------------------
 
@@ -402,11 +402,11 @@ class EnrollmentService(service.MultiService):
             for session in list(self.sessions.values()):
                 if session.worker not in usable:
                     session.terminate("worker no longer enrolled")
-            view = self._buildbot_view(now)
+            view = self._buildbot_view(usable)
             if view != self._announced:
                 self._announced = view
                 if self.on_workers_changed is not None:
-                    self.on_workers_changed(dict(self.gate.usable_workers(now)))
+                    self.on_workers_changed(usable)
             self._write_status()
         except Exception:
             log.failure("bbenroll: unexpected error in the registry loop")
@@ -460,12 +460,10 @@ class EnrollmentService(service.MultiService):
             count=len(loaded.registry.workers),
         )
 
-    def _buildbot_view(self, now: datetime) -> dict[str, tuple[str, Any]]:
+    @staticmethod
+    def _buildbot_view(usable: dict[str, Any]) -> dict[str, tuple[str, Any]]:
         """What Buildbot is configured from: usable workers, passwords, options."""
-        return {
-            name: (w.password, sorted(w.buildbot.items()))
-            for name, w in self.gate.usable_workers(now).items()
-        }
+        return {name: (w.password, sorted(w.buildbot.items())) for name, w in usable.items()}
 
     def _write_status(self, *, force: bool = False, running: bool = True) -> None:
         now = self.now()

@@ -61,11 +61,10 @@ class App:
         from bbenroll import registry
         from bbenroll.fileio import permission_problem
 
-        editor_cm = registry.edit(self.registry_path)
-        for problem in (permission_problem(self.registry_path),):
-            if problem:
-                self.out.warn(problem)
-        return editor_cm
+        problem = permission_problem(self.registry_path)
+        if problem:
+            self.out.warn(problem)
+        return registry.edit(self.registry_path)
 
     def warn_all(self, warnings: Sequence[str]) -> None:
         for warning in warnings:

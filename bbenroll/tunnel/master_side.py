@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from bbenroll.endpoints import endpoint_parts
 from bbenroll.tunnel import core
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
+from bbenroll.tunnel.timer import WakeupTimer
 from bbenroll.tunnel.wire import send_frame
 
 log = Logger(namespace="bbenroll")
@@ -98,7 +99,7 @@ class MasterSession:
         self.pending: dict[int, list[bytes]] = {}  # data that arrived before the PB connection
         self.on_expired = on_expired
         self.on_link_dead = on_link_dead
-        self._timer: Any = None
+        self._timer = WakeupTimer(clock, self._tick)
         self.closed = False
 
     # -- the link ---------------------------------------------------------------
@@ -228,17 +229,9 @@ class MasterSession:
             self.terminate("expired")
 
     def _reschedule(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self.closed:
-            return
-        wake = self.core.next_wakeup()
-        if wake is not None:
-            self._timer = self.clock.callLater(max(0.0, wake - self.clock.seconds()), self._tick)
+        self._timer.schedule(None if self.closed else self.core.next_wakeup())
 
     def _tick(self) -> None:
-        self._timer = None
         self.core.tick(self.clock.seconds())
         self.flush()
 

@@ -28,6 +28,7 @@ from bbenroll.errors import BBEnrollError
 from bbenroll.furl import parse_furl
 from bbenroll.tunnel import core
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
+from bbenroll.tunnel.timer import WakeupTimer
 from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, send_frame
 
 log = Logger(namespace="bbenroll")
@@ -124,7 +125,7 @@ class StreamTransport:
             self.tunnel.reset(self.stream)
 
     def getPeer(self) -> Any:
-        return IPv4Address("TCP", "127.0.0.1", 0) if self.tunnel is None else self.tunnel.address
+        return self.tunnel.address
 
     def getHost(self) -> Any:
         return IPv4Address("TCP", "127.0.0.1", 0)
@@ -205,7 +206,7 @@ class WorkerTunnel:
         self._attempt = 0
         self._connecting = False
         self._retry: Any = None
-        self._timer: Any = None
+        self._timer = WakeupTimer(self.clock, self._tick)
         self._stopped = False
         self._random = random.Random()  # noqa: S311 - jitter, not a secret
         self._new_session()
@@ -240,8 +241,7 @@ class WorkerTunnel:
         self._stopped = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        self._timer.cancel()
         for transport in list(self.streams.values()):
             transport.lost("tunnel stopped")
         self.streams.clear()
@@ -423,15 +423,9 @@ class WorkerTunnel:
             self._retry = self.clock.callLater(BACKOFF[0], self._connect)
 
     def _reschedule(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        wake = self.core.next_wakeup()
-        if wake is not None and not self._stopped:
-            self._timer = self.clock.callLater(max(0.0, wake - self.clock.seconds()), self._tick)
+        self._timer.schedule(None if self._stopped else self.core.next_wakeup())
 
     def _tick(self) -> None:
-        self._timer = None
         self.core.tick(self.clock.seconds())
         self.flush()
 
