@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bbenroll import model
 from bbenroll.fileio import atomic_write
-from bbenroll.tomledit import render_new_table
+from bbenroll.registry import model
+from bbenroll.registry.tomledit import render_new_table
 
 PYTHON = sys.executable
 LOCATION = "tcp:localhost:9989"

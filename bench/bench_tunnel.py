@@ -137,10 +137,10 @@ def bbenroll(registry: Path, *args: str, input_text: str | None = None) -> str:
 
 
 def new_registry(directory: Path, *, listen: int, pb: int) -> Path:
-    from bbenroll import registry
+    from bbenroll.registry import store
 
     path = directory / "workers.toml"
-    registry.create(
+    store.create(
         path,
         location=[f"tcp:{LOOP}:{listen}"],
         listen=f"tcp:{listen}:interface={LOOP}",
@@ -255,7 +255,7 @@ def role_server(config: dict[str, Any]) -> None:
     from twisted.internet import protocol, reactor, ssl
     from twisted.internet.endpoints import TCP4ClientEndpoint
 
-    from bbenroll.service import EnrollmentService
+    from bbenroll.master.service import EnrollmentService
 
     pattern = pattern_bytes(2 * MiB)
     view = memoryview(pattern)
@@ -1036,7 +1036,7 @@ def part_stream(farm: StreamFarm, size_mb: float, pings: int, repeat: int) -> li
 
 
 def part_outage(farm: StreamFarm, outages: Sequence[float], repeat: int) -> Part:
-    from tests.netproxy import FaultyProxy
+    from tests.helpers.netproxy import FaultyProxy
 
     proxy = FaultyProxy(LOOP, farm.listen).start()
     data: dict[float, list[dict[str, float]]] = {outage: [] for outage in outages}

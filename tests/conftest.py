@@ -1,27 +1,23 @@
+"""Fixtures only; the helpers they use live in tests/helpers/."""
+
 from __future__ import annotations
 
 import shutil
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from bbenroll import registry
-from bbenroll.cli import run
-
-FIXED_NOW = datetime(2026, 11, 29, 6, 0, 0, tzinfo=UTC)
-HINT = "tcp:buildbot.example.org:9989"
+from bbenroll.registry import store
+from tests.helpers.cli import HINT, Clock, Result, run_cli
+from tests.helpers.net import free_port
 
 
 @pytest.fixture(scope="session")
 def _template_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real registry + identity per test session (RSA key generation is slow)."""
     directory = tmp_path_factory.mktemp("template")
-    registry.create(
+    store.create(
         directory / "workers.toml",
         location=[HINT],
         listen="tcp:9989",
@@ -39,37 +35,9 @@ def reg_path(tmp_path: Path, _template_registry: Path) -> Path:
     return tmp_path / "workers.toml"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-class Clock:
-    def __init__(self, now: datetime = FIXED_NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-def run_cli(argv: Sequence[str], *, clock: Callable[[], datetime] | None = None,
-            env: dict[str, str | None] | None = None, input: str | None = None) -> Result:
-    """Run the real CLI in-process, in click's isolated environment."""
-    base_env: dict[str, str | None] = {"NO_COLOR": None, "BBENROLL_REGISTRY": None, "COLUMNS": "200"}
-    base_env.update(env or {})
-    with CliRunner().isolation(env=base_env, input=input) as streams:
-        code = run(list(argv), clock=clock or Clock())
-        sys.stdout.flush()
-        sys.stderr.flush()
-        out, err = streams[0].getvalue(), streams[1].getvalue()
-    return Result(code, out.decode(), err.decode())
 
 
 @pytest.fixture
@@ -82,15 +50,6 @@ def cli(reg_path: Path, clock: Clock) -> Callable[..., Result]:
         return run_cli(argv, clock=clock, env=env, input=input)
 
     return invoke
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (allocated before the server starts)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

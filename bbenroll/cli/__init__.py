@@ -51,20 +51,20 @@ class App:
         return self.clock().astimezone(UTC).replace(microsecond=0)
 
     def load(self) -> Any:
-        from bbenroll import registry
+        from bbenroll.registry import store
 
-        loaded = registry.load(self.registry_path)
+        loaded = store.load(self.registry_path)
         self.warn_all(loaded.warnings)
         return loaded
 
     def edit(self) -> Any:
-        from bbenroll import registry
         from bbenroll.fileio import permission_problem
+        from bbenroll.registry import store
 
         problem = permission_problem(self.registry_path)
         if problem:
             self.out.warn(problem)
-        return registry.edit(self.registry_path)
+        return store.edit(self.registry_path)
 
     def warn_all(self, warnings: Sequence[str]) -> None:
         for warning in warnings:

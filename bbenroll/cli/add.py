@@ -7,7 +7,7 @@ from datetime import datetime
 import click
 
 from bbenroll.cli import App, output_options
-from bbenroll.cli.common import WhenType, show_furl
+from bbenroll.cli.params import WhenType, show_furl
 
 
 @click.command("add")
@@ -22,7 +22,7 @@ def command(
     app: App, name: str, tags: tuple[str, ...], note: str | None, expires: datetime | None, qr: bool
 ) -> None:
     """Enroll worker NAME and print its FURL."""
-    from bbenroll import model
+    from bbenroll.registry import model
 
     now = app.now()
     model.check_worker_name(name)

@@ -17,9 +17,9 @@ class CheckFailed(BBEnrollError):
 @click.pass_obj
 def command(app: App) -> None:
     """Check registry and identity: syntax, schema, permissions, TubID, hints."""
-    from bbenroll import registry
+    from bbenroll.registry import store
 
-    problems = registry.check(app.registry_path)
+    problems = store.check(app.registry_path)
     if app.out.json_mode:
         app.out.json({"registry": str(app.registry_path), "ok": not problems, "problems": problems})
     else:
@@ -31,5 +31,5 @@ def command(app: App) -> None:
             raise click.exceptions.Exit(1)
         raise CheckFailed(f"{app.registry_path}: {count} found")
     if not app.out.json_mode:
-        workers = registry.load(app.registry_path).registry.workers
+        workers = store.load(app.registry_path).registry.workers
         app.out.info(f"{app.registry_path}: OK ({len(workers)} worker{'' if len(workers) == 1 else 's'})")

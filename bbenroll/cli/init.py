@@ -45,7 +45,7 @@ DEFAULT_PORT = 9989
 @click.pass_obj
 def command(app: App, locations: tuple[str, ...], listen: str, pb: str, identity: str) -> None:
     """Create the registry and the master's TLS identity; print the TubID."""
-    from bbenroll import registry
+    from bbenroll.registry import store
 
     location = list(locations)
     if not location:
@@ -55,7 +55,7 @@ def command(app: App, locations: tuple[str, ...], listen: str, pb: str, identity
             f"no --location given; FURLs will point at {location[0]} (change [master].location "
             "in the registry before handing out FURLs if workers cannot resolve that name)"
         )
-    loaded = registry.create(app.registry_path, location=location, listen=listen, pb=pb, identity=identity)
+    loaded = store.create(app.registry_path, location=location, listen=listen, pb=pb, identity=identity)
     master = loaded.registry.master
     if app.out.json_mode:
         app.out.json(

@@ -7,7 +7,7 @@ from datetime import timedelta
 import click
 
 from bbenroll.cli import App, output_options
-from bbenroll.cli.common import DurationType
+from bbenroll.cli.params import DurationType
 
 COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
 
@@ -25,7 +25,7 @@ COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
 @click.pass_obj
 def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked: bool) -> None:
     """List workers: name, state, dates, tags, note."""
-    from bbenroll import model
+    from bbenroll.registry import model
     from bbenroll.times import format_short
 
     loaded = app.load()

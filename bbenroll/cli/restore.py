@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from bbenroll.cli import App, output_options
-from bbenroll.cli.common import show_furl
+from bbenroll.cli.params import show_furl
 
 
 @click.command("restore")
@@ -14,7 +14,7 @@ from bbenroll.cli.common import show_furl
 @click.pass_obj
 def command(app: App, name: str) -> None:
     """Un-revoke worker NAME with a new FURL (the revoked one never works again)."""
-    from bbenroll import model
+    from bbenroll.registry import model
 
     now = app.now()
     with app.edit() as editor:

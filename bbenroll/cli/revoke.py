@@ -14,7 +14,7 @@ from bbenroll.cli import App, output_options
 @click.pass_obj
 def command(app: App, name: str, reason: str | None) -> None:
     """Revoke worker NAME: its FURL stops working. Undo with 'restore'."""
-    from bbenroll import model
+    from bbenroll.registry import model
 
     now = app.now()
     with app.edit() as editor:

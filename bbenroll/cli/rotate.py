@@ -7,7 +7,7 @@ from datetime import timedelta
 import click
 
 from bbenroll.cli import App, output_options
-from bbenroll.cli.common import DurationType
+from bbenroll.cli.params import DurationType
 
 
 @click.command("rotate")
@@ -20,7 +20,7 @@ from bbenroll.cli.common import DurationType
 @click.pass_obj
 def command(app: App, names: tuple[str, ...], all_: bool, grace: timedelta | None) -> None:
     """New FURL (and PB password) for each NAME, or for --all."""
-    from bbenroll import model
+    from bbenroll.registry import model
 
     if all_ and names:
         raise click.UsageError("give worker names or --all, not both")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from bbenroll.cli import App, output_options
-from bbenroll.cli.common import show_furl, state_warning
+from bbenroll.cli.params import show_furl, state_warning
 
 
 @click.command("show")
@@ -19,7 +19,7 @@ from bbenroll.cli.common import show_furl, state_warning
 @click.pass_obj
 def command(app: App, name: str, qr: bool, png: Path | None, svg: Path | None) -> None:
     """Print the FURL of worker NAME."""
-    from bbenroll import model
+    from bbenroll.registry import model
 
     loaded = app.load()
     worker = loaded.worker(name)

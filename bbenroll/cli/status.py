@@ -15,7 +15,7 @@ COLUMNS = ("name", "state", "since", "peer", "last seen")
 @click.pass_obj
 def command(app: App) -> None:
     """Connection state of each worker, as the running master reports it."""
-    from bbenroll.status import master_running, read_status, status_path
+    from bbenroll.master.status import master_running, read_status, status_path
     from bbenroll.times import format_short, parse_date
 
     loaded = app.load()

@@ -55,7 +55,7 @@ def create(
 ) -> None:
     """Create a buildbot-worker in BASEDIR from FURL ('-' or --furl-file: read it, not from argv)."""
     from bbenroll.furl import parse_furl
-    from bbenroll.worker import check_basedir, create_worker_dir, fetch_worker_config
+    from bbenroll.worker.setup import check_basedir, create_worker_dir, fetch_worker_config
 
     if not math.isfinite(timeout):
         raise click.BadParameter("must be a number of seconds", param_hint="'--timeout'")

@@ -18,8 +18,8 @@ from twisted.logger import Logger
 
 from bbenroll.endpoints import endpoint_parts
 from bbenroll.tunnel import core
+from bbenroll.tunnel.adapter import WakeupTimer
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
-from bbenroll.tunnel.timer import WakeupTimer
 from bbenroll.tunnel.wire import send_frame
 
 log = Logger(namespace="bbenroll")

@@ -27,8 +27,8 @@ from zope.interface import implementer
 from bbenroll.errors import BBEnrollError
 from bbenroll.furl import parse_furl
 from bbenroll.tunnel import core
+from bbenroll.tunnel.adapter import WakeupTimer
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
-from bbenroll.tunnel.timer import WakeupTimer
 from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, send_frame
 
 log = Logger(namespace="bbenroll")

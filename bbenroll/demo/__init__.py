@@ -1,0 +1,1 @@
+"""``bbenroll demo``: a real master, worker and build on loopback."""

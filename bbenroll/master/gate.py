@@ -1,0 +1,73 @@
+"""Who may connect: the master's decision for a presented swissnum. Pure.
+
+A :class:`Gate` indexes one registry snapshot by secret. The service asks it
+at lookup time, and again on every tick and registry change for each live
+connection, so revocation, removal, expiry and the end of a grace period all
+take effect on connections that are already open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from bbenroll.registry.model import Registry, Worker
+
+# What a refused client is told. Deliberately short: it never says which
+# worker a secret belonged to, and never echoes the secret.
+UNKNOWN = "unknown secret"
+REVOKED = "worker revoked"
+EXPIRED = "worker enrollment expired"
+RETIRED = "secret retired by rotation"
+
+
+@dataclass(frozen=True)
+class Decision:
+    accepted: bool
+    reason: str  # for a refusal: one of the constants above; else "current" / "previous"
+    worker: str | None = None  # the worker's name, when the secret is known
+
+    def describe(self) -> str:
+        """For the log: which worker (never the secret) and why."""
+        who = f"worker {self.worker!r}" if self.worker else "unknown secret"
+        return f"{who}: {self.reason}" if self.worker or self.accepted else who
+
+
+class Gate:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._current: dict[str, str] = {}
+        self._previous: dict[str, str] = {}
+        for worker in registry.workers.values():
+            self._current[worker.swissnum] = worker.name
+            if worker.previous is not None:
+                self._previous[worker.previous.swissnum] = worker.name
+
+    def decide(self, swissnum: str, now: datetime) -> Decision:
+        name = self._current.get(swissnum)
+        which = "current"
+        if name is None:
+            name = self._previous.get(swissnum)
+            which = "previous"
+        if name is None:
+            return Decision(False, UNKNOWN)
+        worker = self.registry.workers[name]
+        state = worker.state(now)
+        if state == "revoked":
+            return Decision(False, REVOKED, name)
+        if state == "expired":
+            return Decision(False, EXPIRED, name)
+        if which == "previous" and not worker.accepts(swissnum, now):
+            return Decision(False, RETIRED, name)
+        return Decision(True, which, name)
+
+    def still_allowed(self, name: str, swissnum: str, now: datetime) -> Decision:
+        """Re-check a live connection that was let in as ``name`` with ``swissnum``."""
+        decision = self.decide(swissnum, now)
+        if decision.accepted and decision.worker != name:
+            return Decision(False, UNKNOWN)  # the secret now belongs to someone else
+        return decision
+
+    def usable_workers(self, now: datetime) -> dict[str, Worker]:
+        """The workers Buildbot should know about at ``now``."""
+        return {n: w for n, w in self.registry.workers.items() if w.is_usable(now)}

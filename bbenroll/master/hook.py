@@ -1,0 +1,239 @@
+"""The master.cfg hook: declare the registry's workers and serve their FURLs.
+
+In master.cfg::
+
+    from bbenroll.master import Enrollment
+    enrollment = Enrollment("workers.toml")     # relative to the master's basedir
+    enrollment.configure(c)                     # or, explicitly:
+    # c['workers'] = enrollment.workers(max_builds=1)
+    # c['protocols'] = {'pb': {'port': enrollment.pb_port}}
+    # c['services'].append(enrollment.service())
+
+Buildbot re-executes master.cfg on every reconfig, so all of this is cheap and
+idempotent; the Foolscap service itself lives across reconfigs (Buildbot keeps
+the running instance of a service whose name and class are unchanged).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from buildbot.config.errors import ConfigErrors
+from buildbot.util import service as bbservice
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bbenroll.endpoints import check_loopback_endpoint
+from bbenroll.errors import BBEnrollError
+from bbenroll.master.service import POLL_INTERVAL, EnrollmentService
+from bbenroll.registry import store as regmod
+
+log = Logger(namespace="bbenroll")
+
+SERVICE_NAME = "bbenroll"
+RECONFIG_POLL = 0.5  # seconds between checks for builds of removed workers
+RECONFIG_MAX_WAIT = 120.0  # then reconfigure anyway
+
+
+def _config_error(message: str) -> ConfigErrors:
+    return ConfigErrors([f"bbenroll: {message}"])
+
+
+class Enrollment:
+    """The registry as master.cfg sees it."""
+
+    def __init__(self, registry: str | os.PathLike[str] = "workers.toml", *, basedir: str | None = None):
+        path = Path(registry).expanduser()
+        if not path.is_absolute():
+            if basedir is None:
+                # Buildbot executes master.cfg with `basedir` in its globals; `buildbot
+                # checkconfig` may run from any directory, so prefer that to the cwd.
+                caller = sys._getframe(1).f_globals
+                basedir = caller.get("basedir") if isinstance(caller.get("basedir"), str) else None
+            path = Path(basedir or os.getcwd()) / path
+        self.path = path
+        try:
+            self.loaded = regmod.load(path)
+        except BBEnrollError as e:
+            raise _config_error(str(e)) from None
+        for warning in self.loaded.warnings:
+            log.warn("bbenroll: {warning}", warning=warning)
+
+    @property
+    def pb_port(self) -> str:
+        pb = self.loaded.registry.master.pb
+        if pb is None:
+            raise _config_error(
+                f"{self.path}: [master] has no 'pb' port; add pb = \"tcp:9990:interface=127.0.0.1\""
+            )
+        try:
+            return check_loopback_endpoint(pb)
+        except BBEnrollError as e:
+            raise _config_error(f"{self.path}: {e}") from None
+
+    def workers(self, **defaults: Any) -> list[Any]:
+        """A ``buildbot.worker.Worker`` per usable (not revoked, not expired) worker.
+
+        ``defaults`` are Worker options for every worker; a worker's
+        ``[workers.NAME.buildbot]`` table overrides them.
+        """
+        from datetime import UTC, datetime
+
+        from buildbot.worker import Worker
+
+        now = datetime.now(UTC)
+        result = []
+        for name, worker in self.loaded.registry.workers.items():
+            if not worker.is_usable(now):
+                continue
+            options = {**defaults, **worker.buildbot}
+            try:
+                result.append(Worker(name, worker.password, **options))
+            except TypeError as e:
+                raise _config_error(f"{self.path}: workers.{name}.buildbot: {e}") from None
+        return result
+
+    def names(self, *, tag: str | None = None) -> list[str]:
+        """Names of the usable workers (optionally only those with ``tag``), for builders'
+        ``workernames``: a builder naming a revoked worker would make Buildbot refuse the
+        reconfig that removes it."""
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        return [
+            name
+            for name, worker in self.loaded.registry.workers.items()
+            if worker.is_usable(now) and (tag is None or tag in worker.tags)
+        ]
+
+    def service(self, *, poll_interval: float = POLL_INTERVAL) -> EnrollmentMasterService:
+        return EnrollmentMasterService(str(self.path), poll_interval=poll_interval)
+
+    def configure(self, c: dict[str, Any], **worker_defaults: Any) -> None:
+        """Add the workers, the loopback PB port and the service to the config dict ``c``."""
+        c.setdefault("workers", []).extend(self.workers(**worker_defaults))
+        protocols = c.setdefault("protocols", {})
+        wanted = {"port": self.pb_port}
+        if protocols.get("pb", wanted) != wanted:
+            raise _config_error(
+                f"c['protocols']['pb'] is already set to {protocols['pb']!r}; bbenroll uses the "
+                f"registry's master.pb ({self.pb_port}): remove the other setting"
+            )
+        protocols["pb"] = wanted
+        c.setdefault("services", []).append(self.service())
+
+
+class EnrollmentMasterService(bbservice.BuildbotService):
+    """Runs an :class:`EnrollmentService` as a child of the Buildbot master.
+
+    It survives reconfigs (the Tub and its connections are kept), and when the
+    set of usable workers changes it asks the master to reconfigure itself, so a
+    worker added with ``bbenroll add`` can attach without a restart.
+    """
+
+    name = SERVICE_NAME
+    enrollment: EnrollmentService | None = None
+    _reconfig_timer: Any = None
+    _wanted: set[str] = frozenset()  # type: ignore[assignment]
+    _waited = 0.0
+
+    def checkConfig(self, registry_path: str, poll_interval: float = POLL_INTERVAL) -> None:
+        if poll_interval <= 0:
+            from buildbot.config.errors import error
+
+            error("bbenroll: poll_interval must be positive")
+
+    @defer.inlineCallbacks
+    def reconfigService(self, registry_path: str, poll_interval: float = POLL_INTERVAL) -> Any:
+        changed = (registry_path, poll_interval) != (
+            getattr(self, "registry_path", None),
+            getattr(self, "poll_interval", None),
+        )
+        self.registry_path = registry_path
+        self.poll_interval = poll_interval
+        if changed and self.enrollment is not None:
+            yield self._stop_enrollment()
+            self._start_enrollment()
+
+    @defer.inlineCallbacks
+    def reconfigServiceWithSibling(self, sibling: Any) -> Any:
+        yield super().reconfigServiceWithSibling(sibling)
+        # Buildbot compares later siblings with the first arguments forever; keep them current
+        self._config_args, self._config_kwargs = sibling._config_args, sibling._config_kwargs
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:
+        yield super().startService()
+        self._start_enrollment()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        if self._reconfig_timer is not None and self._reconfig_timer.active():
+            self._reconfig_timer.cancel()
+        yield self._stop_enrollment()
+        yield super().stopService()
+
+    def _start_enrollment(self) -> None:
+        from twisted.internet import reactor
+
+        self.enrollment = EnrollmentService(
+            self.registry_path,
+            reactor=getattr(self.master, "reactor", None) or reactor,
+            poll_interval=self.poll_interval,
+            on_workers_changed=self._workers_changed,
+        )
+        self.enrollment.startService()
+
+    @defer.inlineCallbacks
+    def _stop_enrollment(self) -> Any:
+        enrollment, self.enrollment = self.enrollment, None
+        if enrollment is not None and enrollment.running:
+            yield enrollment.stopService()
+
+    def _workers_changed(self, workers: dict[str, Any]) -> None:
+        log.info(
+            "bbenroll: workers, passwords or options changed ({count} usable); reconfiguring Buildbot",
+            count=len(workers),
+        )
+        self._wanted = set(workers)
+        self._waited = 0.0
+        self._reconfig_when_idle()
+
+    def _busy_removed_workers(self) -> list[str]:
+        """Workers the reconfig would remove that are still finishing a build.
+
+        Buildbot 4.3 breaks (AttributeError in Worker.buildFinished, and the master
+        can no longer shut down) if a worker is removed while its interrupted build
+        is still finishing; a revoked worker's build ends within a second or two.
+        """
+        manager = getattr(self.master, "workers", None)
+        configured = getattr(manager, "workers", {}) or {}
+        busy = []
+        for name, worker in configured.items():
+            if name in self._wanted:
+                continue
+            wfbs = getattr(worker, "workerforbuilders", {}) or {}
+            if any(wfb.isBusy() for wfb in wfbs.values()):
+                busy.append(name)
+        return busy
+
+    def _reconfig_when_idle(self) -> None:
+        from buildbot.util.eventual import eventually  # fire and forget: never wait on a reconfig
+
+        if self._reconfig_timer is not None and self._reconfig_timer.active():
+            return  # already waiting; it will see the newest wanted set
+        self._reconfig_timer = None
+        busy = self._busy_removed_workers()
+        if busy and self._waited < RECONFIG_MAX_WAIT:
+            if self._waited == 0:
+                log.info(
+                    "bbenroll: waiting for the builds of {workers} to end before reconfiguring",
+                    workers=", ".join(sorted(busy)),
+                )
+            self._waited += RECONFIG_POLL
+            self._reconfig_timer = self.master.reactor.callLater(RECONFIG_POLL, self._reconfig_when_idle)
+            return
+        eventually(self.master.reconfig)

@@ -1,0 +1,318 @@
+"""Rewrite worker tables in registry text with tomlkit, touching nothing else.
+
+Imported only by write paths (tomlkit is slow to import and to parse).
+
+:func:`splice` is the fast path: it re-parses only the edited workers' tables
+and carries every other byte over. :func:`rewrite_whole` handles any other
+layout with a whole-document tomlkit round trip (removed workers' tables are
+still cut out as text where possible, so that the comments tomlkit would file
+under them survive). Both keep the file's line endings.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import InlineTable, Table
+
+from bbenroll.registry import model
+from bbenroll.registry.model import Problems, Worker
+from bbenroll.registry.tomlscan import Header, Scan, ScanError, scan, table_span
+
+# What tomlkit raises on a document it cannot parse or edit: its own errors, but
+# also plain ValueError ("Inline tables cannot contain a table"), KeyError,
+# TypeError, IndexError, RuntimeError and failed internal assertions.
+TOMLKIT_ERRORS = (
+    TOMLKitError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RuntimeError,
+    AssertionError,
+)
+
+_BARE_LF_RE = re.compile(r"(?<!\r)\n")
+_BLANK_LINE_RE = re.compile(r"[ \t]*\r?\n")
+_BLANK_END_RE = re.compile(r"[ \t]*\Z")
+
+
+class Fallback(Exception):
+    """The fast splice does not apply to this layout; rewrite the whole document."""
+
+
+class LayoutError(Exception):
+    """tomlkit cannot make this edit even on the whole document; write nothing."""
+
+
+def newline_of(text: str) -> str:
+    """The line break the text uses: that of its first line (``\\n`` if it has none)."""
+    i = text.find("\n")
+    return "\r\n" if i > 0 and text[i - 1] == "\r" else "\n"
+
+
+def with_newline(text: str, newline: str) -> str:
+    """``text`` with every bare ``\\n`` written as ``newline``.
+
+    Safe for the data: TOML readers treat ``\\r\\n`` as ``\\n``, in multi-line
+    strings too (tomllib replaces every ``\\r\\n`` before it parses).
+    """
+    if newline == "\n":
+        return text
+    return _BARE_LF_RE.sub(newline, text)
+
+
+def _toml_value(key: str, value: Any) -> Any:
+    if key == "previous":
+        inline = tomlkit.inline_table()
+        inline.update(value)
+        return inline
+    return value
+
+
+def update_table(table: Table | InlineTable, old: Worker | None, new: Worker) -> None:
+    """Make ``table`` hold ``new``, changing only keys whose value differs."""
+    old_data = model.worker_to_data(old) if old is not None else {}
+    new_data = model.worker_to_data(new)
+    for key in old_data:
+        if key not in new_data and key in table:
+            del table[key]
+    for key, value in new_data.items():
+        if key == "buildbot":
+            continue  # hand-written Buildbot options are never rewritten
+        if old_data.get(key) != value or key not in table:
+            table[key] = _toml_value(key, value)
+
+
+def render_new_table(worker: Worker, newline: str = "\n") -> str:
+    doc = tomlkit.document()
+    workers = tomlkit.table(is_super_table=True)
+    table = tomlkit.table()
+    update_table(table, None, worker)
+    workers.add(worker.name, table)
+    doc.add("workers", workers)
+    return with_newline(doc.as_string(), newline)
+
+
+def _holds_exactly(chunk: str, name: str, expected: Worker) -> bool:
+    """Whether ``chunk`` alone is a TOML document holding worker ``name`` as
+    ``expected`` and nothing else."""
+    try:
+        data = tomllib.loads(chunk)
+    except tomllib.TOMLDecodeError:
+        return False
+    workers = data.get("workers")
+    if set(data) != {"workers"} or not isinstance(workers, dict) or set(workers) != {name}:
+        return False
+    problems = Problems()
+    return model.worker_from_data(name, workers[name], problems) == expected and not problems
+
+
+def _worker_headers(headers: list[Header], names: Collection[str]) -> dict[str, int]:
+    """Index of each worker's main header; Fallback unless every worker has one
+    and all of a worker's tables are contiguous."""
+    first: dict[str, int] = {}
+    last_name = None
+    for i, header in enumerate(headers):
+        path = header.path
+        if path[:1] != ("workers",):
+            last_name = None
+            continue
+        if len(path) == 1 or (len(path) == 2 and header.is_array):
+            raise Fallback
+        name = path[1]
+        if len(path) == 2:
+            if name in first:
+                raise Fallback
+            first[name] = i
+        elif name != last_name or name not in first:
+            raise Fallback  # a sub-table away from its worker's table
+        last_name = name
+    if set(first) != set(names):
+        raise Fallback
+    return first
+
+
+def _root_mentions_workers(text: str, scanned: Scan) -> bool:
+    """Whether the keys before the first header define anything in ``workers``
+    (``workers = {}``, ``workers.NAME.KEY = ...``): then no ``[workers.NAME]``
+    table may be added or rewritten on its own."""
+    root = text[: scanned.headers[0].offset] if scanned.headers else text
+    try:
+        return "workers" in tomllib.loads(root)
+    except tomllib.TOMLDecodeError:
+        return True
+
+
+def _skip_blank_lines(text: str, pos: int) -> int:
+    """``pos`` moved past the blank lines that start there (and a blank last
+    line without a line break)."""
+    while True:
+        mo = _BLANK_LINE_RE.match(text, pos)
+        if mo is None:
+            return len(text) if _BLANK_END_RE.match(text, pos) else pos
+        pos = mo.end()
+
+
+def _replace_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
+    pieces = []
+    pos = 0
+    for start, end, replacement in sorted(spans):
+        pieces.append(text[pos:start])
+        pieces.append(replacement)
+        pos = end
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def _append_tables(text: str, tables: list[str], newline: str) -> str:
+    """``text`` with ``tables`` appended, each after one blank line."""
+    out = text
+    for table in tables:
+        if out and not out.endswith("\n"):
+            out += newline
+        if out and not (out.endswith("\n\n") or out.endswith("\n\r\n")):
+            out += newline  # a blank line before the new table
+        out += table
+    return out
+
+
+def splice(
+    text: str,
+    old_workers: Mapping[str, Worker],
+    changed: Mapping[str, Worker | None],
+    added: list[str],
+    workers: Mapping[str, Worker],
+) -> str:
+    """Apply changes by rewriting only the affected tables of ``text``.
+
+    Raises Fallback when the layout is not one it handles; every table it cuts
+    out or writes is checked to hold exactly the worker it should.
+    """
+    if not changed and not added:
+        return text
+    try:
+        scanned = scan(text)
+    except ScanError:
+        raise Fallback from None
+    index = _worker_headers(scanned.headers, old_workers)
+    if _root_mentions_workers(text, scanned):
+        raise Fallback
+    newline = newline_of(text)
+    spans = []
+    for name, worker in changed.items():
+        start, end = table_span(scanned, index[name])
+        chunk = text[start:end]
+        if not _holds_exactly(chunk, name, old_workers[name]):
+            raise Fallback  # the span is not exactly this worker's tables
+        if worker is None:
+            # take the blank lines after a removed table with it
+            spans.append((start, _skip_blank_lines(text, end), ""))
+            continue
+        try:
+            doc = tomlkit.parse(chunk)
+            update_table(doc["workers"][name], old_workers[name], worker)
+            new_chunk = with_newline(doc.as_string(), newline)
+        except TOMLKIT_ERRORS:
+            raise Fallback from None
+        if not _holds_exactly(new_chunk, name, worker):
+            raise Fallback
+        spans.append((start, end, new_chunk))
+    tables = []
+    for name in added:
+        try:
+            table = render_new_table(workers[name], newline)
+        except TOMLKIT_ERRORS:
+            raise Fallback from None
+        if not _holds_exactly(table, name, workers[name]):
+            raise Fallback
+        tables.append(table)
+    return _append_tables(_replace_spans(text, spans), tables, newline)
+
+
+def _without_workers(data: dict[str, Any], names: Collection[str]) -> dict[str, Any]:
+    data = dict(data)
+    table = data.get("workers")
+    if isinstance(table, dict):
+        table = {key: value for key, value in table.items() if key not in names}
+        if table:
+            data["workers"] = table
+        else:
+            del data["workers"]
+    return data
+
+
+def _cut_removed_tables(text: str, names: Collection[str]) -> str:
+    """``text`` without the ``[workers.NAME...]`` tables of the workers ``names``.
+
+    tomlkit files the comment and blank lines that end a table (before the next
+    header, or at the end of the file) under that table, so deleting a worker
+    with tomlkit would take another table's comments with it. Cutting the
+    tables out as text keeps them. Parts of a worker defined otherwise (in an
+    inline table, by dotted keys) are left for tomlkit. Returns ``text``
+    unchanged unless the cut is checked to remove nothing else.
+    """
+    try:
+        scanned = scan(text)
+    except ScanError:
+        return text
+    spans = []
+    for i, header in enumerate(scanned.headers):
+        if len(header.path) >= 2 and header.path[0] == "workers" and header.path[1] in names:
+            start, end = table_span(scanned, i, subtables=False)
+            spans.append((start, _skip_blank_lines(text, end), ""))
+    if not spans:
+        return text
+    cut = _replace_spans(text, spans)
+    try:
+        before, after = tomllib.loads(text), tomllib.loads(cut)
+    except tomllib.TOMLDecodeError:
+        return text
+    if _without_workers(before, names) != _without_workers(after, names):
+        return text
+    return cut
+
+
+def rewrite_whole(
+    text: str,
+    old_workers: Mapping[str, Worker],
+    changed: Mapping[str, Worker | None],
+    added: list[str],
+    workers: Mapping[str, Worker],
+) -> str:
+    """The slow, general path: round-trip the whole document through tomlkit.
+
+    Raises LayoutError when tomlkit cannot parse or edit the document. The
+    caller must check that the result reads back as intended.
+    """
+    removed = [name for name, worker in changed.items() if worker is None]
+    source = _cut_removed_tables(text, removed) if removed else text
+    try:
+        doc = tomlkit.parse(source)
+        for name, worker in changed.items():
+            if worker is None:
+                if "workers" in doc and name in doc["workers"]:
+                    del doc["workers"][name]  # what the text cut left of it
+            else:
+                update_table(doc["workers"][name], old_workers[name], worker)
+        if added:
+            if "workers" not in doc:
+                doc.add("workers", tomlkit.table(is_super_table=True))
+            table = doc["workers"]
+            for name in added:
+                # ``workers = {...}`` can only take another inline table
+                new = tomlkit.inline_table() if isinstance(table, InlineTable) else tomlkit.table()
+                update_table(new, None, workers[name])
+                table.add(name, new)
+        out = doc.as_string()
+    except TOMLKIT_ERRORS as e:
+        raise LayoutError(f"{type(e).__name__}: {e}") from None
+    if "\r\n" in text and text.count("\n") == text.count("\r\n"):
+        out = with_newline(out, "\r\n")  # (a file with mixed line breaks is left as tomlkit writes it)
+    return out

@@ -1,0 +1,1 @@
+"""The worker admin's side: ``bbenroll worker create`` (:mod:`.setup`)."""

@@ -1,0 +1,118 @@
+"""Pure logic: worker states, transitions and secret checks, with an injected clock."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bbenroll.errors import InvalidName, WrongState
+from bbenroll.registry import model
+from tests.helpers.cli import FIXED_NOW
+
+NOW = FIXED_NOW
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_state_progression_and_acceptance():
+    w = model.new_worker("w1", NOW, expires=NOW + timedelta(days=10))
+    assert w.state(NOW) == "active"
+    assert w.accepts(w.swissnum, NOW)
+    assert not w.accepts("a" * 32, NOW)
+    assert w.state(NOW + timedelta(days=4)) == "expiring"
+    assert w.state(NOW + timedelta(days=10)) == "expired"
+    assert not w.accepts(w.swissnum, NOW + timedelta(days=10))
+
+    r = model.rotate(w, NOW, grace=timedelta(days=1))
+    assert r.state(NOW) == "rotating"
+    assert r.accepts(r.swissnum, NOW) and r.accepts(w.swissnum, NOW)
+    later = NOW + timedelta(days=1)
+    assert r.accepts(r.swissnum, later) and not r.accepts(w.swissnum, later)
+    assert r.state(later) == "active"
+    assert (r.created, r.rotated) == (w.created, NOW)
+    assert r.password == w.password  # kept during a grace rotation
+    assert model.rotate(r, NOW).password != r.password  # a rotation without grace changes it
+
+    v = model.revoke(r, NOW, "lost")
+    assert v.state(NOW) == "revoked" and v.previous is None
+    assert not v.accepts(r.swissnum, NOW) and not v.accepts(w.swissnum, NOW)
+    with pytest.raises(WrongState):
+        model.revoke(v, NOW)
+    with pytest.raises(WrongState):
+        model.rotate(v, NOW)
+    s = model.restore(v, NOW)
+    assert s.state(NOW) == "active" and s.swissnum not in (v.swissnum, w.swissnum)
+    with pytest.raises(WrongState):
+        model.restore(s, NOW)
+
+
+def test_rotation_without_grace_drops_previous():
+    w = model.rotate(model.new_worker("w1", NOW), NOW, grace=timedelta(days=1))
+    assert model.rotate(w, NOW).previous is None
+
+
+@pytest.mark.parametrize("name", ["w", "worker-1", "_x", "-x", "wörker", "日本語", "a" * 50])
+def test_valid_names(name):
+    assert model.check_worker_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "1w", "a b", "a.b", "a/b", "a" * 51, "tab\t", "é\n"])
+def test_invalid_names(name):
+    with pytest.raises(InvalidName):
+        model.check_worker_name(name)
+
+
+def test_data_round_trip():
+    w = model.rotate(model.new_worker("w1", NOW, tags=["a", "b"], note="n"), NOW, timedelta(hours=2))
+    w = model.revoke(w, NOW, "why")
+    problems = model.Problems()
+    assert model.worker_from_data("w1", model.worker_to_data(w), problems) == w
+    assert not problems
+
+
+def test_problems_are_all_collected():
+    problems = model.Problems()
+    data = {"version": 1, "master": {"identity": 3, "location": "x", "extra": 1},
+            "workers": {"1bad": {"swissnum": "short", "created": "yesterday"}}, "other": 1}
+    assert model.registry_from_data(data, problems) is None
+    keys = [key for key, _ in problems.items]
+    for key in ("other", "master.extra", "master.identity", "master.tubid", "master.listen",
+                "master.location", "workers.1bad", "workers.1bad.password", "workers.1bad.rotated",
+                "workers.1bad.swissnum", "workers.1bad.created"):
+        assert key in keys, key
+
+
+def test_example_registry_matches_schema():
+    """workers.toml.example stays in sync with what bbenroll accepts."""
+    data = tomllib.loads((ROOT / "workers.toml.example").read_text())
+    problems = model.Problems()
+    reg = model.registry_from_data(data, problems)
+    assert not problems.items, problems.items
+    assert reg is not None
+    assert {w.state(NOW) for w in reg.workers.values()} == {"active", "rotating", "revoked"}
+
+
+def test_buildbot_options_are_checked():
+    problems = model.Problems()
+    model.check_buildbot_options({"max_builds": 2, "properties": {"os": "linux"}, "notify_on_missing": ["a"]},
+                                 "workers.w1.buildbot", problems)
+    assert not problems
+    model.check_buildbot_options({"max_build": 2, "max_builds": "2", "keepalive_interval": True},
+                                 "workers.w1.buildbot", problems)
+    assert problems.items == [
+        ("workers.w1.buildbot.max_build", "unknown Buildbot worker option (known: defaultProperties, "
+         "keepalive_interval, machine_name, max_builds, missing_timeout, notify_on_missing, properties)"),
+        ("workers.w1.buildbot.max_builds", "must be an integer"),
+        ("workers.w1.buildbot.keepalive_interval", "must be an integer"),
+    ]
+
+
+def test_check_reports_bad_buildbot_options_but_edits_still_work(cli, reg_path):
+    assert cli("add", "w1").code == 0
+    reg_path.write_text(reg_path.read_text() + "\n[workers.w1.buildbot]\nmax_build = 2\n")
+    result = cli("check")
+    assert result.code == 1
+    assert "workers.w1.buildbot.max_build: unknown Buildbot worker option" in result.err
+    assert cli("rotate", "w1").code == 0  # a newer Buildbot's option must not block editing

@@ -1,0 +1,143 @@
+"""`bbenroll worker create` as a worker admin runs it: a real process against a real master service."""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.endpoints import clientFromString
+
+from tests.helpers.buildbot import BIN, run, stop_daemon, wait_for
+from tests.helpers.cli import run_cli
+from tests.helpers.net import free_port
+
+pytestmark = pytest.mark.network
+
+SERVE = textwrap.dedent("""
+    import sys
+    from twisted.internet import reactor
+    from bbenroll.master.service import EnrollmentService
+    service = EnrollmentService(sys.argv[1], poll_interval=0.2)
+    service.startService()
+    print("ready", flush=True)
+    reactor.run()
+""")
+
+
+@pytest.fixture
+def master(served_reg_path):
+    """The Foolscap service alone (no Buildbot), in its own process."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(served_reg_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    yield served_reg_path
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def bbenroll(reg_path, *args):
+    result = run_cli(["--registry", str(reg_path), *args])
+    assert result.code == 0, result.err
+    return result.out.strip()
+
+
+def create(basedir, *args, furl=None):
+    return run(BIN / "bbenroll", "worker", "create", basedir, *args, check=False, input_text=furl,
+               timeout=120)
+
+
+def test_creates_a_private_worker_basedir(master, tmp_path):
+    furl = bbenroll(master, "add", "worker1")
+    proc = create(tmp_path / "w1", "-", furl=furl)  # from stdin: not in argv, not in shell history
+    assert proc.returncode == 0, proc.stderr
+    base = tmp_path / "w1"
+    assert proc.stdout == f"{base}\n"
+    assert proc.stderr == f"created worker 'worker1' in {base}; start it with: buildbot-worker start {base}\n"
+    entry = tomllib.loads(master.read_text())["workers"]["worker1"]
+    tac = (base / "buildbot.tac").read_text()
+    assert f"workername = 'worker1'\npasswd = {entry['password']!r}" in tac
+    (line,) = [line for line in tac.splitlines() if line.startswith("connection_string = ")]
+    endpoint = clientFromString(reactor, ast.literal_eval(line.split(" = ", 1)[1]))
+    assert (endpoint.furlfile, endpoint.resume) == (base / "bbenroll.furl", 600)
+    assert (base / "bbenroll.furl").read_text() == furl + "\n"
+    assert stat.S_IMODE((base / "buildbot.tac").stat().st_mode) == 0o600
+    assert stat.S_IMODE((base / "bbenroll.furl").stat().st_mode) == 0o600
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    assert (base / "info" / "admin").exists()
+    assert furl.rsplit("/", 1)[1] not in proc.stdout + proc.stderr
+
+
+def test_distinct_errors_for_unreachable_wrong_identity_and_refused(master, tmp_path):
+    furl = bbenroll(master, "add", "worker1")
+    prefix, swissnum = furl.rsplit("/", 1)
+    tubid, hints = prefix[len("pb://"):].split("@")
+    cases = {
+        "unreachable": (f"pb://{tubid}@tcp:127.0.0.1:{free_port()}/{swissnum}",
+                        "error: cannot reach the master at any of the FURL's addresses"),
+        "impostor": (f"pb://{'a' * 32}@{hints}/{swissnum}",
+                     "error: the server at the FURL's address is not the master this FURL names"),
+        "unknown": (f"{prefix}/{'b' * 32}", "error: the master refused this FURL: unknown secret"),
+    }
+    bbenroll(master, "add", "gone")
+    bbenroll(master, "revoke", "gone")
+    gone = bbenroll(master, "show", "gone")
+    cases["revoked"] = (gone, "error: the master refused this FURL: worker revoked")
+    for name, (bad, message) in cases.items():
+        proc = create(tmp_path / name, "--timeout", "20", bad)
+        assert proc.returncode == 1, (name, proc.stderr)
+        assert proc.stderr.startswith(message), (name, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert not (tmp_path / name).exists()  # nothing written on failure
+
+
+def test_force_replaces_the_worker_after_a_rotation(master, tmp_path):
+    furl = bbenroll(master, "add", "worker1")
+    base = tmp_path / "w1"
+    assert create(base, "-", furl=furl).returncode == 0
+    new_furl = bbenroll(master, "rotate", "worker1")  # no grace: new password too
+    proc = create(base, "-", furl=new_furl)
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: {base / 'buildbot.tac'} already exists; use --force to replace it\n"
+    assert create(base, "--force", "-", furl=new_furl).returncode == 0
+    password = tomllib.loads(master.read_text())["workers"]["worker1"]["password"]
+    assert f"passwd = {password!r}" in (base / "buildbot.tac").read_text()
+    assert not (base / "buildbot.tac.new").exists()
+    assert (base / "bbenroll.furl").read_text() == new_furl + "\n"
+
+
+def test_furl_file_and_bad_furls(master, tmp_path):
+    furl = bbenroll(master, "add", "worker1")
+    furl_file = tmp_path / "furl.txt"
+    furl_file.write_text(furl + "\n")
+    assert create(tmp_path / "w1", "--furl-file", str(furl_file)).returncode == 0
+    proc = create(tmp_path / "w2", "pb://nonsense")
+    assert (proc.returncode, proc.stderr) == (1, "error: a FURL has the form pb://TUBID@HINT[,HINT...]/SWISSNUM\n")
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_reached_its_master_still_stops(master, tmp_path):
+    furl = bbenroll(master, "add", "worker1")
+    base = tmp_path / "w1"
+    assert create(base, "-", furl=furl).returncode == 0
+    # the master goes away for good: point the worker at a dead port
+    dead = furl.replace(furl.split("@")[1].split("/")[0], f"tcp:127.0.0.1:{free_port()}")
+    (base / "bbenroll.furl").write_text(dead + "\n")
+    run(BIN / "buildbot-worker", "start", base, check=False, timeout=60)
+    try:
+        wait_for(lambda: "cannot connect to the master" in (base / "twistd.log").read_text(), timeout=60,
+                 what="the worker to log its failed connection")
+        started = time.monotonic()
+        stop = run(BIN / "buildbot-worker", "stop", base, check=False, timeout=60)
+        assert stop.returncode == 0 and "is dead" in stop.stdout, stop.stdout + stop.stderr
+        assert time.monotonic() - started < 15
+    finally:
+        stop_daemon("buildbot-worker", base)
+    assert os.path.exists(base / "twistd.log")
