@@ -17,6 +17,7 @@ import click
 
 from bbenroll.cli.output import Output
 from bbenroll.errors import BBEnrollError
+from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY
 
 COMMANDS = {
     "init": "bbenroll.cli.init",
@@ -45,7 +46,7 @@ class App:
         self.clock = clock
         self.verbose = False
         self.out = Output()
-        self.registry_path = Path("workers.toml")
+        self.registry_path = Path(DEFAULT_REGISTRY)
 
     def now(self) -> datetime:
         return self.clock().astimezone(UTC).replace(microsecond=0)
@@ -131,10 +132,10 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--registry",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="BBENROLL_REGISTRY",
-    default="workers.toml",
+    envvar=ENV_REGISTRY,
+    default=DEFAULT_REGISTRY,
     show_default=True,
-    help="The registry file (also $BBENROLL_REGISTRY).",
+    help=f"The registry file (also ${ENV_REGISTRY}).",
 )
 @output_options
 @click.version_option(package_name="bbenroll", prog_name="bbenroll")

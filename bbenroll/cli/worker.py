@@ -10,6 +10,7 @@ import click
 
 from bbenroll.cli import App, output_options
 from bbenroll.errors import BBEnrollError
+from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT, RESUME_DEADLINE_MAX, RESUME_DEADLINE_MIN
 
 
 @click.group("worker")
@@ -28,10 +29,10 @@ def command() -> None:
 )
 @click.option(
     "--resume",
-    default=600,
+    default=RESUME_DEADLINE_DEFAULT,
     show_default=True,
     metavar="SECONDS",
-    type=click.IntRange(5, 3600),
+    type=click.IntRange(RESUME_DEADLINE_MIN, RESUME_DEADLINE_MAX),
     help="How long a build survives a lost network before Buildbot sees a disconnect.",
 )
 @click.option(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from bbenroll.registry.model import Registry, Worker
+from bbenroll.registry.model import Registry, Worker, usable
 
 # What a refused client is told. Deliberately short: it never says which
 # worker a secret belonged to, and never echoes the secret.
@@ -70,4 +70,4 @@ class Gate:
 
     def usable_workers(self, now: datetime) -> dict[str, Worker]:
         """The workers Buildbot should know about at ``now``."""
-        return {n: w for n, w in self.registry.workers.items() if w.is_usable(now)}
+        return usable(self.registry, now)

@@ -30,6 +30,7 @@ from bbenroll.endpoints import check_loopback_endpoint
 from bbenroll.errors import BBEnrollError
 from bbenroll.master.service import POLL_INTERVAL, EnrollmentService
 from bbenroll.registry import store as regmod
+from bbenroll.registry.model import usable
 
 log = Logger(namespace="bbenroll")
 
@@ -84,11 +85,8 @@ class Enrollment:
 
         from buildbot.worker import Worker
 
-        now = datetime.now(UTC)
         result = []
-        for name, worker in self.loaded.registry.workers.items():
-            if not worker.is_usable(now):
-                continue
+        for name, worker in usable(self.loaded.registry, datetime.now(UTC)).items():
             options = {**defaults, **worker.buildbot}
             try:
                 result.append(Worker(name, worker.password, **options))
@@ -102,12 +100,8 @@ class Enrollment:
         reconfig that removes it."""
         from datetime import UTC, datetime
 
-        now = datetime.now(UTC)
-        return [
-            name
-            for name, worker in self.loaded.registry.workers.items()
-            if worker.is_usable(now) and (tag is None or tag in worker.tags)
-        ]
+        workers = usable(self.loaded.registry, datetime.now(UTC))
+        return [name for name, worker in workers.items() if tag is None or tag in worker.tags]
 
     def service(self, *, poll_interval: float = POLL_INTERVAL) -> EnrollmentMasterService:
         return EnrollmentMasterService(str(self.path), poll_interval=poll_interval)

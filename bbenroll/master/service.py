@@ -35,8 +35,8 @@ from bbenroll.identity import load_identity
 from bbenroll.master import gate as gatemod
 from bbenroll.master.status import HEARTBEAT, StatusBook, status_path, write_status
 from bbenroll.registry import store as regmod
-from bbenroll.tunnel.core import Frame, Settings
-from bbenroll.tunnel.master_side import MAX_RESUME_DEADLINE, MasterSession, pb_client_endpoint
+from bbenroll.tunnel.core import Frame, Settings, clamp_resume_deadline
+from bbenroll.tunnel.master_side import MasterSession, pb_client_endpoint
 from bbenroll.tunnel.wire import FrameSink, RIEnrolledWorker
 
 log = Logger(namespace="bbenroll")
@@ -337,7 +337,7 @@ class EnrollmentService(service.MultiService):
             pb = self._running_master[2] if self._running_master else self.loaded.registry.master.pb
             if pb is None:
                 raise Refused("this master has no PB port configured")
-            settings = Settings(resume_deadline=float(min(max(deadline, 5), MAX_RESUME_DEADLINE)))
+            settings = Settings(resume_deadline=clamp_resume_deadline(deadline))
             session = MasterSession(
                 worker=obj.name,
                 session_id=session_id,

@@ -4,3 +4,7 @@
 - :mod:`.store`: load, check, create and edit the file (one way in, one way out);
 - :mod:`.tomlscan` and :mod:`.tomledit`: in-place edits that keep comments.
 """
+
+# the one source of the registry's default path and its environment variable
+DEFAULT_REGISTRY = "workers.toml"
+ENV_REGISTRY = "BBENROLL_REGISTRY"

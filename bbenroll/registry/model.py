@@ -126,6 +126,15 @@ class MasterSettings:
     pb: str | None = None  # the master's loopback PB endpoint (used by the master hook)
 
 
+def usable(registry: Registry, now: datetime) -> dict[str, Worker]:
+    """The workers Buildbot should know about at ``now``: not revoked, not expired.
+
+    The one rule behind master.cfg's ``Enrollment.workers()``/``names()`` and the
+    running service's reconfigs, so the two can never disagree.
+    """
+    return {name: w for name, w in registry.workers.items() if w.is_usable(now)}
+
+
 @dataclass
 class Registry:
     master: MasterSettings

@@ -21,11 +21,8 @@ from typing import Any
 from bbenroll.errors import BBEnrollError, IdentityError, RegistryError, WorkerExists, WorkerNotFound
 from bbenroll.fileio import atomic_write, exclusive_lock, permission_problem
 from bbenroll.identity import load_identity
-from bbenroll.registry import model
+from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, model
 from bbenroll.registry.model import Problems, Registry, Worker
-
-DEFAULT_REGISTRY = "workers.toml"
-ENV_REGISTRY = "BBENROLL_REGISTRY"
 
 
 @dataclass

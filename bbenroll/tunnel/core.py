@@ -61,6 +61,18 @@ class Event:
     reason: str = ""
 
 
+# How long a session outlives a lost link (seconds): the worker asks for a value
+# in this range (`worker create --resume`, the endpoint's `resume=`), the master
+# clamps what it is asked for to it.
+RESUME_DEADLINE_DEFAULT = 600
+RESUME_DEADLINE_MIN = 5
+RESUME_DEADLINE_MAX = 3600
+
+
+def clamp_resume_deadline(seconds: float) -> float:
+    return float(min(max(seconds, RESUME_DEADLINE_MIN), RESUME_DEADLINE_MAX))
+
+
 @dataclass
 class Settings:
     window: int = 4 * 1024 * 1024  # bytes in flight per stream
@@ -72,7 +84,7 @@ class Settings:
     max_buffer: int | None = None  # past this, reset the stream instead of pausing (worker side)
     ping_interval: float = 5.0
     dead_after: float = 15.0
-    resume_deadline: float = 600.0
+    resume_deadline: float = float(RESUME_DEADLINE_DEFAULT)
 
 
 class ProtocolError(Exception):

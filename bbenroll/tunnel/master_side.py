@@ -24,9 +24,6 @@ from bbenroll.tunnel.wire import send_frame
 
 log = Logger(namespace="bbenroll")
 
-MAX_RESUME_DEADLINE = 3600
-
-
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
     """How to reach the PB port given as a server endpoint (``tcp:9990:interface=127.0.0.1``)."""
     kind, *parts = endpoint_parts(server_endpoint)

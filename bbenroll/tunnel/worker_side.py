@@ -29,11 +29,12 @@ from bbenroll.furl import parse_furl
 from bbenroll.tunnel import core
 from bbenroll.tunnel.adapter import WakeupTimer
 from bbenroll.tunnel.core import Frame, Settings, TunnelCore
+from bbenroll.tunnel.failures import FailureKind, classify
 from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, send_frame
 
 log = Logger(namespace="bbenroll")
 
-DEFAULT_RESUME_DEADLINE = 600  # seconds a stream survives a lost link
+DEFAULT_RESUME_DEADLINE = core.RESUME_DEADLINE_DEFAULT  # seconds a stream survives a lost link
 CONNECT_TIMEOUT = 30.0  # a connect() that cannot reach the master gives up (buildbot-worker retries)
 # Reconnect delays; the last one repeats. Capped low so that data flows again
 # within about 2 s of the network returning, even after an outage of minutes;
@@ -45,31 +46,6 @@ REFUSED_RETRY = 30.0  # revoked or unknown secret: no point hammering the master
 # output, before it gives up (buildbot-worker cannot be paused). 64 MiB was
 # measured too small: a build printing 100 MB lost its stream in a 10 s stall.
 WORKER_MAX_BUFFER = 512 * 1024 * 1024
-
-
-def classify_failure(failure: Failure) -> str:
-    """A short, user-facing reason why connecting to a FURL failed."""
-    value = failure.value
-    copied = getattr(value, "failure", None)  # RemoteException around the master's refusal
-    if copied is not None:
-        return f"the master refused this FURL: {copied.value}"
-    text = str(value)
-    if "TubID" in text or "wrong Tub" in text or "unknown TubID" in text:
-        return (
-            "the server at the FURL's address is not the master this FURL names (its TLS identity "
-            "differs): the FURL may be outdated, or someone is impersonating the master"
-        )
-    if failure.check(
-        error.ConnectionRefusedError,
-        error.ConnectError,
-        error.DNSLookupError,
-        error.TimeoutError,
-        defer.CancelledError,
-    ):
-        return f"cannot reach the master at any of the FURL's addresses ({failure.getErrorMessage()})"
-    if "negotiation" in text.lower() or "NegotiationError" in repr(value):
-        return f"cannot reach the master at any of the FURL's addresses ({text})"
-    return f"connection to the master failed: {failure.getErrorMessage()}"
 
 
 @implementer(RITunnelPeer)
@@ -324,9 +300,10 @@ class WorkerTunnel:
 
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = False
-        self.last_error = classify_failure(failure)
+        why = classify(failure)
+        self.last_error = why.message
         delay = BACKOFF[min(self._attempt, len(BACKOFF) - 1)] * self._random.uniform(*JITTER)
-        if "refused this FURL" in self.last_error:
+        if why.kind is FailureKind.REFUSED:
             delay = REFUSED_RETRY
         self._attempt += 1
         log.info("bbenroll: {error}; retrying in {delay}s", error=self.last_error, delay=delay)

@@ -43,7 +43,7 @@ def fetch_worker_config(furl: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str
     from foolscap.api import Tub
     from twisted.internet import reactor
 
-    from bbenroll.tunnel.worker_side import classify_failure
+    from bbenroll.tunnel.failures import classify
 
     result: dict[str, Any] = {}
     tub = Tub()
@@ -54,7 +54,7 @@ def fetch_worker_config(furl: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str
         d = tub.getReference(furl)
         d.addCallback(lambda ref: ref.callRemote("get_worker_config"))
         d.addCallback(lambda config: result.update(config=config))
-        d.addErrback(lambda failure: result.update(error=classify_failure(failure)))
+        d.addErrback(lambda failure: result.update(error=classify(failure).message))
         d.addBoth(lambda _: tub.stopService())
         d.addBoth(lambda _: reactor.stop())
 
