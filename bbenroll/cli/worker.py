@@ -55,6 +55,7 @@ def create(
     force: bool,
 ) -> None:
     """Create a buildbot-worker in BASEDIR from FURL ('-' or --furl-file: read it, not from argv)."""
+    from bbenroll.cli.reactor import react
     from bbenroll.furl import parse_furl
     from bbenroll.worker.setup import check_basedir, create_worker_dir, fetch_worker_config
 
@@ -78,7 +79,7 @@ def create(
         raise BBEnrollError("no FURL given")
     parse_furl(furl)
     check_basedir(basedir, force)
-    config = fetch_worker_config(furl, timeout=timeout)
+    config = react(lambda reactor: fetch_worker_config(furl, reactor=reactor, timeout=timeout))
     result = create_worker_dir(basedir, furl, config, resume=resume, force=force)
     if app.out.json_mode:
         app.out.json(result)

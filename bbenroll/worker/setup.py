@@ -10,6 +10,7 @@ basedir whose ``connection_string`` goes through bbenroll's tunnel. The stock
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,48 +35,63 @@ def connection_string(furl_file: Path, resume: int) -> str:
     return f"bbenroll:furlfile={escape_endpoint_value(str(furl_file))}:resume={resume}"
 
 
-def fetch_worker_config(furl: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """Connect once over ``furl`` and ask for this worker's configuration (blocking).
+def fetch_worker_config(
+    furl: str,
+    *,
+    reactor: Any,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Connect once over ``furl`` and ask for this worker's configuration.
 
-    Runs the Twisted reactor, so call it once per process (the CLI does).
+    Returns a Deferred that fires with the configuration dict, or fails with
+    :class:`WorkerSetupError` (one line for the user). ``progress`` is told
+    each step, for a terminal that wants to show it. The reactor is the
+    caller's: the CLI runs this with ``task.react``.
     """
-    parse_furl(furl)
     from foolscap.api import Tub
-    from twisted.internet import reactor
+    from twisted.internet import defer
 
     from bbenroll.tunnel.failures import classify
 
-    result: dict[str, Any] = {}
+    hints = parse_furl(furl).redacted()
+    tell = progress or (lambda text: None)
     tub = Tub()
     tub.setOption("expose-remote-exception-types", False)
     tub.startService()
+    tell(f"connecting to the master ({hints})")
 
-    def go() -> None:
-        d = tub.getReference(furl)
-        d.addCallback(lambda ref: ref.callRemote("get_worker_config"))
-        d.addCallback(lambda config: result.update(config=config))
-        d.addErrback(lambda failure: result.update(error=classify(failure).message))
-        d.addBoth(lambda _: tub.stopService())
-        d.addBoth(lambda _: reactor.stop())
+    def connected(ref: Any) -> Any:
+        tell("connected; the master's identity matches the FURL; fetching this worker's settings")
+        return ref.callRemote("get_worker_config")
 
-    def give_up() -> None:
-        if not result:
-            result["error"] = (
+    def failed(failure: Any) -> None:
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            raise WorkerSetupError(
                 f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
             )
-            reactor.stop()
+        raise WorkerSetupError(classify(failure).message)
 
-    reactor.callWhenRunning(go)
-    timer = reactor.callLater(timeout, give_up)
-    reactor.run(installSignalHandlers=True)
-    if timer.active():
-        timer.cancel()
-    if "error" in result:
-        raise WorkerSetupError(result["error"])
-    config = result.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("name"), str) or not config.get("password"):
-        raise WorkerSetupError("the master sent an incomplete worker configuration")
-    return config
+    def checked(config: Any) -> dict[str, Any]:
+        if (
+            not isinstance(config, dict)
+            or not isinstance(config.get("name"), str)
+            or not config.get("password")
+        ):
+            raise WorkerSetupError("the master sent an incomplete worker configuration")
+        return config
+
+    def stopped(result: Any) -> Any:
+        d = defer.maybeDeferred(tub.stopService)
+        d.addBoth(lambda _: result)
+        return d
+
+    d = tub.getReference(furl)
+    d.addCallback(connected)
+    d.addTimeout(timeout, reactor)
+    d.addCallbacks(checked, failed)
+    d.addBoth(stopped)
+    return d
 
 
 def check_basedir(basedir: Path, force: bool) -> None:
