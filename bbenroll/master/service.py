@@ -37,7 +37,7 @@ from bbenroll.master.status import HEARTBEAT, StatusBook, status_path, write_sta
 from bbenroll.registry import store as regmod
 from bbenroll.tunnel.core import Frame, Settings, clamp_resume_deadline
 from bbenroll.tunnel.master_side import MasterSession, pb_client_endpoint
-from bbenroll.tunnel.wire import FrameSink, RIEnrolledWorker
+from bbenroll.tunnel.wire import FrameSink, Refused, RIEnrolledWorker
 
 log = Logger(namespace="bbenroll")
 _NEVER = object()  # a file signature that matches nothing
@@ -50,10 +50,6 @@ SHUTDOWN_GRACE = 1.0  # seconds a dropped peer gets to receive our last frames
 PREAUTH_BUFFER_LIMIT = 16 * 1024  # bytes a peer may have pending before any secret was accepted
 BUFFER_LIMIT = 2 * 1024 * 1024  # afterwards (must exceed the largest legitimate token)
 MAX_SWISSNUM_LENGTH = 256
-
-
-class Refused(Exception):
-    """Sent to a client whose secret is refused; the message is one of gate's reasons."""
 
 
 def peer_of(broker: Broker) -> str:

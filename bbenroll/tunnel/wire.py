@@ -29,6 +29,13 @@ Payload = ByteStringConstraint(maxLength=MAX_PAYLOAD)
 Received = DictOf(StreamId, Offset, maxKeys=4096)
 
 
+class Refused(Exception):
+    """What the master raises to a worker it will not serve (the secret is unknown,
+    revoked, expired or retired, or a limit was hit); the message is one line for
+    the worker admin. Part of the wire contract: the worker recognises a refusal by
+    this type (Foolscap copies its qualified name), never by its text."""
+
+
 class RITunnelPeer(RemoteInterface):
     """Frame sink; implemented by both sides."""
 
