@@ -51,9 +51,7 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
             os.fsync(f.fileno())
         if IS_POSIX:
             os.chmod(tmp, mode)
-            if owner is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
-                # root editing a file owned by the buildbot user must not steal it
-                os.chown(tmp, *owner)
+            keep_owner(tmp, owner)
         if exclusive:
             os.link(tmp, path)  # fails if path appeared meanwhile; never clobbers
             os.unlink(tmp)
@@ -64,6 +62,27 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
             os.unlink(tmp)
         raise
     fsync_directory(directory)
+
+
+def keep_owner(target: int | str, owner: tuple[int, int] | None) -> None:
+    """Give ``target`` (a path or an open fd) the ``(uid, gid)`` ``owner``, when root.
+
+    Root editing a file owned by the buildbot user must not steal it: the
+    master runs as that user and must still be able to read and edit it.
+    """
+    if owner is not None and IS_POSIX and os.geteuid() == 0:
+        os.chown(target, *owner)
+
+
+def owner_of(path: Path) -> tuple[int, int] | None:
+    """``(uid, gid)`` of ``path``, or None where there is no such thing."""
+    if not IS_POSIX:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_uid, st.st_gid
 
 
 def fsync_directory(directory: Path) -> None:
@@ -90,17 +109,30 @@ def permission_problem(path: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, timeout: float = 30.0) -> Iterator[None]:
+def exclusive_lock(path: Path, timeout: float = 30.0, *, owned_like: Path | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock on the sidecar file ``path``.
 
     The registry itself cannot be locked: atomic saves replace its inode.
-    The sidecar lock file is left in place (deleting it would race).
+    The sidecar lock file is left in place (deleting it would race). With
+    ``owned_like`` (the registry), the lock file gets that file's owner and
+    group when root opens it, like :func:`atomic_write` keeps the registry's:
+    a lock file left root-owned (mode 0600) would lock the master's own user
+    out of every later edit.
     """
+    owner = owner_of(owned_like) if owned_like is not None else None
     flags = os.O_RDWR | os.O_CREAT
     try:
         fd = os.open(path, flags, PRIVATE_MODE)
     except OSError as e:
-        raise BBEnrollError(f"{path}: cannot open lock file: {e.strerror}") from None
+        hint = _lock_owner_hint(path, owner)
+        raise BBEnrollError(f"{path}: cannot open lock file: {e.strerror}{hint}") from None
+    try:
+        st = os.fstat(fd)
+        if owner is not None and (st.st_uid, st.st_gid) != owner:
+            keep_owner(fd, owner)
+    except OSError as e:
+        os.close(fd)
+        raise BBEnrollError(f"{path}: cannot give the lock file the registry's owner: {e.strerror}") from None
     deadline = time.monotonic() + timeout
     try:
         delay = 0.001
@@ -121,6 +153,17 @@ def exclusive_lock(path: Path, timeout: float = 30.0) -> Iterator[None]:
             _unlock(fd)
     finally:
         os.close(fd)
+
+
+def _lock_owner_hint(path: Path, owner: tuple[int, int] | None) -> str:
+    """Why a lock file may be out of reach, and the fix, when its owner is the cause."""
+    found = owner_of(path)
+    if found is None or owner is None or found == owner:
+        return ""
+    return (
+        f" (it belongs to {found[0]}:{found[1]}, the registry to {owner[0]}:{owner[1]}; "
+        f"run as root: chown {owner[0]}:{owner[1]} {path})"
+    )
 
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only

@@ -384,7 +384,7 @@ def edit(path: Path | None = None, timeout: float = 30.0) -> Iterator[Editor]:
     path = Path(path) if path is not None else default_path()
     if not path.exists():
         read_text(path)  # raises the friendly "not found"
-    with exclusive_lock(lock_path(path), timeout=timeout):
+    with exclusive_lock(lock_path(path), timeout=timeout, owned_like=path):
         editor = Editor(load(path))
         yield editor
         editor.save()
