@@ -21,8 +21,9 @@ from typing import Any
 from bbenroll.errors import BBEnrollError, IdentityError, RegistryError, WorkerExists, WorkerNotFound
 from bbenroll.fileio import atomic_write, exclusive_lock, permission_problem
 from bbenroll.identity import load_identity
-from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, model
-from bbenroll.registry.model import Problems, Registry, Worker
+from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, schema
+from bbenroll.registry.model import Registry, Worker
+from bbenroll.registry.schema import Problems
 
 
 @dataclass
@@ -102,7 +103,7 @@ def locate(text: str, key: str) -> int | None:
         return None
     best = None
     for header in headers:
-        dotted = model.key_path(*header.path)
+        dotted = schema.key_path(*header.path)
         if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
             if best is None or len(header.path) > len(best.path):
                 best = header
@@ -121,7 +122,7 @@ def problem_messages(path: Path, text: str, problems: Problems) -> list[str]:
 def registry_from_text(path: Path, text: str) -> Registry:
     data = parse_text(text, str(path))
     problems = Problems()
-    registry = model.registry_from_data(data, problems)
+    registry = schema.registry_from_data(data, problems)
     if registry is None:
         messages = problem_messages(path, text, problems)
         more = f" (and {len(messages) - 1} more problems: run 'bbenroll check')" if len(messages) > 1 else ""
@@ -169,11 +170,11 @@ def check(path: Path) -> list[str]:
     except RegistryError as e:
         return [str(e)]
     problems = Problems()
-    registry = model.registry_from_data(data, problems)
+    registry = schema.registry_from_data(data, problems)
     if registry is not None:
         for worker in registry.workers.values():
-            model.check_buildbot_options(
-                dict(worker.buildbot), f"workers.{model.key_path(worker.name)}.buildbot", problems
+            schema.check_buildbot_options(
+                dict(worker.buildbot), f"workers.{schema.key_path(worker.name)}.buildbot", problems
             )
     messages = problem_messages(path, text, problems)
     master = data.get("master")
@@ -340,7 +341,7 @@ class Editor:
     def render(self) -> str:
         """The new text of the registry, checked to read back as intended."""
         problems = Problems()
-        model.check_unique_secrets(self.workers.values(), problems)
+        schema.check_unique_secrets(self.workers.values(), problems)
         if problems:
             key, message = problems.items[0]
             raise RegistryError(str(self.path), f"{key}: {message}")

@@ -20,8 +20,9 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable, Table
 
-from bbenroll.registry import model
-from bbenroll.registry.model import Problems, Worker
+from bbenroll.registry import schema
+from bbenroll.registry.model import Worker
+from bbenroll.registry.schema import Problems
 from bbenroll.registry.tomlscan import Header, Scan, ScanError, scan, table_span
 
 # What tomlkit raises on a document it cannot parse or edit: its own errors, but
@@ -78,8 +79,8 @@ def _toml_value(key: str, value: Any) -> Any:
 
 def update_table(table: Table | InlineTable, old: Worker | None, new: Worker) -> None:
     """Make ``table`` hold ``new``, changing only keys whose value differs."""
-    old_data = model.worker_to_data(old) if old is not None else {}
-    new_data = model.worker_to_data(new)
+    old_data = schema.worker_to_data(old) if old is not None else {}
+    new_data = schema.worker_to_data(new)
     for key in old_data:
         if key not in new_data and key in table:
             del table[key]
@@ -111,7 +112,7 @@ def _holds_exactly(chunk: str, name: str, expected: Worker) -> bool:
     if set(data) != {"workers"} or not isinstance(workers, dict) or set(workers) != {name}:
         return False
     problems = Problems()
-    return model.worker_from_data(name, workers[name], problems) == expected and not problems
+    return schema.worker_from_data(name, workers[name], problems) == expected and not problems
 
 
 def _worker_headers(headers: list[Header], names: Collection[str]) -> dict[str, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bbenroll.errors import InvalidName, WrongState
-from bbenroll.registry import model
+from bbenroll.registry import model, schema
 from tests.helpers.cli import FIXED_NOW
 
 NOW = FIXED_NOW
@@ -67,16 +67,16 @@ def test_invalid_names(name):
 def test_data_round_trip():
     w = model.rotate(model.new_worker("w1", NOW, tags=["a", "b"], note="n"), NOW, timedelta(hours=2))
     w = model.revoke(w, NOW, "why")
-    problems = model.Problems()
-    assert model.worker_from_data("w1", model.worker_to_data(w), problems) == w
+    problems = schema.Problems()
+    assert schema.worker_from_data("w1", schema.worker_to_data(w), problems) == w
     assert not problems
 
 
 def test_problems_are_all_collected():
-    problems = model.Problems()
+    problems = schema.Problems()
     data = {"version": 1, "master": {"identity": 3, "location": "x", "extra": 1},
             "workers": {"1bad": {"swissnum": "short", "created": "yesterday"}}, "other": 1}
-    assert model.registry_from_data(data, problems) is None
+    assert schema.registry_from_data(data, problems) is None
     keys = [key for key, _ in problems.items]
     for key in ("other", "master.extra", "master.identity", "master.tubid", "master.listen",
                 "master.location", "workers.1bad", "workers.1bad.password", "workers.1bad.rotated",
@@ -87,20 +87,20 @@ def test_problems_are_all_collected():
 def test_example_registry_matches_schema():
     """workers.toml.example stays in sync with what bbenroll accepts."""
     data = tomllib.loads((ROOT / "workers.toml.example").read_text())
-    problems = model.Problems()
-    reg = model.registry_from_data(data, problems)
+    problems = schema.Problems()
+    reg = schema.registry_from_data(data, problems)
     assert not problems.items, problems.items
     assert reg is not None
     assert {w.state(NOW) for w in reg.workers.values()} == {"active", "rotating", "revoked"}
 
 
 def test_buildbot_options_are_checked():
-    problems = model.Problems()
-    model.check_buildbot_options({"max_builds": 2, "properties": {"os": "linux"}, "notify_on_missing": ["a"]},
-                                 "workers.w1.buildbot", problems)
+    problems = schema.Problems()
+    options = {"max_builds": 2, "properties": {"os": "linux"}, "notify_on_missing": ["a"]}
+    schema.check_buildbot_options(options, "workers.w1.buildbot", problems)
     assert not problems
-    model.check_buildbot_options({"max_build": 2, "max_builds": "2", "keepalive_interval": True},
-                                 "workers.w1.buildbot", problems)
+    schema.check_buildbot_options({"max_build": 2, "max_builds": "2", "keepalive_interval": True},
+                                  "workers.w1.buildbot", problems)
     assert problems.items == [
         ("workers.w1.buildbot.max_build", "unknown Buildbot worker option (known: defaultProperties, "
          "keepalive_interval, machine_name, max_builds, missing_timeout, notify_on_missing, properties)"),

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bbenroll.registry import model, store
+from bbenroll.registry import model, schema, store
 from bbenroll.registry.model import Worker
 from bbenroll.registry.store import Editor, LoadedRegistry, registry_from_text
 from bbenroll.registry.tomlscan import scan_headers
@@ -294,7 +294,7 @@ def expected_data(text: str, name: str, worker: Worker | None) -> dict[str, Any]
     if worker is None:
         del data["workers"][name]
     else:
-        data.setdefault("workers", {})[name] = model.worker_to_data(worker)
+        data.setdefault("workers", {})[name] = schema.worker_to_data(worker)
     return data
 
 
@@ -336,7 +336,7 @@ def test_splice_touches_only_the_edited_table(layout: Layout, op: str, name: str
     if op == "add":
         assert new.startswith(old)
         appended = tomllib.loads(new[len(old) :])
-        assert appended == {"workers": {name: model.worker_to_data(worker)}}
+        assert appended == {"workers": {name: schema.worker_to_data(worker)}}
         return
     before, after = layout.outside(name)
     assert new.startswith(before)
@@ -371,9 +371,9 @@ def test_several_edits_in_one_save() -> None:
     editor.add(added)
     new = editor.render()
     data = copy.deepcopy(tomllib.loads(old))
-    data["workers"]["wörker-1"] = model.worker_to_data(rotated)
+    data["workers"]["wörker-1"] = schema.worker_to_data(rotated)
     del data["workers"]["plain"]
-    data["workers"]["zeta"] = model.worker_to_data(added)
+    data["workers"]["zeta"] = schema.worker_to_data(added)
     assert tomllib.loads(new) == data
     # the untouched worker's table, with its sub-tables and comments, is carried over verbatim
     own = "".join(text for owner, text in QUOTED.segments if owner == "ç-2")

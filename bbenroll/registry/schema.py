@@ -1,0 +1,467 @@
+"""What ``workers.toml`` may hold: one declarative definition of every table's keys.
+
+``MASTER_FIELDS`` and ``WORKER_FIELDS`` say, for each key: its name, its kind
+(the TOML type and the rule a value must follow), whether it is required, and
+what it means. Everything else is derived from them: reading plain data (what
+``tomllib`` returns) into checked model objects, collecting every problem with
+the key it concerns, writing a worker back as plain data
+(:func:`worker_to_data`), and the tables of docs/registry.md
+(:func:`markdown_table`).
+
+There is one read path. Each kind's ``convert`` does the common, well-formed
+case first with exact type checks (what makes ``list --json`` on thousands of
+workers fast) and works out the message only when a value is wrong; a
+problem's key (``workers."wörker".tags``) is only spelled out when there is a
+problem. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from bbenroll.errors import FurlError, InvalidName
+from bbenroll.furl import (
+    MIN_SWISSNUM_LENGTH,
+    SWISSNUM_BITS,
+    TUBID_LENGTH,
+    check_hint,
+    check_swissnum,
+    check_tubid,
+)
+from bbenroll.registry.model import (
+    REGISTRY_VERSION,
+    MasterSettings,
+    Previous,
+    Registry,
+    Worker,
+    check_worker_name,
+)
+from bbenroll.times import to_utc
+
+
+class Problems:
+    """Collects ``(key, message)`` pairs while checking data."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append((key, message))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_path(*parts: str) -> str:
+    """``workers.name`` with TOML quoting where a part needs it."""
+    return ".".join(part if _BARE_KEY_RE.fullmatch(part) else f'"{part}"' for part in parts)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
+
+
+def toml_type(value: Any) -> str:
+    """``a string``, ``a date``...: how a message names the type of a TOML value."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, datetime | date):
+        return "a date"
+    if isinstance(value, float):
+        return "a float"
+    for t, name in _TYPE_NAMES.items():
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+class Invalid(Exception):
+    """A value breaks its kind's rule. ``items`` are ``(key suffix, message)``
+    pairs: the suffix (``.until``, ``[2]``) places a problem inside the value."""
+
+    def __init__(self, message: str, suffix: str = "") -> None:
+        super().__init__(message)
+        self.items = [(suffix, message)]
+
+
+# --- kinds: a TOML type and its rule ---------------------------------------
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Kind:
+    doc: str  # the type as docs/registry.md names it
+    convert: Callable[[Any], Any]  # plain data -> model value; raises Invalid
+    to_data: Callable[[Any], Any] = _same  # model value -> plain data
+    is_table: bool = False  # written as a [sub.table] of its own
+
+
+def _string(value: Any) -> str:
+    if type(value) is str:
+        return value
+    raise Invalid(f"must be a string, not {toml_type(value)}")
+
+
+def _non_empty_string(value: Any) -> str:
+    if type(value) is str and value:
+        return value
+    _string(value)
+    raise Invalid("may not be empty")
+
+
+def _checked_by(check: Callable[[str], str]) -> Callable[[Any], str]:
+    """A string kind whose rule is one of :mod:`bbenroll.furl`'s checks."""
+
+    def convert(value: Any) -> str:
+        try:
+            return check(_string(value))
+        except FurlError as e:
+            raise Invalid(str(e)) from None
+
+    return convert
+
+
+def _time(value: Any) -> datetime:
+    if type(value) is datetime and value.tzinfo is UTC and not value.microsecond:
+        return value  # what bbenroll writes
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise Invalid("must include a time zone, like 2027-01-01T00:00:00Z")
+        try:
+            return to_utc(value)
+        except OverflowError:
+            raise Invalid("is out of range") from None
+    if isinstance(value, date):  # a bare date means midnight UTC
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    raise Invalid("must be a date-time, like 2027-01-01T00:00:00Z")
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if type(value) is list and all(type(t) is str and t for t in value):
+        return tuple(value)
+    raise Invalid("must be an array of non-empty strings")
+
+
+def _hints(value: Any) -> tuple[str, ...]:
+    if type(value) is not list or not value:
+        raise Invalid("must be a non-empty array of connection hints")
+    bad = Invalid("")
+    bad.items = []
+    for i, hint in enumerate(value):
+        try:
+            check_hint(hint)
+        except FurlError as e:
+            bad.items.append((f"[{i}]", str(e)))
+    if bad.items:
+        raise bad
+    return tuple(value)
+
+
+def _table(value: Any) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
+    raise Invalid("must be a table")
+
+
+STRING = Kind("string", _string)
+NON_EMPTY_STRING = Kind("non-empty string", _non_empty_string)
+SECRET = Kind("string", _checked_by(check_swissnum))
+TUBID = Kind("string", _checked_by(check_tubid))
+TIME = Kind("date-time", _time)
+TAGS = Kind("array of non-empty strings", _tags, to_data=list)
+HINTS = Kind("array of strings", _hints, to_data=list)
+TABLE = Kind("table", _table, to_data=dict, is_table=True)
+
+
+@dataclass(frozen=True, eq=False)
+class Field:
+    """One key of a table; the model attribute of the same name holds its value."""
+
+    key: str
+    kind: Kind
+    doc: str
+    required: bool = False
+    default: Any = None  # an optional key holding this is not written
+    requires: str | None = None  # only valid together with this other key
+
+    @property
+    def attr(self) -> str:
+        return self.key  # (the readers rely on it: a test keeps the model's names equal)
+
+
+def _previous(value: Any) -> Previous:
+    if type(value) is not dict or value.keys() != _PREVIOUS_KEYS:
+        raise Invalid("must be a table with exactly 'swissnum' and 'until'")
+    values = _convert_all(PREVIOUS_FIELDS, value)
+    return Previous(**values)
+
+
+def _previous_to_data(previous: Previous) -> dict[str, Any]:
+    return {field.key: getattr(previous, field.attr) for field in PREVIOUS_FIELDS}
+
+
+PREVIOUS = Kind("inline table", _previous, to_data=_previous_to_data)
+
+PREVIOUS_FIELDS = (
+    Field("swissnum", SECRET, "The secret that was replaced.", required=True),
+    Field("until", TIME, "Accepted until then.", required=True),
+)
+_PREVIOUS_KEYS = {field.key for field in PREVIOUS_FIELDS}
+
+MASTER_FIELDS = (
+    Field(
+        "identity",
+        NON_EMPTY_STRING,
+        "Path of the master's TLS key + self-signed certificate (PEM), relative to the registry's "
+        "directory (`~` is expanded). Mode 0600.",
+        required=True,
+    ),
+    Field(
+        "tubid",
+        TUBID,
+        f"{TUBID_LENGTH} lowercase base32 characters: the base32 SHA-1 digest of the DER certificate, "
+        "exactly as Foolscap computes a TubID. Checked against `identity` on every load: a mismatch (say, a "
+        "replaced key) is an error, because every FURL already handed out pins this value.",
+        required=True,
+    ),
+    Field(
+        "location",
+        HINTS,
+        "Connection hints written into every FURL, tried in turn by workers. `tcp:HOST:PORT` with a DNS "
+        "name, IPv4 address or `[IPv6]` address; other Foolscap hint types (`tor:...`) are accepted if "
+        "they follow Foolscap's `TYPE:ADDRESS` rule.",
+        required=True,
+    ),
+    Field(
+        "listen",
+        STRING,
+        "Where the master's Foolscap service listens: a Twisted server endpoint string, e.g. `tcp:9989`.",
+        required=True,
+    ),
+    Field(
+        "pb",
+        STRING,
+        "The master's own Buildbot PB port, loopback only (default written by `init`: "
+        "`tcp:9990:interface=127.0.0.1`). Used by the master hook.",
+    ),
+)
+
+# in the order bbenroll writes them
+WORKER_FIELDS = (
+    Field(
+        "swissnum",
+        SECRET,
+        f"The worker's secret, the last part of its FURL: at least {MIN_SWISSNUM_LENGTH} lowercase "
+        f"base32 characters ({SWISSNUM_BITS} bits) from the OS's CSPRNG, as Foolscap makes its own. "
+        "Unique across the registry (including `previous`).",
+        required=True,
+    ),
+    Field(
+        "password", NON_EMPTY_STRING, "The worker's Buildbot PB password (192 random bits).", required=True
+    ),
+    Field("created", TIME, "When the worker was enrolled.", required=True),
+    Field("rotated", TIME, "When its secrets last changed (enrolment, rotation, restore).", required=True),
+    Field("expires", TIME, "From this instant the master refuses the worker."),
+    Field("tags", TAGS, "Free-form tags, for `bbenroll list --tag`.", default=()),
+    Field("note", STRING, "Free-form note."),
+    Field(
+        "previous",
+        PREVIOUS,
+        '`{swissnum = "...", until = DATE-TIME}`: the secret a `rotate --grace` replaced, accepted until '
+        "`until`. Only the most recent previous secret is kept.",
+    ),
+    Field("revoked", TIME, "Present when revoked: the master refuses the worker."),
+    Field("revoked_reason", STRING, "Why (only with `revoked`).", requires="revoked"),
+    Field(
+        "buildbot",
+        TABLE,
+        "Per-worker Buildbot options for the master hook (e.g. `max_builds`). Never rewritten by bbenroll.",
+        default={},
+    ),
+)
+
+_REQUIRES_MESSAGES = {"revoked": "set, but the worker is not revoked"}
+
+
+# --- reading ---------------------------------------------------------------
+
+
+@functools.cache
+def _plan(fields: tuple[Field, ...]) -> tuple[tuple[str, Callable[[Any], Any], bool, str | None], ...]:
+    """``fields`` as plain tuples: attribute lookups cost time on thousands of workers."""
+    return tuple((field.key, field.kind.convert, field.required, field.requires) for field in fields)
+
+
+def _convert_all(fields: tuple[Field, ...], data: dict[str, Any]) -> dict[str, Any]:
+    """The model values of ``data``'s keys (each field's attribute is its key);
+    one Invalid with every problem (unknown and missing keys included)."""
+    values: dict[str, Any] = {}
+    bad: list[tuple[str, str]] = []
+    for key, convert, required, requires in _plan(fields):
+        if key in data:
+            try:
+                values[key] = convert(data[key])
+            except Invalid as e:
+                bad.extend((f".{key}{suffix}", message) for suffix, message in e.items)
+            if requires is not None and requires not in data:
+                bad.append((f".{key}", _REQUIRES_MESSAGES[requires]))
+        elif required:
+            bad.append((f".{key}", "missing"))
+    if len(values) != len(data):
+        known = {field.key for field in fields}
+        bad[:0] = [(f".{key_path(key)}", "unknown key") for key in sorted(set(data) - known)]
+    if bad:
+        error = Invalid("")
+        error.items = bad
+        raise error
+    return values
+
+
+def _table_values(
+    fields: tuple[Field, ...], data: Any, where: Callable[[], str], problems: Problems
+) -> dict[str, Any] | None:
+    if type(data) is not dict:
+        problems.add(where(), "must be a table")
+        return None
+    try:
+        return _convert_all(fields, data)
+    except Invalid as e:
+        prefix = where()
+        for suffix, message in e.items:
+            problems.add(prefix + suffix, message)
+        return None
+
+
+def master_from_data(data: Any, problems: Problems) -> MasterSettings | None:
+    if data is None:
+        problems.add("master", "missing [master] table")
+        return None
+    values = _table_values(MASTER_FIELDS, data, lambda: "master", problems)
+    return MasterSettings(**values) if values is not None else None
+
+
+def worker_from_data(name: str, data: Any, problems: Problems) -> Worker | None:
+    def where() -> str:
+        return f"workers.{key_path(name)}"
+
+    try:
+        check_worker_name(name)
+    except InvalidName as e:
+        problems.add(where(), str(e))
+        _table_values(WORKER_FIELDS, data, where, problems)  # and every other problem
+        return None
+    values = _table_values(WORKER_FIELDS, data, where, problems)
+    return Worker(name, **values) if values is not None else None
+
+
+def registry_from_data(data: Mapping[str, Any], problems: Problems) -> Registry | None:
+    """Check the parsed TOML; returns the registry, or None with ``problems`` filled."""
+    version = data.get("version")
+    if version is None:
+        problems.add("version", f"missing (this format is version = {REGISTRY_VERSION})")
+    elif isinstance(version, bool) or not isinstance(version, int):
+        problems.add("version", f"must be an integer, not {toml_type(version)}")
+    elif version != REGISTRY_VERSION:
+        problems.add(
+            "version",
+            f"unknown registry version {version}; this bbenroll reads version {REGISTRY_VERSION}",
+        )
+        return None  # a newer format: do not second-guess the rest of it
+    for key in sorted(set(data) - {"version", "master", "workers"}):
+        problems.add(key_path(key), "unknown key")
+    master = master_from_data(data.get("master"), problems)
+    raw_workers = data.get("workers", {})
+    workers: dict[str, Worker] = {}
+    if not isinstance(raw_workers, dict):
+        problems.add("workers", "must be a table of worker tables")
+    else:
+        for name, entry in raw_workers.items():
+            worker = worker_from_data(name, entry, problems)
+            if worker is not None:
+                workers[name] = worker
+    check_unique_secrets(workers.values(), problems)
+    if problems or master is None:
+        return None
+    return Registry(master=master, workers=workers, version=version)
+
+
+def check_unique_secrets(workers: Iterable[Worker], problems: Problems) -> None:
+    seen: dict[str, str] = {}
+    for worker in workers:
+        secrets = [worker.swissnum] + ([worker.previous.swissnum] if worker.previous else [])
+        for secret in secrets:
+            other = seen.get(secret)
+            if other is not None and other != worker.name:
+                problems.add(
+                    f"workers.{key_path(worker.name)}.swissnum",
+                    f"same secret as worker {other!r}; rotate one of them",
+                )
+            seen[secret] = worker.name
+
+
+# --- writing ---------------------------------------------------------------
+
+
+def worker_to_data(worker: Worker) -> dict[str, Any]:
+    """The worker as the registry stores it, keys in the documented order."""
+    data: dict[str, Any] = {}
+    for field in WORKER_FIELDS:
+        value = getattr(worker, field.attr)
+        if not field.required and value == field.default:
+            continue
+        if field.requires is not None and field.requires not in data:
+            continue
+        data[field.key] = field.kind.to_data(value)
+    return data
+
+
+# --- Buildbot options ([workers.NAME.buildbot]) ------------------------------
+
+# buildbot.worker.Worker options that can be written in TOML, and their types
+BUILDBOT_OPTIONS: dict[str, tuple[type, ...]] = {
+    "max_builds": (int,),
+    "notify_on_missing": (str, list),
+    "missing_timeout": (int,),
+    "properties": (dict,),
+    "defaultProperties": (dict,),
+    "keepalive_interval": (int,),
+    "machine_name": (str,),
+}
+
+
+def check_buildbot_options(options: Mapping[str, Any], where: str, problems: Problems) -> None:
+    """Catch typos before Buildbot refuses a whole reconfig over one.
+
+    Used by ``bbenroll check`` only: editing commands stay tolerant of options
+    a newer Buildbot may have added.
+    """
+    for key, value in options.items():
+        types = BUILDBOT_OPTIONS.get(key)
+        if types is None:
+            known = ", ".join(sorted(BUILDBOT_OPTIONS))
+            problems.add(f"{where}.{key_path(key)}", f"unknown Buildbot worker option (known: {known})")
+        elif isinstance(value, bool) or not isinstance(value, types):
+            problems.add(f"{where}.{key_path(key)}", f"must be {' or '.join(_TYPE_NAMES[t] for t in types)}")
+
+
+# --- documentation -----------------------------------------------------------
+
+
+def markdown_table(fields: tuple[Field, ...], table: str) -> str:
+    """The table of ``fields`` as docs/registry.md shows it (a test keeps them equal)."""
+    lines = ["| key | type | meaning |", "|---|---|---|"]
+    for field in fields:
+        key = f"`[{table}.{field.key}]`" if field.kind.is_table else f"`{field.key}`"
+        need = "required" if field.required else "optional"
+        lines.append(f"| {key} | {field.kind.doc}, {need} | {field.doc} |")
+    return "\n".join(lines)

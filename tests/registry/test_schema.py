@@ -1,0 +1,132 @@
+"""The one definition of the registry's keys: reading, problems, writing, the docs."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bbenroll.registry import model, schema
+from bbenroll.registry.schema import MASTER_FIELDS, PREVIOUS_FIELDS, WORKER_FIELDS, Problems
+
+ROOT = Path(__file__).resolve().parents[2]
+T = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
+S1, S2 = "a" * 32, "b" * 32
+
+
+def good(**changes: Any) -> dict[str, Any]:
+    data = {"swissnum": S1, "password": "pw", "created": T, "rotated": T}
+    data.update(changes)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def test_fields_are_the_model_attributes_in_order() -> None:
+    names = [f.name for f in dataclasses.fields(model.Worker)]
+    assert names[0] == "name"
+    assert [field.key for field in WORKER_FIELDS] == names[1:]
+    for fields, cls in ((PREVIOUS_FIELDS, model.Previous), (MASTER_FIELDS, model.MasterSettings)):
+        assert [field.key for field in fields] == [f.name for f in dataclasses.fields(cls)]
+    for fields, cls in ((WORKER_FIELDS, model.Worker), (MASTER_FIELDS, model.MasterSettings)):
+        attributes = dataclasses.fields(cls)[-len(fields):]
+        for field, attribute in zip(fields, attributes, strict=True):
+            has_default = not (attribute.default is dataclasses.MISSING
+                               and attribute.default_factory is dataclasses.MISSING)
+            assert field.required != has_default, field.key
+
+
+def test_docs_show_the_tables_of_the_definition() -> None:
+    docs = (ROOT / "docs" / "registry.md").read_text(encoding="utf-8")
+    assert schema.markdown_table(MASTER_FIELDS, "master") in docs
+    assert schema.markdown_table(WORKER_FIELDS, "workers.NAME") in docs
+    # and the numbers the prose quotes
+    assert f"at most {model.WORKER_NAME_MAX} characters" in docs
+    assert f"within {model.DEFAULT_EXPIRING_WITHIN.days} days" in docs
+    assert f"reads `{model.REGISTRY_VERSION}`" in docs
+
+
+def test_well_formed_worker_reads_as_is() -> None:
+    problems = Problems()
+    data = good(expires=date(2027, 1, 1), tags=["x"], note="", previous={"swissnum": S2, "until": T},
+                buildbot={"max_builds": 1})
+    worker = schema.worker_from_data("w", data, problems)
+    assert not problems
+    assert worker == model.Worker("w", S1, "pw", T, T, datetime(2027, 1, 1, tzinfo=UTC), ("x",), "",
+                                  model.Previous(S2, T), buildbot={"max_builds": 1})
+
+
+def test_times_in_other_zones_are_stored_in_utc() -> None:
+    problems = Problems()
+    local = datetime(2026, 11, 29, 8, 0, 0, 500, tzinfo=timezone(timedelta(hours=2)))
+    worker = schema.worker_from_data("w", good(created=local), problems)
+    assert worker is not None and worker.created == T and worker.created.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (good(swissnum=""), [("workers.w.swissnum", "swissnum must be at least 32 lowercase base32 "
+                                                   "characters (160 bits)")]),
+        (good(password=""), [("workers.w.password", "may not be empty")]),
+        (good(password=3), [("workers.w.password", "must be a string, not an integer")]),
+        (good(created=datetime(2026, 1, 1)),
+         [("workers.w.created", "must include a time zone, like 2027-01-01T00:00:00Z")]),
+        (good(rotated="2026"), [("workers.w.rotated", "must be a date-time, like 2027-01-01T00:00:00Z")]),
+        (good(tags=["a", ""]), [("workers.w.tags", "must be an array of non-empty strings")]),
+        (good(revoked_reason="why"), [("workers.w.revoked_reason", "set, but the worker is not revoked")]),
+        (good(previous={"swissnum": S2}),
+         [("workers.w.previous", "must be a table with exactly 'swissnum' and 'until'")]),
+        (good(previous={"swissnum": "", "until": "x"}),
+         [("workers.w.previous.swissnum", "swissnum must be at least 32 lowercase base32 characters "
+                                          "(160 bits)"),
+          ("workers.w.previous.until", "must be a date-time, like 2027-01-01T00:00:00Z")]),
+        (good(buildbot=[]), [("workers.w.buildbot", "must be a table")]),
+        (good(swissnum=None, zz=1, aa=2),
+         [("workers.w.aa", "unknown key"), ("workers.w.zz", "unknown key"),
+          ("workers.w.swissnum", "missing")]),
+        ("x", [("workers.w", "must be a table")]),
+    ],
+)
+def test_every_problem_is_reported_with_its_key(data: Any, expected: list[tuple[str, str]]) -> None:
+    problems = Problems()
+    assert schema.worker_from_data("w", data, problems) is None
+    assert problems.items == expected
+
+
+def test_a_bad_name_is_reported_with_the_problems_of_its_table() -> None:
+    problems = Problems()
+    assert schema.worker_from_data("1 w", good(password=""), problems) is None
+    assert [key for key, _ in problems.items] == ['workers."1 w"', 'workers."1 w".password']
+
+
+def test_master_problems() -> None:
+    problems = Problems()
+    data = {"identity": "", "tubid": "x", "location": ["tcp:ok:1", "no"], "listen": 1, "pb": None, "z": 0}
+    assert schema.master_from_data(data, problems) is None
+    keys = [key for key, _ in problems.items]
+    assert keys == ["master.z", "master.identity", "master.tubid", "master.location[1]", "master.listen",
+                    "master.pb"]
+
+
+def test_worker_to_data_writes_only_what_differs_from_the_defaults() -> None:
+    w = model.new_worker("w", T)
+    assert list(schema.worker_to_data(w)) == ["swissnum", "password", "created", "rotated"]
+    full = dataclasses.replace(model.revoke(w, T, "lost"), expires=T, tags=("a",), note="",
+                               buildbot={"max_builds": 1})
+    data = schema.worker_to_data(full)
+    assert list(data) == ["swissnum", "password", "created", "rotated", "expires", "tags", "note", "revoked",
+                          "revoked_reason", "buildbot"]
+    assert data["tags"] == ["a"] and type(data["tags"]) is list
+    problems = Problems()
+    assert schema.worker_from_data("w", data, problems) == full and not problems
+    # a reason without the revocation it explains is not written
+    assert "revoked_reason" not in schema.worker_to_data(dataclasses.replace(full, revoked=None))
+
+
+def test_model_still_offers_the_moved_names() -> None:
+    assert model.key_path("workers", "wörker") == 'workers."wörker"'
+    assert model.worker_to_data is schema.worker_to_data and model.Problems is Problems
+    with pytest.raises(AttributeError):
+        _ = model.no_such_name  # type: ignore[attr-defined]
