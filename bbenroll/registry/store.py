@@ -110,94 +110,133 @@ def locate(text: str, key: str) -> int | None:
     return best.line if best else None
 
 
-def problem_messages(path: Path, text: str, problems: Problems) -> list[str]:
+@dataclass(frozen=True)
+class Problem:
+    """One problem with a registry: ``where`` is the file, with ``:line`` (and
+    ``:column``) when known; ``message`` starts with the key it concerns."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def _placed(path: Path, text: str, problems: Problems) -> list[Problem]:
     out = []
     for key, message in problems.items:
         line = locate(text, key)
-        where = f"{path}:{line}" if line else str(path)
-        out.append(f"{where}: {key}: {message}")
+        out.append(Problem(f"{path}:{line}" if line else str(path), f"{key}: {message}"))
     return out
 
 
-def registry_from_text(path: Path, text: str) -> Registry:
-    data = parse_text(text, str(path))
+def _first_as_error(problems: list[Problem]) -> RegistryError:
+    """The error a command stops with: the first problem, and how many more there are."""
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more problems: run 'bbenroll check')" if len(problems) > 1 else ""
+    return RegistryError(first.where, first.message + more)
+
+
+def _examine_text(path: Path, text: str) -> tuple[dict[str, Any] | None, Registry | None, list[Problem]]:
+    """Parse and check ``text``: the data, the registry (None if any problem), the problems."""
+    try:
+        data = parse_text(text, str(path))
+    except RegistryError as e:
+        return None, None, [Problem(e.where, e.message)]
     problems = Problems()
     registry = schema.registry_from_data(data, problems)
-    if registry is None:
-        messages = problem_messages(path, text, problems)
-        more = f" (and {len(messages) - 1} more problems: run 'bbenroll check')" if len(messages) > 1 else ""
-        where, _, message = messages[0].partition(": ")
-        raise RegistryError(where, message + more)
+    return data, registry, _placed(path, text, problems)
+
+
+def registry_from_text(path: Path, text: str) -> Registry:
+    """The checked registry that ``text`` holds; RegistryError with the first problem."""
+    _, registry, problems = _examine_text(path, text)
+    if problems or registry is None:
+        raise _first_as_error(problems)
     return registry
 
 
-def check_identity(path: Path, registry: Registry) -> None:
-    ident_path = identity_path(path, registry.master.identity)
+def _identity_file(path: Path, master: Any) -> Path | None:
+    """The identity file the raw ``[master]`` table names (None: a schema problem already)."""
+    if not isinstance(master, dict) or not isinstance(master.get("identity"), str) or not master["identity"]:
+        return None
+    return identity_path(path, master["identity"])
+
+
+def _identity_problems(path: Path, master: Any) -> list[Problem]:
+    """Whether the identity file named by the raw ``[master]`` table loads and
+    matches its tubid. Checked even when other keys are wrong, so that ``check``
+    lists everything at once."""
+    ident_path = _identity_file(path, master)
+    if ident_path is None:
+        return []
     try:
         identity = load_identity(ident_path)
     except IdentityError as e:
-        raise RegistryError(f"{path}", f"master.identity: {e}") from None
-    if identity.tubid != registry.master.tubid:
-        raise RegistryError(
-            str(path),
-            f"master.tubid {registry.master.tubid} does not match the identity {ident_path} "
-            f"(its tubid is {identity.tubid}); was the identity file replaced?",
-        )
+        return [Problem(str(path), f"master.identity: {e}")]
+    tubid = master.get("tubid")
+    if isinstance(tubid, str) and tubid != identity.tubid:
+        return [
+            Problem(
+                str(path),
+                f"master.tubid {tubid} does not match the identity {ident_path} "
+                f"(its tubid is {identity.tubid}); was the identity file replaced?",
+            )
+        ]
+    return []
+
+
+@dataclass
+class Inspection:
+    """Everything one reading of a registry found: the one way in."""
+
+    path: Path
+    text: str
+    registry: Registry | None  # None when there are problems
+    problems: list[Problem]  # what makes the registry unusable
+    warnings: list[str]  # what is wrong but does not stop a command (permissions)
+
+
+def inspect(path: Path, *, strict: bool = False) -> Inspection:
+    """Read ``path`` and check all of it: syntax, schema, identity, permissions.
+
+    With ``strict`` (``bbenroll check``), unknown or mistyped Buildbot options
+    are problems too; editing commands stay tolerant of options a newer
+    Buildbot may have added.
+    """
+    try:
+        text = read_text(path)
+    except RegistryError as e:
+        return Inspection(path, "", None, [Problem(e.where, e.message)], [])
+    data, registry, problems = _examine_text(path, text)
+    if data is None:
+        return Inspection(path, text, None, problems, [])
+    if strict and registry is not None:
+        options = Problems()
+        for worker in registry.workers.values():
+            where = f"workers.{schema.key_path(worker.name)}.buildbot"
+            schema.check_buildbot_options(worker.buildbot, where, options)
+        problems += _placed(path, text, options)
+    master = data.get("master")
+    problems += _identity_problems(path, master)
+    private = [path, _identity_file(path, master)]
+    warnings = [problem for file in private if file and (problem := permission_problem(file))]
+    return Inspection(path, text, None if problems else registry, problems, warnings)
 
 
 def load(path: Path | None = None) -> LoadedRegistry:
     """Read and check the registry and its identity. Raises RegistryError."""
     path = Path(path) if path is not None else default_path()
-    text = read_text(path)
-    registry = registry_from_text(path, text)
-    check_identity(path, registry)
-    warnings = [
-        problem
-        for problem in (
-            permission_problem(path),
-            permission_problem(identity_path(path, registry.master.identity)),
-        )
-        if problem
-    ]
-    return LoadedRegistry(path, registry, text, warnings)
+    inspection = inspect(path)
+    if inspection.problems or inspection.registry is None:
+        raise _first_as_error(inspection.problems)
+    return LoadedRegistry(path, inspection.registry, inspection.text, inspection.warnings)
 
 
 def check(path: Path) -> list[str]:
     """Every problem with the registry and its identity, one message each."""
-    try:
-        text = read_text(path)
-        data = parse_text(text, str(path))
-    except RegistryError as e:
-        return [str(e)]
-    problems = Problems()
-    registry = schema.registry_from_data(data, problems)
-    if registry is not None:
-        for worker in registry.workers.values():
-            schema.check_buildbot_options(
-                dict(worker.buildbot), f"workers.{schema.key_path(worker.name)}.buildbot", problems
-            )
-    messages = problem_messages(path, text, problems)
-    master = data.get("master")
-    if isinstance(master, dict) and isinstance(master.get("identity"), str) and master["identity"]:
-        ident_path = identity_path(path, master["identity"])
-        try:
-            identity = load_identity(ident_path)
-        except IdentityError as e:
-            messages.append(str(e))
-        else:
-            tubid = master.get("tubid")
-            if isinstance(tubid, str) and tubid != identity.tubid:
-                messages.append(
-                    f"{path}: master.tubid {tubid} does not match the identity {ident_path} "
-                    f"(its tubid is {identity.tubid})"
-                )
-            perm = permission_problem(ident_path)
-            if perm:
-                messages.append(perm)
-    perm = permission_problem(path)
-    if perm:
-        messages.append(perm)
-    return messages
+    inspection = inspect(Path(path), strict=True)
+    return [str(problem) for problem in inspection.problems] + inspection.warnings
 
 
 # --- creating ---------------------------------------------------------------
@@ -295,7 +334,7 @@ def lock_path(path: Path) -> Path:
 
 
 class Editor:
-    """Changes to one registry, applied to its text by :meth:`render`."""
+    """Changes to one registry, made into text by :func:`tomledit.apply` on :meth:`save`."""
 
     def __init__(self, loaded: LoadedRegistry) -> None:
         self.loaded = loaded
@@ -347,27 +386,11 @@ class Editor:
             raise RegistryError(str(self.path), f"{key}: {message}")
         from bbenroll.registry import tomledit
 
-        text = self.loaded.text
-        old = self.loaded.registry.workers
+        edit = tomledit.Edit(self.loaded.registry, self.registry, self._changed, self._added)
         try:
-            # checks every table it cuts out or writes; the rest of the text is kept
-            return tomledit.splice(text, old, self._changed, self._added, self.workers)
-        except tomledit.Fallback:
-            pass
-        try:
-            new_text = tomledit.rewrite_whole(text, old, self._changed, self._added, self.workers)
+            return tomledit.apply(self.loaded.text, edit)
         except tomledit.LayoutError as e:
             raise RegistryError(str(self.path), f"cannot edit this layout: {e}; file unchanged") from None
-        try:
-            reads_back = registry_from_text(self.path, new_text) == self.registry
-        except RegistryError as e:
-            reads_back, why = False, f" ({e.message})"
-        else:
-            why = ""
-        if not reads_back:
-            message = f"the edited text would not read back as intended{why}; file unchanged"
-            raise RegistryError(str(self.path), f"cannot edit this layout: {message}")
-        return new_text
 
     def save(self) -> None:
         if not self.dirty:

@@ -2,18 +2,22 @@
 
 Imported only by write paths (tomlkit is slow to import and to parse).
 
-:func:`splice` is the fast path: it re-parses only the edited workers' tables
-and carries every other byte over. :func:`rewrite_whole` handles any other
-layout with a whole-document tomlkit round trip (removed workers' tables are
+:func:`apply` is the one way to turn an edit into new text. It tries
+:func:`splice`, the fast path: it re-parses only the edited workers' tables,
+checks each table it cuts out or writes, and carries every other byte over.
+When the layout is not one the splice handles, :func:`rewrite_whole` makes the
+edit with a whole-document tomlkit round trip (removed workers' tables are
 still cut out as text where possible, so that the comments tomlkit would file
-under them survive). Both keep the file's line endings.
+under them survive), and :func:`apply` checks that the result reads back as
+exactly the intended registry. Both keep the file's line endings.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import tomlkit
@@ -21,7 +25,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable, Table
 
 from bbenroll.registry import schema
-from bbenroll.registry.model import Worker
+from bbenroll.registry.model import Registry, Worker
 from bbenroll.registry.schema import Problems
 from bbenroll.registry.tomlscan import Header, Scan, ScanError, scan, table_span
 
@@ -49,7 +53,47 @@ class Fallback(Exception):
 
 
 class LayoutError(Exception):
-    """tomlkit cannot make this edit even on the whole document; write nothing."""
+    """This edit cannot be made on this text, not even on the whole document; write nothing."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """The changes of one save: the text holds ``before`` and must come to hold ``after``."""
+
+    before: Registry
+    after: Registry
+    changed: Mapping[str, Worker | None]  # None: removed
+    added: Sequence[str]  # in the order their tables are appended
+
+
+def apply(text: str, edit: Edit) -> str:
+    """The new text: spliced where the layout allows, else rewritten whole and
+    checked to read back as ``edit.after``. Raises LayoutError."""
+    if not edit.changed and not edit.added:
+        return text
+    try:
+        return splice(text, edit)  # checks every table it cuts out or writes
+    except Fallback:
+        pass
+    new_text = rewrite_whole(text, edit)
+    problem = _read_back_problem(new_text, edit.after)
+    if problem is not None:
+        raise LayoutError(f"the edited text would not read back as intended{problem}")
+    return new_text
+
+
+def _read_back_problem(text: str, expected: Registry) -> str | None:
+    """None if ``text`` reads back as ``expected``; else what differs, for the message."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        return f" (invalid TOML: {e})"
+    problems = Problems()
+    registry = schema.registry_from_data(data, problems)
+    if problems:
+        key, message = problems.items[0]
+        return f" ({key}: {message})"
+    return None if registry == expected else ""
 
 
 def newline_of(text: str) -> str:
@@ -184,20 +228,13 @@ def _append_tables(text: str, tables: list[str], newline: str) -> str:
     return out
 
 
-def splice(
-    text: str,
-    old_workers: Mapping[str, Worker],
-    changed: Mapping[str, Worker | None],
-    added: list[str],
-    workers: Mapping[str, Worker],
-) -> str:
-    """Apply changes by rewriting only the affected tables of ``text``.
+def splice(text: str, edit: Edit) -> str:
+    """Make ``edit`` by rewriting only the affected tables of ``text``.
 
     Raises Fallback when the layout is not one it handles; every table it cuts
     out or writes is checked to hold exactly the worker it should.
     """
-    if not changed and not added:
-        return text
+    old_workers, workers = edit.before.workers, edit.after.workers
     try:
         scanned = scan(text)
     except ScanError:
@@ -207,7 +244,7 @@ def splice(
         raise Fallback
     newline = newline_of(text)
     spans = []
-    for name, worker in changed.items():
+    for name, worker in edit.changed.items():
         start, end = table_span(scanned, index[name])
         chunk = text[start:end]
         if not _holds_exactly(chunk, name, old_workers[name]):
@@ -226,7 +263,7 @@ def splice(
             raise Fallback
         spans.append((start, end, new_chunk))
     tables = []
-    for name in added:
+    for name in edit.added:
         try:
             table = render_new_table(workers[name], newline)
         except TOMLKIT_ERRORS:
@@ -280,18 +317,13 @@ def _cut_removed_tables(text: str, names: Collection[str]) -> str:
     return cut
 
 
-def rewrite_whole(
-    text: str,
-    old_workers: Mapping[str, Worker],
-    changed: Mapping[str, Worker | None],
-    added: list[str],
-    workers: Mapping[str, Worker],
-) -> str:
+def rewrite_whole(text: str, edit: Edit) -> str:
     """The slow, general path: round-trip the whole document through tomlkit.
 
     Raises LayoutError when tomlkit cannot parse or edit the document. The
-    caller must check that the result reads back as intended.
+    result is not checked here: :func:`apply` reads it back.
     """
+    old_workers, workers, changed, added = edit.before.workers, edit.after.workers, edit.changed, edit.added
     removed = [name for name, worker in changed.items() if worker is None]
     source = _cut_removed_tables(text, removed) if removed else text
     try:

@@ -13,6 +13,9 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from bbenroll.errors import RegistryError
 from bbenroll.fileio import atomic_write
 from bbenroll.registry import model, store
 from tests.helpers.cli import FIXED_NOW
@@ -174,3 +177,21 @@ def test_tubid_matches_identity_and_is_checked(reg_path):
         assert "does not match the identity" in str(e)
     else:
         raise AssertionError("identity swap not detected")
+
+
+def test_load_stops_at_the_first_problem_and_check_lists_them_all(reg_path):
+    """load and check read the file the same one way: the same problems, the same words."""
+    text = reg_path.read_text()
+    real = tomllib.loads(text)["master"]["tubid"]
+    text = text.replace('listen = "tcp:9989"', "listen = 9989")
+    text = text.replace("tubid = ", f'tubid = "{"a" * 32}"\n#')
+    reg_path.write_text(text)
+    problems = store.check(reg_path)
+    assert problems == [
+        f"{reg_path}:6: master.listen: must be a string, not an integer",
+        f"{reg_path}: master.tubid {'a' * 32} does not match the identity {reg_path.parent / 'master.pem'} "
+        f"(its tubid is {real}); was the identity file replaced?",
+    ]
+    with pytest.raises(RegistryError) as info:
+        store.load(reg_path)
+    assert str(info.value) == problems[0] + " (and 1 more problems: run 'bbenroll check')"
