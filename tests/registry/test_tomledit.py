@@ -1,12 +1,14 @@
-"""More splice/fallback cases: which path an edit takes, line endings, failures.
+"""The splicer and its fallback: what an edit changes, and nothing else.
 
-The layouts come from ``test_tomlsplice``; these tests check what its
-byte-for-byte tests cannot see (an edit that silently takes the slow path) and
-what must happen when tomlkit fails.
+Byte for byte: an edit rewrites only the edited worker's tables, on every
+layout of ``tests/helpers/registry.py`` the splice handles; on the others
+(the whole-document fallback) data and comments survive. And which path an
+edit takes, line endings, and what must happen when tomlkit fails.
 """
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,11 @@ import pytest
 import tomlkit
 
 from bbenroll.errors import RegistryError
-from bbenroll.registry import model, store, tomledit
-from bbenroll.registry.tomlscan import scan, table_span
-from tests.registry.test_tomlscan import (
+from bbenroll.registry import model, schema, store, tomledit
+from bbenroll.registry.store import registry_from_text
+from tests.helpers.registry import (
     COMMENTS,
     FALLBACK_LAYOUTS,
-    HASH_LINE_STRING,
     MASTER,
     MASTER_HEAD,
     MASTER_TABLE,
@@ -30,13 +31,104 @@ from tests.registry.test_tomlscan import (
     SPLICE_LAYOUTS,
     TUBID,
     Layout,
-    apply,
     body,
     cases,
+    comment_lines,
     crlf,
+    edit_text,
     editor_for,
     expected_data,
+    on_disk,
 )
+
+
+def test_layouts_are_valid_registries() -> None:
+    for layout in SPLICE_LAYOUTS + FALLBACK_LAYOUTS:
+        workers = registry_from_text(PATH, layout.text).workers
+        owners = {n for n in layout.workers if "." not in n}
+        # (one segment may hold several workers when the layout allows no finer split)
+        assert owners <= set(workers) and len(workers) >= 2, layout.name
+
+
+@pytest.mark.parametrize("layout,op,name", cases(SPLICE_LAYOUTS))
+def test_splice_touches_only_the_edited_table(layout: Layout, op: str, name: str) -> None:
+    old = layout.text
+    new, worker = edit_text(old, op, name)
+    # (a) the data is exactly what was asked for
+    assert tomllib.loads(new) == expected_data(old, name, worker)
+    assert registry_from_text(PATH, new).workers == {
+        **{n: w for n, w in registry_from_text(PATH, old).workers.items() if n != name},
+        **({name: worker} if worker else {}),
+    }
+    # (b) every byte outside the edited worker's table is unchanged
+    if op == "add":
+        assert new.startswith(old)
+        appended = tomllib.loads(new[len(old) :])
+        assert appended == {"workers": {name: schema.worker_to_data(worker)}}
+        return
+    before, after = layout.outside(name)
+    assert new.startswith(before)
+    assert new.endswith(after)
+    middle = new[len(before) : len(new) - len(after)]
+    assert len(before) + len(after) <= len(new)
+    if op == "remove":
+        assert middle == "", f"left behind of the removed table: {middle!r}"
+    else:
+        own = "".join(text for owner, text in layout.segments if owner == name)
+        # comments written inside the table survive the rewrite of the table
+        assert comment_lines(middle) == comment_lines(own)
+
+
+@pytest.mark.parametrize("layout,op,name", cases(FALLBACK_LAYOUTS))
+def test_fallback_layouts_keep_data_and_comments(layout: Layout, op: str, name: str) -> None:
+    old = layout.text
+    new, worker = edit_text(old, op, name)
+    assert tomllib.loads(new) == expected_data(old, name, worker)
+    kept = "".join(text for owner, text in layout.segments if not (op == "remove" and owner == name))
+    for comment in comment_lines(kept):
+        assert comment in new
+
+
+def test_several_edits_in_one_save() -> None:
+    old = QUOTED.text
+    editor = editor_for(old)
+    rotated = model.rotate(editor.worker("wörker-1"), NOW)
+    editor.update(rotated)
+    editor.remove("plain")
+    added = model.new_worker("zeta", NOW)
+    editor.add(added)
+    new = editor.render()
+    data = copy.deepcopy(tomllib.loads(old))
+    data["workers"]["wörker-1"] = schema.worker_to_data(rotated)
+    del data["workers"]["plain"]
+    data["workers"]["zeta"] = schema.worker_to_data(added)
+    assert tomllib.loads(new) == data
+    # the untouched worker's table, with its sub-tables and comments, is carried over verbatim
+    own = "".join(text for owner, text in QUOTED.segments if owner == "ç-2")
+    assert own in new
+
+
+def test_crlf_file_stays_crlf() -> None:
+    """An edit of a CRLF registry must not leave it with mixed line endings."""
+    old = crlf(COMMENTS).text
+    for op, name in (("rotate", "beta"), ("add", "zeta"), ("revoke", "alpha")):
+        new, _ = edit_text(old, op, name)
+        assert "\n" not in new.replace("\r\n", ""), f"{op}: bare LF line endings in a CRLF file"
+
+
+def test_edit_on_disk_keeps_layout(tmp_path: Path) -> None:
+    """Through store.edit on a real registry: the file's other bytes are carried over."""
+    path = on_disk(tmp_path, COMMENTS.text)
+    tubid = store.load(path).registry.master.tubid
+    with store.edit(path) as editor:
+        editor.update(model.rotate(editor.worker("beta"), NOW))
+    new = path.read_text(encoding="utf-8")
+    before, after = COMMENTS.outside("beta")
+    assert new.startswith(before.replace(TUBID, tubid))
+    assert new.endswith(after)
+    loaded = store.load(path)
+    assert loaded.registry.workers["beta"].rotated == NOW
+    assert loaded.registry.workers["alpha"] == registry_from_text(PATH, COMMENTS.text).workers["alpha"]
 
 
 def no_fallback(*args: Any, **kwargs: Any) -> str:
@@ -49,31 +141,13 @@ def test_splice_layouts_take_the_fast_path(
 ) -> None:
     """CRLF files, strings with '#' lines and arrays of sub-tables are spliced, not round-tripped."""
     monkeypatch.setattr(tomledit, "rewrite_whole", no_fallback)
-    new, worker = apply(layout.text, op, name)
+    new, worker = edit_text(layout.text, op, name)
     assert tomllib.loads(new) == expected_data(layout.text, name, worker)
-
-
-def test_table_span_keeps_string_lines_starting_with_hash() -> None:
-    for text in (HASH_LINE_STRING.text, crlf(HASH_LINE_STRING).text):
-        scanned = scan(text)
-        index = [h.path for h in scanned.headers].index(("workers", "alpha"))
-        start, end = table_span(scanned, index)
-        assert text[start:end].rstrip().endswith("# run make'''")
-        assert tomllib.loads(text[start:end])["workers"]["alpha"]["note"] == "build notes:\n# run make"
-
-
-def test_table_span_leaves_the_next_tables_comments() -> None:
-    text = COMMENTS.text.replace("\n", "\r\n")
-    scanned = scan(text)
-    index = [h.path for h in scanned.headers].index(("workers", "beta"))
-    start, end = table_span(scanned, index)
-    assert text[start:end].endswith("expires = 2027-01-01T00:00:00Z\r\n")
-    assert text[end:].startswith("# trailing comment of beta, kept\r\n")
 
 
 @pytest.mark.parametrize("layout,op,name", cases([crlf(layout) for layout in FALLBACK_LAYOUTS]))
 def test_fallback_keeps_crlf(layout: Layout, op: str, name: str) -> None:
-    new, worker = apply(layout.text, op, name)
+    new, worker = edit_text(layout.text, op, name)
     assert tomllib.loads(new) == expected_data(layout.text, name, worker)
     assert "\n" not in new.replace("\r\n", ""), "bare LF line endings in a CRLF file"
 
@@ -82,7 +156,7 @@ def test_mixed_line_endings_follow_the_first_line() -> None:
     """New lines get the line break of the file's first line; other lines keep theirs."""
     old = COMMENTS.text.replace("\n", "\r\n", 3)
     for op, name in (("rotate", "beta"), ("add", "zeta"), ("revoke", "alpha")):
-        new, _ = apply(old, op, name)
+        new, _ = edit_text(old, op, name)
         assert new.count("\n") - new.count("\r\n") <= old.count("\n") - old.count("\r\n")
 
 
@@ -100,7 +174,7 @@ def test_remove_and_add_again_in_one_save() -> None:
 def test_add_to_an_empty_inline_workers_table() -> None:
     """``[workers.NAME]`` cannot follow ``workers = {}``: the worker goes into the inline table."""
     text = MASTER_HEAD + "workers = {}  # none yet\n" + MASTER_TABLE
-    new, worker = apply(text, "add", "zeta")
+    new, worker = edit_text(text, "add", "zeta")
     assert tomllib.loads(new) == expected_data(text, "zeta", worker)
     assert "# none yet" in new
 
@@ -108,7 +182,7 @@ def test_add_to_an_empty_inline_workers_table() -> None:
 def test_remove_keeps_comments_of_separated_tables() -> None:
     """Removing a worker whose sub-table lives elsewhere keeps every other comment in place."""
     layout = FALLBACK_LAYOUTS[1]
-    new, _ = apply(layout.text, "remove", "alpha")
+    new, _ = edit_text(layout.text, "remove", "alpha")
     assert new == (
         MASTER
         + "# alpha\n"
@@ -119,19 +193,6 @@ def test_remove_keeps_comments_of_separated_tables() -> None:
         + "# alpha's options, far from alpha\n"
         + "# end\n"
     )
-
-
-def on_disk(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "workers.toml"
-    created = store.create(
-        path,
-        location=["tcp:buildbot.example.org:9989"],
-        listen="tcp:9989",
-        pb="tcp:1:interface=127.0.0.1",
-        identity="master.pem",
-    )
-    path.write_bytes(text.replace(TUBID, created.registry.master.tubid).encode())
-    return path
 
 
 def test_tomlkit_failure_is_a_clear_error_and_writes_nothing(
