@@ -8,11 +8,11 @@ the key it concerns, writing a worker back as plain data
 (:func:`worker_to_data`), and the tables of docs/registry.md
 (:func:`markdown_table`).
 
-There is one read path. Each kind's ``convert`` does the common, well-formed
-case first with exact type checks (what makes ``list --json`` on thousands of
-workers fast) and works out the message only when a value is wrong; a
-problem's key (``workers."wörker".tags``) is only spelled out when there is a
-problem. Pure: no I/O.
+There is one read path. Each kind (:mod:`.kinds`) converts the common,
+well-formed case first with exact type checks (what makes ``list --json`` on
+thousands of workers fast) and works out the message only when a value is
+wrong; a problem's key (``workers."wörker".tags``) is only spelled out when
+there is a problem. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -21,17 +21,23 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from typing import Any
 
-from bbenroll.errors import FurlError, InvalidName
-from bbenroll.furl import (
-    MIN_SWISSNUM_LENGTH,
-    SWISSNUM_BITS,
-    TUBID_LENGTH,
-    check_hint,
-    check_swissnum,
-    check_tubid,
+from bbenroll.errors import InvalidName
+from bbenroll.furl import MIN_SWISSNUM_LENGTH, SWISSNUM_BITS, TUBID_LENGTH
+from bbenroll.registry.kinds import (
+    HINTS,
+    NON_EMPTY_STRING,
+    SECRET,
+    STRING,
+    TABLE,
+    TAGS,
+    TIME,
+    TUBID,
+    TYPE_NAMES,
+    Invalid,
+    Kind,
+    toml_type,
 )
 from bbenroll.registry.model import (
     REGISTRY_VERSION,
@@ -41,7 +47,6 @@ from bbenroll.registry.model import (
     Worker,
     check_worker_name,
 )
-from bbenroll.times import to_utc
 
 
 class Problems:
@@ -63,124 +68,6 @@ _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 def key_path(*parts: str) -> str:
     """``workers.name`` with TOML quoting where a part needs it."""
     return ".".join(part if _BARE_KEY_RE.fullmatch(part) else f'"{part}"' for part in parts)
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
-
-
-def toml_type(value: Any) -> str:
-    """``a string``, ``a date``...: how a message names the type of a TOML value."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, datetime | date):
-        return "a date"
-    if isinstance(value, float):
-        return "a float"
-    for t, name in _TYPE_NAMES.items():
-        if isinstance(value, t):
-            return name
-    return type(value).__name__
-
-
-class Invalid(Exception):
-    """A value breaks its kind's rule. ``items`` are ``(key suffix, message)``
-    pairs: the suffix (``.until``, ``[2]``) places a problem inside the value."""
-
-    def __init__(self, message: str, suffix: str = "") -> None:
-        super().__init__(message)
-        self.items = [(suffix, message)]
-
-
-# --- kinds: a TOML type and its rule ---------------------------------------
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-@dataclass(frozen=True)
-class Kind:
-    doc: str  # the type as docs/registry.md names it
-    convert: Callable[[Any], Any]  # plain data -> model value; raises Invalid
-    to_data: Callable[[Any], Any] = _same  # model value -> plain data
-    is_table: bool = False  # written as a [sub.table] of its own
-
-
-def _string(value: Any) -> str:
-    if type(value) is str:
-        return value
-    raise Invalid(f"must be a string, not {toml_type(value)}")
-
-
-def _non_empty_string(value: Any) -> str:
-    if type(value) is str and value:
-        return value
-    _string(value)
-    raise Invalid("may not be empty")
-
-
-def _checked_by(check: Callable[[str], str]) -> Callable[[Any], str]:
-    """A string kind whose rule is one of :mod:`bbenroll.furl`'s checks."""
-
-    def convert(value: Any) -> str:
-        try:
-            return check(_string(value))
-        except FurlError as e:
-            raise Invalid(str(e)) from None
-
-    return convert
-
-
-def _time(value: Any) -> datetime:
-    if type(value) is datetime and value.tzinfo is UTC and not value.microsecond:
-        return value  # what bbenroll writes
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise Invalid("must include a time zone, like 2027-01-01T00:00:00Z")
-        try:
-            return to_utc(value)
-        except OverflowError:
-            raise Invalid("is out of range") from None
-    if isinstance(value, date):  # a bare date means midnight UTC
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    raise Invalid("must be a date-time, like 2027-01-01T00:00:00Z")
-
-
-def _tags(value: Any) -> tuple[str, ...]:
-    if type(value) is list and all(type(t) is str and t for t in value):
-        return tuple(value)
-    raise Invalid("must be an array of non-empty strings")
-
-
-def _hints(value: Any) -> tuple[str, ...]:
-    if type(value) is not list or not value:
-        raise Invalid("must be a non-empty array of connection hints")
-    bad = Invalid("")
-    bad.items = []
-    for i, hint in enumerate(value):
-        try:
-            check_hint(hint)
-        except FurlError as e:
-            bad.items.append((f"[{i}]", str(e)))
-    if bad.items:
-        raise bad
-    return tuple(value)
-
-
-def _table(value: Any) -> Mapping[str, Any]:
-    if type(value) is dict:
-        return value
-    raise Invalid("must be a table")
-
-
-STRING = Kind("string", _string)
-NON_EMPTY_STRING = Kind("non-empty string", _non_empty_string)
-SECRET = Kind("string", _checked_by(check_swissnum))
-TUBID = Kind("string", _checked_by(check_tubid))
-TIME = Kind("date-time", _time)
-TAGS = Kind("array of non-empty strings", _tags, to_data=list)
-HINTS = Kind("array of strings", _hints, to_data=list)
-TABLE = Kind("table", _table, to_data=dict, is_table=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,9 +208,7 @@ def _convert_all(fields: tuple[Field, ...], data: dict[str, Any]) -> dict[str, A
         known = {field.key for field in fields}
         bad[:0] = [(f".{key_path(key)}", "unknown key") for key in sorted(set(data) - known)]
     if bad:
-        error = Invalid("")
-        error.items = bad
-        raise error
+        raise Invalid.many(bad)
     return values
 
 
@@ -451,7 +336,7 @@ def check_buildbot_options(options: Mapping[str, Any], where: str, problems: Pro
             known = ", ".join(sorted(BUILDBOT_OPTIONS))
             problems.add(f"{where}.{key_path(key)}", f"unknown Buildbot worker option (known: {known})")
         elif isinstance(value, bool) or not isinstance(value, types):
-            problems.add(f"{where}.{key_path(key)}", f"must be {' or '.join(_TYPE_NAMES[t] for t in types)}")
+            problems.add(f"{where}.{key_path(key)}", f"must be {' or '.join(TYPE_NAMES[t] for t in types)}")
 
 
 # --- documentation -----------------------------------------------------------
