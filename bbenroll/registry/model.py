@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from bbenroll.errors import InvalidName, WrongState
@@ -45,7 +46,23 @@ def is_worker_name(name: str) -> bool:
     return _ident_re().fullmatch(name) is not None
 
 
-STATES = ("active", "expiring", "rotating", "expired", "revoked")
+class State(StrEnum):
+    """A worker's state: derived from its times at ``now``, never stored.
+
+    A ``str``: JSON output and tables show the value (``"active"``), and it
+    compares equal to it.
+    """
+
+    ACTIVE = "active"
+    EXPIRING = "expiring"
+    ROTATING = "rotating"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+STATES = tuple(state.value for state in State)
+# the states in which the master refuses a worker (and Buildbot does not know it)
+REFUSED_STATES = frozenset({State.REVOKED, State.EXPIRED})
 
 
 def check_worker_name(name: str) -> str:
@@ -87,19 +104,19 @@ class Worker:
     # per-worker Buildbot options ([workers.NAME.buildbot]), kept as written
     buildbot: Mapping[str, Any] = field(default_factory=dict)
 
-    def state(self, now: datetime, expiring_within: timedelta = DEFAULT_EXPIRING_WITHIN) -> str:
+    def state(self, now: datetime, expiring_within: timedelta = DEFAULT_EXPIRING_WITHIN) -> State:
         if self.revoked is not None:
-            return "revoked"
+            return State.REVOKED
         if self.expires is not None and self.expires <= now:
-            return "expired"
+            return State.EXPIRED
         if self.previous is not None and self.previous.until > now:
-            return "rotating"
+            return State.ROTATING
         if self.expires is not None and self.expires - now <= expiring_within:
-            return "expiring"
-        return "active"
+            return State.EXPIRING
+        return State.ACTIVE
 
     def is_usable(self, now: datetime) -> bool:
-        return self.state(now) not in ("revoked", "expired")
+        return self.state(now) not in REFUSED_STATES
 
     def accepts(self, swissnum: str, now: datetime) -> bool:
         """Would a connection presenting ``swissnum`` be let in at ``now``?"""

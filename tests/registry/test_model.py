@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -116,3 +117,16 @@ def test_check_reports_bad_buildbot_options_but_edits_still_work(cli, reg_path):
     assert result.code == 1
     assert "workers.w1.buildbot.max_build: unknown Buildbot worker option" in result.err
     assert cli("rotate", "w1").code == 0  # a newer Buildbot's option must not block editing
+
+
+def test_states_read_as_their_plain_names():
+    """JSON output and tables show a state exactly as the plain string it was."""
+    w = model.new_worker("w1", NOW, expires=NOW + timedelta(days=3))
+    state = w.state(NOW)
+    assert state is model.State.EXPIRING and state == "expiring"
+    assert (f"{state}", str(state), json.dumps(state)) == ("expiring", "expiring", '"expiring"')
+    summary = json.dumps(model.worker_summary(w, NOW))
+    assert '"state": "expiring"' in summary
+    assert model.STATES == ("active", "expiring", "rotating", "expired", "revoked")
+    assert all(type(s) is str for s in model.STATES)
+    assert {model.revoke(w, NOW).state(NOW), w.state(NOW + timedelta(days=3))} == model.REFUSED_STATES
