@@ -7,8 +7,9 @@ Run from anywhere, with the Python that has bbenroll installed:
 
 For every size N it creates a real registry in a temporary directory
 (``bbenroll init``), appends N worker tables rendered by bbenroll's own code
-(``model.new_worker`` + ``tomledit.render_new_table``, joined exactly the way
-``bbenroll add`` appends them), and confirms the file with ``bbenroll check``.
+(``model.new_worker`` + ``tomledit.render_new_table``, joined by
+``tomledit.append_tables``, exactly as ``bbenroll add`` appends them), and
+confirms the file with ``bbenroll check``.
 
 It then times fresh subprocesses: two baselines (a bare interpreter start, and
 an interpreter start plus a ``tomllib`` parse of the same file) next to
@@ -37,7 +38,7 @@ from pathlib import Path
 
 from bbenroll.fileio import atomic_write
 from bbenroll.registry import model
-from bbenroll.registry.tomledit import render_new_table
+from bbenroll.registry.tomledit import append_tables, render_new_table
 
 PYTHON = sys.executable
 LOCATION = "tcp:localhost:9989"
@@ -101,26 +102,13 @@ def worker_table(index: int, now: datetime) -> str:
     return render_new_table(worker)
 
 
-def separator(before: str) -> str:
-    """What ``tomledit.splice`` puts between the text and an added worker's table."""
-    sep = ""
-    if before and not before.endswith("\n"):
-        sep += "\n"
-    if before and not (before + sep).endswith("\n\n"):
-        sep += "\n"
-    return sep
-
-
 def build_registry(directory: Path, size: int, env: dict[str, str]) -> Path:
     path = directory / "workers.toml"
     bb = bbenroll_argv()
     run([*bb, "--registry", str(path), "init", "--location", LOCATION], env)
     now = datetime.now(UTC).replace(microsecond=0)
-    pieces = [path.read_text(encoding="utf-8")]
-    for i in range(1, size + 1):
-        pieces.append(separator(pieces[-1]))
-        pieces.append(worker_table(i, now))
-    text = "".join(pieces)
+    tables = [worker_table(i, now) for i in range(1, size + 1)]
+    text = append_tables(path.read_text(encoding="utf-8"), tables)
     atomic_write(path, text.encode("utf-8"))  # mode 0600, like bbenroll's own writes
     run([*bb, "--registry", str(path), "check"], env)  # exits non-zero on any problem
     found = len(tomllib.loads(text).get("workers", {}))

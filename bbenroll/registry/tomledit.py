@@ -216,8 +216,8 @@ def _replace_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
     return "".join(pieces)
 
 
-def _append_tables(text: str, tables: list[str], newline: str) -> str:
-    """``text`` with ``tables`` appended, each after one blank line."""
+def append_tables(text: str, tables: Sequence[str], newline: str = "\n") -> str:
+    """``text`` with ``tables`` appended, each after one blank line (how ``add`` writes)."""
     out = text
     for table in tables:
         if out and not out.endswith("\n"):
@@ -271,7 +271,7 @@ def splice(text: str, edit: Edit) -> str:
         if not _holds_exactly(table, name, workers[name]):
             raise Fallback
         tables.append(table)
-    return _append_tables(_replace_spans(text, spans), tables, newline)
+    return append_tables(_replace_spans(text, spans), tables, newline)
 
 
 def _without_workers(data: dict[str, Any], names: Collection[str]) -> dict[str, Any]:

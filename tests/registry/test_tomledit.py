@@ -224,3 +224,23 @@ def test_result_that_does_not_read_back_is_refused(tmp_path: Path, monkeypatch: 
         assert "cannot edit this layout: the edited text would not read back" in str(info.value)
         assert "internal error" not in str(info.value)
         assert path.read_bytes() == before
+
+
+def test_apply_without_changes_returns_the_text_itself() -> None:
+    text = COMMENTS.text
+    registry = registry_from_text(PATH, text)
+    assert tomledit.apply(text, tomledit.Edit(registry, registry, {}, [])) is text
+
+
+def test_apply_checks_what_the_fallback_wrote(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-back check lives in apply: a fallback result that differs is a LayoutError."""
+    layout = FALLBACK_LAYOUTS[1]
+    before = registry_from_text(PATH, layout.text)
+    beta = model.rotate(before.workers["beta"], NOW)
+    after = model.Registry(before.master, {**before.workers, "beta": beta}, before.version)
+    edit = tomledit.Edit(before, after, {"beta": beta}, [])
+    assert registry_from_text(PATH, tomledit.apply(layout.text, edit)) == after
+    monkeypatch.setattr(tomledit, "rewrite_whole", lambda text, edit: text)  # "forgets" the change
+    with pytest.raises(tomledit.LayoutError) as info:
+        tomledit.apply(layout.text, edit)
+    assert str(info.value) == "the edited text would not read back as intended"
