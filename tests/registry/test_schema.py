@@ -45,6 +45,10 @@ def test_docs_show_the_tables_of_the_definition() -> None:
     assert f"at most {model.WORKER_NAME_MAX} characters" in docs
     assert f"within {model.DEFAULT_EXPIRING_WITHIN.days} days" in docs
     assert f"reads `{model.REGISTRY_VERSION}`" in docs
+    options = docs.partition("options that can be written in TOML:")[2].partition("Other commands")[0]
+    for option, types in schema.BUILDBOT_OPTIONS.items():
+        kinds = " or ".join(schema.TYPE_NAMES[t].split(" ", 1)[1] for t in types)
+        assert f"`{option}` ({kinds})" in " ".join(options.split()), option
 
 
 def test_well_formed_worker_reads_as_is() -> None:
