@@ -1,8 +1,12 @@
 """The registry: ``workers.toml``, its model, schema, reading and editing.
 
-- :mod:`.model`: workers, their states and transitions (pure);
-- :mod:`.store`: load, check, create and edit the file (one way in, one way out);
-- :mod:`.tomlscan` and :mod:`.tomledit`: in-place edits that keep comments.
+- :mod:`.model`: workers, their states and transitions, ``usable()`` (pure);
+- :mod:`.schema`: the one definition of the file's keys, and from/to plain
+  data (what TOML holds) by it; :mod:`.kinds`: the kinds of values (pure);
+- :mod:`.store`: load, check, create and edit the file (one way in,
+  ``inspect``; one way out, ``Editor.save``);
+- :mod:`.tomlscan` and :mod:`.tomledit`: in-place edits that keep comments
+  (``tomledit.apply``).
 """
 
 # the one source of the registry's default path and its environment variable
