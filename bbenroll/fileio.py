@@ -11,7 +11,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bbenroll.errors import BBEnrollError, LockTimeout
@@ -108,8 +108,25 @@ def permission_problem(path: Path) -> str | None:
     return None
 
 
+class LockWait:
+    """How :func:`exclusive_lock` waits for a lock another process holds: it
+    polls, backing off from ``first_delay`` to ``max_delay`` seconds. The
+    clock and the sleep are injected so that tests need not wait."""
+
+    first_delay = 0.001
+    max_delay = 0.05
+
+    def __init__(
+        self, monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.monotonic = monotonic
+        self.sleep = sleep
+
+
 @contextlib.contextmanager
-def exclusive_lock(path: Path, timeout: float = 30.0, *, owned_like: Path | None = None) -> Iterator[None]:
+def exclusive_lock(
+    path: Path, timeout: float = 30.0, *, owned_like: Path | None = None, wait: LockWait | None = None
+) -> Iterator[None]:
     """Hold an exclusive advisory lock on the sidecar file ``path``.
 
     The registry itself cannot be locked: atomic saves replace its inode.
@@ -133,20 +150,21 @@ def exclusive_lock(path: Path, timeout: float = 30.0, *, owned_like: Path | None
     except OSError as e:
         os.close(fd)
         raise BBEnrollError(f"{path}: cannot give the lock file the registry's owner: {e.strerror}") from None
-    deadline = time.monotonic() + timeout
+    wait = wait or LockWait()
+    deadline = wait.monotonic() + timeout
     try:
-        delay = 0.001
+        delay = wait.first_delay
         while True:
             try:
                 _lock(fd)
                 break
             except (BlockingIOError, PermissionError):
-                if time.monotonic() >= deadline:
+                if wait.monotonic() >= deadline:
                     raise LockTimeout(
                         f"{path}: another bbenroll has held the lock for {timeout:.0f}s; try again"
                     ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                wait.sleep(delay)
+                delay = min(delay * 2, wait.max_delay)
         try:
             yield
         finally:

@@ -1,4 +1,5 @@
-"""The sidecar lock file belongs to the registry's owner, not to whoever edited first.
+"""The sidecar lock file: it belongs to the registry's owner, not to whoever
+edited first, and a held lock is waited for, then given up on.
 
 The tests run as root (like the admin who edits the master's registry with
 sudo); the master's own user is played by uid/gid 65534 (``nobody``), for
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bbenroll.errors import BBEnrollError
-from bbenroll.fileio import exclusive_lock
+from bbenroll.errors import BBEnrollError, LockTimeout
+from bbenroll.fileio import LockWait, exclusive_lock
 from bbenroll.registry import model, store
 from tests.helpers.cli import FIXED_NOW
 
@@ -124,3 +125,40 @@ def test_unreachable_lock_file_is_a_one_line_error(tmp_path: Path) -> None:
         with exclusive_lock(lock, owned_like=tmp_path):
             pass
     assert str(info.value) == f"{lock}: cannot open lock file: No such file or directory"
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_held_lock_is_waited_for_with_backoff_then_times_out(tmp_path: Path) -> None:
+    """Deterministic: the wait's clock is injected, nothing really sleeps."""
+    import fcntl
+
+    lock = tmp_path / ".lock"
+    clock = FakeClock()
+    with open(lock, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another open file: flock conflicts even in one process
+        with pytest.raises(LockTimeout) as info:
+            with exclusive_lock(lock, timeout=0.2, wait=LockWait(clock.monotonic, clock.sleep)):
+                raise AssertionError("got a lock someone else holds")
+    assert str(info.value) == f"{lock}: another bbenroll has held the lock for 0s; try again"
+    assert clock.sleeps[:7] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05]
+    assert set(clock.sleeps[6:]) == {LockWait.max_delay}
+    assert clock.now >= 100.2 and clock.now - clock.sleeps[-1] < 100.2
+    # released: the next caller gets it at once, without sleeping
+    after = FakeClock()
+    with exclusive_lock(lock, wait=LockWait(after.monotonic, after.sleep)):
+        pass
+    assert after.sleeps == []
