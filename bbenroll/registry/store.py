@@ -1,10 +1,14 @@
 """``workers.toml`` on disk: fast checked reads, safe in-place edits.
 
-Reads use the standard library's ``tomllib`` only. Edits hold an exclusive
-lock, re-read the file, and rewrite only the tables of the workers that
-changed (with tomlkit, so comments and layout inside them survive); every
-other byte of the file is carried over untouched. The new text is checked
-before it replaces the old one, atomically.
+One way in: :func:`inspect` reads the file with the standard library's
+``tomllib`` only and checks all of it (schema, identity, permissions);
+:func:`load` stops at its first problem, :func:`check` lists them all.
+
+One way out: :func:`edit` holds an exclusive lock, re-reads the file, and
+:meth:`Editor.save` has :func:`tomledit.apply` rewrite only the tables of the
+workers that changed (with tomlkit, so comments and layout inside them
+survive); every other byte of the file is carried over untouched. The new
+text is checked before it replaces the old one, atomically.
 """
 
 from __future__ import annotations
@@ -38,10 +42,14 @@ class LoadedRegistry:
         return identity_path(self.path, self.registry.master.identity)
 
     def worker(self, name: str) -> Worker:
-        try:
-            return self.registry.workers[name]
-        except KeyError:
-            raise WorkerNotFound(f"{self.path}: no worker named {name!r}") from None
+        return _worker(self.path, self.registry.workers, name)
+
+
+def _worker(path: Path, workers: dict[str, Worker], name: str) -> Worker:
+    try:
+        return workers[name]
+    except KeyError:
+        raise WorkerNotFound(f"{path}: no worker named {name!r}") from None
 
 
 def identity_path(registry_path: Path, identity: str) -> Path:
@@ -348,10 +356,7 @@ class Editor:
         return Registry(self.loaded.registry.master, self.workers, self.loaded.registry.version)
 
     def worker(self, name: str) -> Worker:
-        try:
-            return self.workers[name]
-        except KeyError:
-            raise WorkerNotFound(f"{self.path}: no worker named {name!r}") from None
+        return _worker(self.path, self.workers, name)
 
     def add(self, worker: Worker) -> None:
         if worker.name in self.workers:
