@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bbenroll.registry import model, schema
 from bbenroll.registry.schema import MASTER_FIELDS, PREVIOUS_FIELDS, WORKER_FIELDS, Problems
@@ -134,3 +136,48 @@ def test_model_still_offers_the_moved_names() -> None:
     assert model.worker_to_data is schema.worker_to_data and model.Problems is Problems
     with pytest.raises(AttributeError):
         _ = model.no_such_name  # type: ignore[attr-defined]
+
+
+# --- any data: a worker or problems, never an exception ---------------------
+
+_times = st.one_of(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5))]),
+                 min_value=datetime(1970, 1, 2), max_value=datetime(9998, 1, 1)),
+    st.datetimes(max_value=datetime(9998, 1, 1)),  # no time zone
+    st.dates(),
+)
+_scalars = st.one_of(st.text(max_size=3), st.sampled_from(["", S1, S2]), st.integers(), st.booleans(),
+                     st.floats(allow_nan=False), _times)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_keys = st.sampled_from([field.key for field in WORKER_FIELDS] + ["until", "x"])
+_previous = st.fixed_dictionaries({"swissnum": st.sampled_from([S2, "", 3]), "until": _times})
+
+
+@st.composite
+def _worker_data(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(_values)
+    data = good() if draw(st.booleans()) else {}
+    for key in draw(st.lists(_keys, max_size=4)):
+        data[key] = draw(_previous if key == "previous" and draw(st.booleans()) else _values)
+    return data
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["w", "1w", "", "wörker"]), data=_worker_data())
+def test_any_data_reads_as_a_worker_or_as_problems(name: str, data: Any) -> None:
+    problems = Problems()
+    worker = schema.worker_from_data(name, data, problems)
+    if worker is None:
+        assert problems.items
+        assert all(key.startswith("workers.") and message for key, message in problems.items)
+        return
+    assert not problems
+    again = Problems()
+    assert schema.worker_from_data(name, schema.worker_to_data(worker), again) == worker and not again
