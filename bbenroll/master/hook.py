@@ -28,7 +28,8 @@ from twisted.logger import Logger
 
 from bbenroll.endpoints import check_loopback_endpoint
 from bbenroll.errors import BBEnrollError
-from bbenroll.master.service import POLL_INTERVAL, EnrollmentService
+from bbenroll.master.reloader import POLL_INTERVAL
+from bbenroll.master.service import EnrollmentService
 from bbenroll.registry import store as regmod
 from bbenroll.registry.model import usable
 
@@ -150,7 +151,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
         self.poll_interval = poll_interval
         if changed and self.enrollment is not None:
             yield self._stop_enrollment()
-            self._start_enrollment()
+            yield self._start_enrollment()
 
     @defer.inlineCallbacks
     def reconfigServiceWithSibling(self, sibling: Any) -> Any:
@@ -161,7 +162,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
     @defer.inlineCallbacks
     def startService(self) -> Any:
         yield super().startService()
-        self._start_enrollment()
+        yield self._start_enrollment()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -170,7 +171,8 @@ class EnrollmentMasterService(bbservice.BuildbotService):
         yield self._stop_enrollment()
         yield super().stopService()
 
-    def _start_enrollment(self) -> None:
+    def _start_enrollment(self) -> defer.Deferred[None]:
+        """Start the Foolscap service; fails (after one log line) if its port is taken."""
         from twisted.internet import reactor
 
         self.enrollment = EnrollmentService(
@@ -179,7 +181,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             poll_interval=self.poll_interval,
             on_workers_changed=self._workers_changed,
         )
-        self.enrollment.startService()
+        return self.enrollment.startService()
 
     @defer.inlineCallbacks
     def _stop_enrollment(self) -> Any:
