@@ -3,7 +3,7 @@
 In master.cfg::
 
     from bbenroll.master import Enrollment
-    enrollment = Enrollment("workers.toml")     # relative to the master's basedir
+    enrollment = Enrollment("workers.toml", basedir=basedir)   # Buildbot gives master.cfg `basedir`
     enrollment.configure(c)                     # or, explicitly:
     # c['workers'] = enrollment.workers(max_builds=1)
     # c['protocols'] = {'pb': {'port': enrollment.pb_port}}
@@ -44,18 +44,41 @@ def _config_error(message: str) -> ConfigErrors:
     return ConfigErrors([f"bbenroll: {message}"])
 
 
-class Enrollment:
-    """The registry as master.cfg sees it."""
+def registry_location(
+    registry: str | os.PathLike[str], basedir: str | os.PathLike[str] | None, caller_globals: dict[str, Any]
+) -> Path:
+    """Where the registry is: ``registry`` itself if absolute (after ``~``), else relative to
 
-    def __init__(self, registry: str | os.PathLike[str] = "workers.toml", *, basedir: str | None = None):
-        path = Path(registry).expanduser()
-        if not path.is_absolute():
-            if basedir is None:
-                # Buildbot executes master.cfg with `basedir` in its globals; `buildbot
-                # checkconfig` may run from any directory, so prefer that to the cwd.
-                caller = sys._getframe(1).f_globals
-                basedir = caller.get("basedir") if isinstance(caller.get("basedir"), str) else None
-            path = Path(basedir or os.getcwd()) / path
+    1. ``basedir``, when master.cfg passes it (``Enrollment("workers.toml", basedir=basedir)``);
+    2. only then the ``basedir`` global of the caller: Buildbot executes master.cfg with
+       ``basedir`` in its globals, and ``buildbot checkconfig`` may run from any directory;
+    3. the current directory (a helper module outside master.cfg, a plain script).
+    """
+    path = Path(registry).expanduser()
+    if path.is_absolute():
+        return path
+    if basedir is None:
+        candidate = caller_globals.get("basedir")
+        basedir = candidate if isinstance(candidate, str) else None
+    return Path(basedir if basedir is not None else os.getcwd()).expanduser() / path
+
+
+class Enrollment:
+    """The registry as master.cfg sees it.
+
+    ``basedir`` is the master's basedir, against which a relative ``registry`` is
+    resolved; see :func:`registry_location` for what happens without it.
+    """
+
+    def __init__(
+        self,
+        registry: str | os.PathLike[str] = "workers.toml",
+        *,
+        basedir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        # the caller's globals are consulted only when basedir is not given
+        caller = sys._getframe(1).f_globals if basedir is None else {}
+        path = registry_location(registry, basedir, caller)
         self.path = path
         try:
             self.loaded = regmod.load(path)
