@@ -81,7 +81,8 @@ class EnrolledWorker(FrameSink, Referenceable):
     def remote_open_session(
         self, session: str, receiver: Any, received: dict[int, int], resume: bool, deadline: int
     ) -> dict[str, Any]:
-        return self.service.open_session(self, session, receiver, received, resume, deadline)
+        self.service.worker_for(self)  # refuses a connection that lost its right meanwhile
+        return self.service.sessions.open(self, session, receiver, received, resume, deadline)
 
     # frames of the tunnel (FrameSink); ignored until a session is open
     def receive_frame(self, frame: Frame) -> None:
@@ -235,26 +236,6 @@ class EnrollmentService(service.MultiService):
             raise Refused(decision.reason)
         self.status.seen(obj.name, now)
         return self.gate.registry.workers[obj.name]
-
-    def open_session(
-        self,
-        obj: EnrolledWorker,
-        session_id: str,
-        receiver: Any,
-        received: dict[int, int],
-        resume: bool,
-        deadline: int,
-    ) -> dict[str, Any]:
-        self.worker_for(obj)  # refuses a connection that lost its right meanwhile
-        result = self.sessions.open(obj, session_id, receiver, received, resume, deadline)
-        if result["status"] != "unknown":
-            log.info(
-                "worker {worker!r}: tunnel session {status} ({streams} streams)",
-                worker=obj.name,
-                status=result["status"],
-                streams=self.sessions.streams(obj),
-            )
-        return result
 
     def _pb_endpoint(self) -> str | None:
         running = self.reloader.running_settings

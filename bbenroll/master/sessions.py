@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from bbenroll.tunnel.core import Settings, clamp_resume_deadline
 from bbenroll.tunnel.master_side import MasterSession, pb_client_endpoint
 from bbenroll.tunnel.wire import Refused
+
+log = Logger(namespace="bbenroll")
 
 MAX_SESSIONS_PER_WORKER = 4  # one worker process needs one; a few allow restarts
 
@@ -63,7 +66,8 @@ class SessionTable:
         resume: bool,
         deadline: int,
     ) -> dict[str, Any]:
-        """``open_session`` of :class:`RIEnrolledWorker`: new, resumed or unknown."""
+        """``open_session`` of :class:`RIEnrolledWorker` (for a connection that is still
+        allowed): a new session, the resumed one, or "unknown"."""
         session = self.sessions.get((connection.name, session_id))
         status = "resumed"
         if session is None:
@@ -73,6 +77,12 @@ class SessionTable:
             status = "new"
         self._attach(connection, session, receiver)
         ours = session.attach(receiver, received)
+        log.info(
+            "worker {worker!r}: tunnel session {status} ({streams} streams)",
+            worker=connection.name,
+            status=status,
+            streams=len(session.core.streams),
+        )
         return {"status": status, "received": ours}
 
     def _new_session(self, worker: str, session_id: str, deadline: int) -> MasterSession:
@@ -168,5 +178,3 @@ class SessionTable:
     def end_all(self, reason: str) -> None:
         self.end_all_but((), reason)
 
-    def streams(self, connection: Connection) -> int:
-        return len(connection.session.core.streams) if connection.session is not None else 0

@@ -66,6 +66,11 @@ class World:
         self.links.append(link)
         return link
 
+    def accepted(self, swissnum: str) -> tuple[MemoryLink, Any]:
+        """A new connection on which ``swissnum`` was accepted, and the reference it got."""
+        link = self.connect()
+        return link, link.reference(swissnum)
+
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
         pump(self.clock)

@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 
+from bbenroll.master.tub import KEEPALIVE
 from tests.helpers.buildbot import (
     BIN,
     configured_workers,
@@ -64,7 +65,7 @@ def test_real_master_serves_furls_and_picks_up_new_workers_live(master_dir, tmp_
     registry = tomllib.loads((basedir / "workers.toml").read_text())
     config = fetch_config(furl1)
     assert config == {"config": {"name": "worker1", "password": registry["workers"]["worker1"]["password"],
-                                 "protocol": 1, "keepalive": 15}}
+                                 "protocol": 1, "keepalive": KEEPALIVE}}
 
     # a worker added with the CLI becomes known to the running master, no restart
     furl2 = bbenroll(basedir, "add", "worker2")

@@ -21,7 +21,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from bbenroll.master import gate
 from bbenroll.master.service import EnrollmentService
 from bbenroll.master.status import status_path
-from bbenroll.master.tub import ListenError
+from bbenroll.master.tub import KEEPALIVE, ListenError
 from bbenroll.registry import store
 from tests.helpers.cli import run_cli
 from tests.helpers.net import free_port
@@ -89,7 +89,7 @@ async def test_valid_furl_gets_worker_config(master):
     ref = await master.connect(furl)
     config = await ref.callRemote("get_worker_config")
     entry = tomllib.loads(master.path.read_text())["workers"]["worker1"]
-    assert config == {"name": "worker1", "password": entry["password"], "protocol": 1, "keepalive": 15}
+    assert config == {"name": "worker1", "password": entry["password"], "protocol": 1, "keepalive": KEEPALIVE}
 
 
 @pytest_twisted.ensureDeferred

@@ -12,17 +12,6 @@ from bbenroll.master import gate
 from bbenroll.master.reloader import POLL_INTERVAL
 from bbenroll.master.status import status_path
 from bbenroll.master.tub import KEEPALIVE, MAX_SWISSNUM_LENGTH, SHUTDOWN_GRACE
-from tests.helpers.foolscap import eventual_queue_on
-from tests.master.memory import World
-
-
-@pytest.fixture
-def world(reg_path, monkeypatch):
-    w = World(reg_path)
-    eventual_queue_on(w.clock, monkeypatch)
-    yield w
-    if w.service is not None and w.service.running:  # a test that failed half-way
-        w.finish()
 
 
 def test_lookup_gives_worker_config(world):
@@ -110,8 +99,7 @@ def test_revoking_a_connected_worker_drops_it_on_the_next_tick(world):
 def test_a_call_after_revocation_drops_the_connection_before_the_tick(world):
     w1 = world.add("w1")
     world.start()
-    link = world.connect()
-    ref = link.reference(w1)
+    link, ref = world.accepted(w1)
     world.cli("revoke", "w1")
     world.service._reload()  # the registry changed, the loop has not run yet
     with pytest.raises(DeadReferenceError):  # the master hangs up instead of answering

@@ -7,23 +7,12 @@ import pytest
 from bbenroll.master import sessions
 from bbenroll.master.sessions import MAX_SESSIONS_PER_WORKER
 from bbenroll.tunnel.core import Settings, clamp_resume_deadline
-from tests.helpers.foolscap import eventual_queue_on
-from tests.master.memory import Receiver, World
-
-
-@pytest.fixture
-def world(reg_path, monkeypatch):
-    w = World(reg_path)
-    eventual_queue_on(w.clock, monkeypatch)
-    yield w
-    if w.service is not None and w.service.running:
-        w.finish()
+from tests.master.memory import Receiver
 
 
 def attach(world, swissnum, session_id, *, resume=False, deadline=600):
     """A new connection that opens (or resumes) ``session_id``: (link, receiver, answer)."""
-    link = world.connect()
-    ref = link.reference(swissnum)
+    link, ref = world.accepted(swissnum)
     receiver = Receiver()
     answer = world.call(ref, "open_session", session_id, receiver, {}, resume, deadline)
     return link, ref, receiver, answer
@@ -77,8 +66,7 @@ def test_take_over_moves_the_session_and_drops_the_old_watcher(world):
 def test_a_connection_that_opens_another_session_leaves_the_first(world):
     w1 = world.add("w1")
     world.start()
-    link = world.connect()
-    ref = link.reference(w1)
+    link, ref = world.accepted(w1)
     world.call(ref, "open_session", "s1", Receiver(), {}, False, 600)
     world.call(ref, "open_session", "s2", Receiver(), {}, False, 600)
     first, second = table(world).sessions[("w1", "s1")], table(world).sessions[("w1", "s2")]
@@ -105,8 +93,7 @@ def test_the_cap_refuses_when_every_session_is_connected(world):
     world.start()
     for i in range(MAX_SESSIONS_PER_WORKER):
         attach(world, w1, f"s{i}")
-    link = world.connect()
-    ref = link.reference(w1)
+    ref = world.accepted(w1)[1]
     with pytest.raises(Exception) as info:
         world.call(ref, "open_session", "one-too-many", Receiver(), {}, False, 600)
     assert str(info.value.failure.value) == sessions.TOO_MANY_SESSIONS
