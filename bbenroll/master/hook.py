@@ -105,12 +105,10 @@ class Enrollment:
         ``defaults`` are Worker options for every worker; a worker's
         ``[workers.NAME.buildbot]`` table overrides them.
         """
-        from datetime import UTC, datetime
-
         from buildbot.worker import Worker
 
         result = []
-        for name, worker in usable(self.loaded.registry, datetime.now(UTC)).items():
+        for name, worker in self._usable().items():
             options = {**defaults, **worker.buildbot}
             try:
                 result.append(Worker(name, worker.password, **options))
@@ -122,10 +120,13 @@ class Enrollment:
         """Names of the usable workers (optionally only those with ``tag``), for builders'
         ``workernames``: a builder naming a revoked worker would make Buildbot refuse the
         reconfig that removes it."""
+        return [name for name, worker in self._usable().items() if tag is None or tag in worker.tags]
+
+    def _usable(self) -> dict[str, Any]:
+        # master.cfg runs now, on the master's clock: that is when Buildbot is configured
         from datetime import UTC, datetime
 
-        workers = usable(self.loaded.registry, datetime.now(UTC))
-        return [name for name, worker in workers.items() if tag is None or tag in worker.tags]
+        return usable(self.loaded.registry, datetime.now(UTC))
 
     def service(self, *, poll_interval: float = POLL_INTERVAL) -> EnrollmentMasterService:
         return EnrollmentMasterService(str(self.path), poll_interval=poll_interval)

@@ -48,6 +48,7 @@ from bbenroll.master.tub import (
     make_tub,
     peer_of,
 )
+from bbenroll.registry.store import LoadedRegistry
 from bbenroll.tunnel.core import Frame
 from bbenroll.tunnel.master_side import MasterSession
 from bbenroll.tunnel.wire import FrameSink, Refused, RIEnrolledWorker
@@ -130,8 +131,8 @@ class EnrollmentService(service.MultiService):
         self._announced = self._buildbot_view(self.gate.usable_workers(self.now()))
 
     @property
-    def loaded(self) -> Any:
-        """The registry in force (a ``LoadedRegistry``)."""
+    def loaded(self) -> LoadedRegistry:
+        """The registry in force."""
         return self.reloader.loaded
 
     def now(self) -> datetime:

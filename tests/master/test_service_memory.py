@@ -7,11 +7,15 @@ import tomllib
 
 import pytest
 from foolscap.api import DeadReferenceError
+from twisted.internet import defer
 
 from bbenroll.master import gate
+from bbenroll.master import service as service_module
 from bbenroll.master.reloader import POLL_INTERVAL
+from bbenroll.master.service import EnrollmentService
 from bbenroll.master.status import status_path
-from bbenroll.master.tub import KEEPALIVE, MAX_SWISSNUM_LENGTH, SHUTDOWN_GRACE
+from bbenroll.master.tub import DISCONNECT_TIMEOUT, KEEPALIVE, MAX_SWISSNUM_LENGTH, SHUTDOWN_GRACE
+from tests.helpers.foolscap import resolve
 
 
 def test_lookup_gives_worker_config(world):
@@ -218,4 +222,27 @@ def test_status_file_follows_connections(world):
     assert (status["w1"]["state"], status["w2"]["state"]) == ("connected", "disconnected")
     link.close()
     assert json.loads(path.read_text())["workers"]["w1"]["state"] == "disconnected"
+    world.finish()
+
+
+def test_the_tub_uses_the_one_set_of_options(world):
+    world.add("w1")
+    tub = world.start().tub
+    assert (tub.keepaliveTimeout, tub.disconnectTimeout) == (KEEPALIVE, DISCONNECT_TIMEOUT)
+    assert tub.unsafeTracebacks is False and tub._expose_remote_exception_types is False
+    assert tub.accept_gifts is False
+    assert (tub.logLocalFailures, tub.logRemoteFailures) == (False, False)
+    assert tub.clock is world.clock  # the brokers' shutdown abort runs on the injected clock
+    world.finish()
+
+
+def test_stopping_before_the_port_is_bound_starts_nothing(world, monkeypatch):
+    world.add("w1")
+    world.service = EnrollmentService(world.path, reactor=world.clock, clock=world.clock)
+    pending = defer.Deferred()
+    monkeypatch.setattr(service_module, "listen", lambda tub, reactor, description: pending)
+    world.service.startService()  # the bind has not finished yet
+    resolve(world.clock, world.service.stopService())
+    pending.callback(None)
+    assert world.logged("bbenroll: serving") == [] and world.service._loop is None
     world.finish()
