@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 from tests.helpers.foolscap import eventual_queue_on
 from tests.master.memory import World
@@ -16,3 +17,4 @@ def world(reg_path, monkeypatch):
     yield w
     if w.service is not None and w.service.running:  # a test that failed half-way
         w.finish()
+    globalLogPublisher.removeObserver(w.events.append)  # a no-op after finish()
