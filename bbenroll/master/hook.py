@@ -3,7 +3,7 @@
 In master.cfg::
 
     from bbenroll.master import Enrollment
-    enrollment = Enrollment("workers.toml")     # relative to the master's basedir
+    enrollment = Enrollment("workers.toml", basedir=basedir)   # Buildbot gives master.cfg `basedir`
     enrollment.configure(c)                     # or, explicitly:
     # c['workers'] = enrollment.workers(max_builds=1)
     # c['protocols'] = {'pb': {'port': enrollment.pb_port}}
@@ -28,7 +28,8 @@ from twisted.logger import Logger
 
 from bbenroll.endpoints import check_loopback_endpoint
 from bbenroll.errors import BBEnrollError
-from bbenroll.master.service import POLL_INTERVAL, EnrollmentService
+from bbenroll.master.reloader import POLL_INTERVAL
+from bbenroll.master.service import EnrollmentService
 from bbenroll.registry import store as regmod
 from bbenroll.registry.model import usable
 
@@ -43,18 +44,41 @@ def _config_error(message: str) -> ConfigErrors:
     return ConfigErrors([f"bbenroll: {message}"])
 
 
-class Enrollment:
-    """The registry as master.cfg sees it."""
+def registry_location(
+    registry: str | os.PathLike[str], basedir: str | os.PathLike[str] | None, caller_globals: dict[str, Any]
+) -> Path:
+    """Where the registry is: ``registry`` itself if absolute (after ``~``), else relative to
 
-    def __init__(self, registry: str | os.PathLike[str] = "workers.toml", *, basedir: str | None = None):
-        path = Path(registry).expanduser()
-        if not path.is_absolute():
-            if basedir is None:
-                # Buildbot executes master.cfg with `basedir` in its globals; `buildbot
-                # checkconfig` may run from any directory, so prefer that to the cwd.
-                caller = sys._getframe(1).f_globals
-                basedir = caller.get("basedir") if isinstance(caller.get("basedir"), str) else None
-            path = Path(basedir or os.getcwd()) / path
+    1. ``basedir``, when master.cfg passes it (``Enrollment("workers.toml", basedir=basedir)``);
+    2. only then the ``basedir`` global of the caller: Buildbot executes master.cfg with
+       ``basedir`` in its globals, and ``buildbot checkconfig`` may run from any directory;
+    3. the current directory (a helper module outside master.cfg, a plain script).
+    """
+    path = Path(registry).expanduser()
+    if path.is_absolute():
+        return path
+    if basedir is None:
+        candidate = caller_globals.get("basedir")
+        basedir = candidate if isinstance(candidate, str) else None
+    return Path(basedir if basedir is not None else os.getcwd()).expanduser() / path
+
+
+class Enrollment:
+    """The registry as master.cfg sees it.
+
+    ``basedir`` is the master's basedir, against which a relative ``registry`` is
+    resolved; see :func:`registry_location` for what happens without it.
+    """
+
+    def __init__(
+        self,
+        registry: str | os.PathLike[str] = "workers.toml",
+        *,
+        basedir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        # the caller's globals are consulted only when basedir is not given
+        caller = sys._getframe(1).f_globals if basedir is None else {}
+        path = registry_location(registry, basedir, caller)
         self.path = path
         try:
             self.loaded = regmod.load(path)
@@ -81,12 +105,10 @@ class Enrollment:
         ``defaults`` are Worker options for every worker; a worker's
         ``[workers.NAME.buildbot]`` table overrides them.
         """
-        from datetime import UTC, datetime
-
         from buildbot.worker import Worker
 
         result = []
-        for name, worker in usable(self.loaded.registry, datetime.now(UTC)).items():
+        for name, worker in self._usable().items():
             options = {**defaults, **worker.buildbot}
             try:
                 result.append(Worker(name, worker.password, **options))
@@ -98,10 +120,13 @@ class Enrollment:
         """Names of the usable workers (optionally only those with ``tag``), for builders'
         ``workernames``: a builder naming a revoked worker would make Buildbot refuse the
         reconfig that removes it."""
+        return [name for name, worker in self._usable().items() if tag is None or tag in worker.tags]
+
+    def _usable(self) -> dict[str, Any]:
+        # master.cfg runs now, on the master's clock: that is when Buildbot is configured
         from datetime import UTC, datetime
 
-        workers = usable(self.loaded.registry, datetime.now(UTC))
-        return [name for name, worker in workers.items() if tag is None or tag in worker.tags]
+        return usable(self.loaded.registry, datetime.now(UTC))
 
     def service(self, *, poll_interval: float = POLL_INTERVAL) -> EnrollmentMasterService:
         return EnrollmentMasterService(str(self.path), poll_interval=poll_interval)
@@ -150,7 +175,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
         self.poll_interval = poll_interval
         if changed and self.enrollment is not None:
             yield self._stop_enrollment()
-            self._start_enrollment()
+            yield self._start_enrollment()
 
     @defer.inlineCallbacks
     def reconfigServiceWithSibling(self, sibling: Any) -> Any:
@@ -161,7 +186,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
     @defer.inlineCallbacks
     def startService(self) -> Any:
         yield super().startService()
-        self._start_enrollment()
+        yield self._start_enrollment()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -170,7 +195,8 @@ class EnrollmentMasterService(bbservice.BuildbotService):
         yield self._stop_enrollment()
         yield super().stopService()
 
-    def _start_enrollment(self) -> None:
+    def _start_enrollment(self) -> defer.Deferred[None]:
+        """Start the Foolscap service; fails (after one log line) if its port is taken."""
         from twisted.internet import reactor
 
         self.enrollment = EnrollmentService(
@@ -179,7 +205,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             poll_interval=self.poll_interval,
             on_workers_changed=self._workers_changed,
         )
-        self.enrollment.startService()
+        return self.enrollment.startService()
 
     @defer.inlineCallbacks
     def _stop_enrollment(self) -> Any:

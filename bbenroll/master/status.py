@@ -102,6 +102,37 @@ def write_status(path: Path, document: dict[str, Any]) -> None:
     atomic_write(path, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
 
 
+class StatusWriter:
+    """Writes a :class:`StatusBook` to ``path``: on a change, and every :data:`HEARTBEAT`.
+
+    A write that fails (a full disk, a read-only directory) is retried with the next
+    heartbeat rather than on every tick; :meth:`write` returns the error message
+    (for the caller to log) or None.
+    """
+
+    def __init__(self, path: Path, book: StatusBook) -> None:
+        self.path = path
+        self.book = book
+        self.last_write: datetime | None = None
+        self.failing = False
+
+    def write(self, now: datetime, *, listen: str | None, force: bool = False,
+              running: bool = True) -> str | None:
+        due = self.last_write is None or now - self.last_write >= HEARTBEAT
+        if not (force or due or (self.book.changed and not self.failing)):
+            return None
+        try:
+            write_status(self.path, self.book.to_json(now, running=running, listen=listen))
+        except OSError as e:
+            self.last_write = now
+            self.failing = True
+            return f"cannot write {self.path}: {e}"
+        self.failing = False
+        self.book.changed = False
+        self.last_write = now
+        return None
+
+
 def read_status(path: Path) -> dict[str, Any] | None:
     """The status document, or None if there is none. Raises on a damaged file."""
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import tomllib
 
 import pytest
 
+from bbenroll.master.tub import KEEPALIVE
 from tests.helpers.buildbot import (
     BIN,
     configured_workers,
@@ -63,7 +65,7 @@ def test_real_master_serves_furls_and_picks_up_new_workers_live(master_dir, tmp_
     registry = tomllib.loads((basedir / "workers.toml").read_text())
     config = fetch_config(furl1)
     assert config == {"config": {"name": "worker1", "password": registry["workers"]["worker1"]["password"],
-                                 "protocol": 1, "keepalive": 15}}
+                                 "protocol": 1, "keepalive": KEEPALIVE}}
 
     # a worker added with the CLI becomes known to the running master, no restart
     furl2 = bbenroll(basedir, "add", "worker2")
@@ -88,3 +90,21 @@ def test_real_master_serves_furls_and_picks_up_new_workers_live(master_dir, tmp_
     assert "accepted worker 'worker1'" in log
     for secret in (furl1.rsplit("/", 1)[1], furl2.rsplit("/", 1)[1]):
         assert secret not in log
+
+
+def test_a_taken_port_stops_the_master_with_one_bbenroll_line(master_dir):
+    basedir, _ = master_dir
+    bbenroll(basedir, "add", "worker1")
+    listen = tomllib.loads((basedir / "workers.toml").read_text())["master"]["listen"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(listen.split(":")[1])))
+        taken.listen()
+        proc = run(BIN / "buildbot", "start", basedir, check=False, timeout=120)
+    assert proc.returncode == 1
+    assert "startup failed" in proc.stdout
+    log = (basedir / "twistd.log").read_text()
+    ours = [line for line in log.splitlines() if "bbenroll:" in line]
+    assert [line.split(" [-] ", 1)[1] for line in ours] == [
+        f"bbenroll: cannot listen on {listen}: Address already in use"
+    ]
+    assert log.index(ours[0]) < log.index("BuildMaster startup failed")

@@ -49,3 +49,49 @@ def test_pb_client_endpoint_matches_the_server_endpoint():
     assert isinstance(e, TCP6ClientEndpoint) and (e._host, e._port) == ("::1", 9991)
     e = pb_client_endpoint(reactor, "unix:/tmp/pb.sock")
     assert isinstance(e, UNIXClientEndpoint) and e._path == "/tmp/pb.sock"
+
+
+def run_as_master_cfg(code: str, namespace: dict) -> dict:
+    """Execute ``code`` the way Buildbot executes master.cfg: with ``namespace`` as its globals."""
+    exec(code, namespace)  # noqa: S102 - exactly what Buildbot's config loader does
+    return namespace
+
+
+class TestRegistryLocation:
+    """Enrollment("workers.toml"): explicit basedir, then master.cfg's `basedir` global, then the cwd."""
+
+    def test_an_explicit_basedir_wins(self, reg_path, tmp_path, monkeypatch):
+        from bbenroll.master import Enrollment
+
+        monkeypatch.chdir(tmp_path.parent)
+        namespace = {"Enrollment": Enrollment, "basedir": "/nonexistent", "where": str(reg_path.parent)}
+        run_as_master_cfg("e = Enrollment('workers.toml', basedir=where)", namespace)
+        assert namespace["e"].path == reg_path
+
+    def test_master_cfg_globals_are_the_fallback(self, reg_path, tmp_path, monkeypatch):
+        from bbenroll.master import Enrollment
+
+        monkeypatch.chdir(tmp_path.parent)  # checkconfig may run from anywhere
+        namespace = {"Enrollment": Enrollment, "basedir": str(reg_path.parent)}
+        assert run_as_master_cfg("e = Enrollment('workers.toml')", namespace)["e"].path == reg_path
+
+    def test_without_either_the_cwd(self, reg_path, monkeypatch):
+        from bbenroll.master import Enrollment
+
+        monkeypatch.chdir(reg_path.parent)
+        namespace = {"Enrollment": Enrollment, "basedir": 42}  # not a path: ignored
+        assert run_as_master_cfg("e = Enrollment('workers.toml')", namespace)["e"].path == reg_path
+
+    def test_an_absolute_path_is_taken_as_is(self, reg_path):
+        from bbenroll.master import Enrollment
+
+        assert Enrollment(str(reg_path), basedir="/nonexistent").path == reg_path
+
+    def test_a_wrong_basedir_is_a_config_error_naming_the_file(self, tmp_path):
+        from buildbot.config.errors import ConfigErrors
+
+        from bbenroll.master import Enrollment
+
+        with pytest.raises(ConfigErrors) as info:
+            Enrollment("workers.toml", basedir=str(tmp_path / "elsewhere"))
+        assert str(tmp_path / "elsewhere" / "workers.toml") in info.value.errors[0]

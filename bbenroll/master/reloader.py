@@ -1,0 +1,102 @@
+"""Follow the registry file: reload it when its signature changes, refuse a broken edit.
+
+The service polls every :data:`POLL_INTERVAL` seconds. A file whose signature
+(mtime, size, inode) is unchanged is not read again. A changed file is loaded
+and checked whole; if it is broken (or changes the master's identity) it is
+refused with one log line, and the last good registry stays in force until
+the file changes again. ``[master] listen/location/pb`` take effect only on a
+restart: a change to them is warned about once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.logger import Logger
+
+from bbenroll.errors import BBEnrollError
+from bbenroll.registry import store
+from bbenroll.registry.store import LoadedRegistry
+
+log = Logger(namespace="bbenroll")
+
+POLL_INTERVAL = 1.0  # seconds between registry checks (the issue asks for at least 1/s)
+
+Signature = tuple[int, int, int] | None  # None: there is no file
+_NEVER = object()  # a signature that matches nothing
+
+
+def file_signature(path: Path) -> Signature:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def master_settings(loaded: LoadedRegistry) -> tuple[object, ...]:
+    """The ``[master]`` settings that are read only when the service starts."""
+    master = loaded.registry.master
+    return (master.listen, master.location, master.pb)
+
+
+class RegistryReloader:
+    """Holds the last good registry; :meth:`poll` swaps in a changed, valid one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        # load now, so that a broken registry fails master.cfg/startup loudly
+        self.loaded = store.load(self.path)
+        self.signature: Signature = file_signature(self.path)
+        self.running_settings: tuple[object, ...] | None = None  # what the service started with
+        self._refused: object = _NEVER
+        self._warned: tuple[object, ...] | None = None
+
+    def started(self) -> None:
+        """The service now runs with the current ``[master]`` settings."""
+        self.running_settings = master_settings(self.loaded)
+        self._warned = None
+
+    def poll(self) -> LoadedRegistry | None:
+        """The newly loaded registry if the file changed and is valid, else None."""
+        signature = file_signature(self.path)
+        if signature == self.signature or signature == self._refused:
+            return None
+        try:
+            if signature is None:
+                raise BBEnrollError(f"{self.path}: the registry file disappeared")
+            loaded = store.load(self.path)
+            if loaded.registry.master.tubid != self.loaded.registry.master.tubid:
+                raise BBEnrollError(
+                    f"{self.path}: master.tubid changed; restart the master to use a new identity"
+                )
+        except BBEnrollError as e:
+            self._refused = signature
+            log.error(
+                "bbenroll: keeping the last good registry; the changed one is refused: {error}",
+                error=str(e),
+            )
+            return None
+        self._warn_if_master_changed(loaded)
+        self.signature = signature
+        self._refused = _NEVER
+        self.loaded = loaded
+        log.info(
+            "bbenroll: reloaded {path} ({count} workers)",
+            path=str(self.path),
+            count=len(loaded.registry.workers),
+        )
+        return loaded
+
+    def _warn_if_master_changed(self, loaded: LoadedRegistry) -> None:
+        running = self.running_settings
+        if running is None or master_settings(loaded) == running:  # not started: nothing to warn
+            self._warned = None
+            return
+        if running != self._warned:
+            log.warn(
+                "bbenroll: [master] listen/location/pb changed in the registry; "
+                "they take effect when the master restarts"
+            )
+        self._warned = running
