@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from bbenroll.tunnel import core
-from bbenroll.tunnel.core import Frame, Settings
+from bbenroll.tunnel.core import Settings
+from bbenroll.tunnel.frames import Ack, Data, Open, Ping
 from bbenroll.tunnel.master_side import MasterSession
 
 
@@ -51,8 +51,8 @@ def test_stream_carries_bytes_both_ways_and_resumes_after_a_drop():
     session, endpoint, ended, _ = make_session(clock)
     peer = FakePeer()
     assert session.attach(peer, {}) == {}
-    session.receive(Frame(core.OPEN, 1))
-    session.receive(Frame(core.DATA, 1, 0, b"hello pb"))
+    session.receive(Open(1))
+    session.receive(Data(1, 0, b"hello pb"))
     (pb,) = endpoint.transports
     assert pb.value() == b"hello pb"
     # Buildbot answers; the master sends it to the worker
@@ -78,7 +78,7 @@ def test_link_down_past_the_deadline_closes_the_pb_connections():
     session, endpoint, ended, _ = make_session(clock, deadline=30)
     peer = FakePeer()
     session.attach(peer, {})
-    session.receive(Frame(core.OPEN, 1))
+    session.receive(Open(1))
     (pb,) = endpoint.transports
     session.detach(peer)
     clock.advance(29)
@@ -96,7 +96,7 @@ def test_silence_is_a_dead_link_and_pings_keep_it_alive():
     session.attach(peer, {})
     clock.advance(5)
     assert ("frame_ping",) in peer.calls
-    session.receive(Frame(core.PING))
+    session.receive(Ping())
     clock.advance(14)
     assert dead == []
     clock.advance(1)
@@ -109,8 +109,8 @@ def test_protocol_error_drops_the_link_but_keeps_the_session():
     clock = task.Clock()
     session, _, ended, dead = make_session(clock)
     session.attach(FakePeer(), {})
-    session.receive(Frame(core.OPEN, 1))
-    session.receive(Frame(core.DATA, 1, 99, b"gap"))
+    session.receive(Open(1))
+    session.receive(Data(1, 99, b"gap"))
     assert dead == [session] and not ended and 1 in session.core.streams
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
@@ -121,11 +121,11 @@ def test_backpressure_pauses_and_resumes_the_pb_leg():
     session, endpoint, _, _ = make_session(clock)
     peer = FakePeer()
     session.attach(peer, {})
-    session.receive(Frame(core.OPEN, 1))
+    session.receive(Open(1))
     (pb,) = endpoint.transports
     session.legs[1].dataReceived(b"x" * (session.core.settings.high_water + 1))
     assert pb.producerState == "paused"
-    session.receive(Frame(core.ACK, 1, session.core.settings.high_water + 1))
+    session.receive(Ack(1, session.core.settings.high_water + 1))
     assert pb.producerState == "producing"
     session.terminate("test over")
     assert clock.getDelayedCalls() == []

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from foolscap.call import CopiedFailure
+from foolscap.tokens import RemoteException
 from twisted.internet import defer, error, task
 from twisted.internet.protocol import Protocol
+from twisted.python import reflect
 from twisted.python.failure import Failure
 
 from bbenroll.tunnel import worker_side
+from bbenroll.tunnel.failures import FailureKind
+from bbenroll.tunnel.wire import Refused
 from bbenroll.tunnel.worker_side import WorkerTunnel
 
 FURL = "pb://" + "a" * 32 + "@tcp:127.0.0.1:9/" + "b" * 32
@@ -88,16 +93,41 @@ def test_reconnect_backoff_is_short_and_capped():
     assert clock.getDelayedCalls() == []
 
 
+def remote_failure(exception: Exception) -> RemoteException:
+    """What a client Tub without exposed remote exception types fails with when the
+    master raises ``exception``: a RemoteException around a CopiedFailure."""
+    copied = CopiedFailure()
+    copied.setCopyableState(
+        {"type": reflect.qual(type(exception)), "value": str(exception), "traceback": "",
+         "parents": Failure(exception).parents}
+    )
+    return RemoteException(copied)
+
+
 def test_refused_secret_retries_slowly():
     clock = task.Clock()
-    refusal = Exception("worker revoked")
-    refusal.failure = Failure(Exception("worker revoked"))  # what a RemoteException carries
-    refusal.failure.value = "worker revoked"
-    tunnel = make_tunnel(clock, [refusal])
+    tunnel = make_tunnel(clock, [remote_failure(Refused("worker revoked"))])
     tunnel._connect()
     (call,) = clock.getDelayedCalls()
     assert call.getTime() - clock.seconds() == worker_side.REFUSED_RETRY
     assert tunnel.last_error == "the master refused this FURL: worker revoked"
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_policy_is_attributes_of_the_tunnel():
+    clock = task.Clock()
+    tunnel = make_tunnel(clock, [error.ConnectionRefusedError()] * 2)
+    tunnel.backoff, tunnel.jitter = (3.0,), (1.0, 1.0)
+    tunnel.slow_retry = frozenset({FailureKind.UNREACHABLE})
+    tunnel.refused_retry = 7.0
+    tunnel._connect()
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() == 7.0
+    tunnel.slow_retry = frozenset()
+    clock.advance(7.0)
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() == 3.0
     tunnel.stop()
     assert clock.getDelayedCalls() == []
 
