@@ -115,6 +115,17 @@ def test_refused_secret_retries_slowly():
     assert clock.getDelayedCalls() == []
 
 
+def test_other_master_faults_back_off_fast():
+    clock = task.Clock()
+    tunnel = make_tunnel(clock, [remote_failure(KeyError("boom"))])
+    tunnel._connect()
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() <= worker_side.BACKOFF[0] * worker_side.JITTER[1]
+    assert tunnel.last_error == "the master failed (KeyError); see its log"
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
 def test_policy_is_attributes_of_the_tunnel():
     clock = task.Clock()
     tunnel = make_tunnel(clock, [error.ConnectionRefusedError()] * 2)
