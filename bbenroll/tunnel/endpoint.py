@@ -99,7 +99,7 @@ class TunnelEndpoint:
             tunnel = self.tunnels.get(furl, self.reactor, self.resume)
         except Exception as e:
             failure = e if isinstance(e, error.ConnectError) else error.ConnectError(string=str(e))
-            return self._failed(Failure(failure), protocolFactory)
+            return defer.fail(self._failed(Failure(failure), protocolFactory))  # connect() gives a Deferred
         d = tunnel.when_ready(self.timeout)
 
         def ready(tunnel: WorkerTunnel) -> Any:

@@ -16,20 +16,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from bbenroll.endpoints import endpoint_parts
+from bbenroll.tunnel import frames
 from bbenroll.tunnel.adapter import TunnelAdapter
 from bbenroll.tunnel.core import Settings
-from bbenroll.tunnel.frames import (
-    Closed,
-    Deliver,
-    Expired,
-    Frame,
-    LinkDead,
-    Opened,
-    Pause,
-    ProtocolError,
-    Resume,
-    Role,
-)
 
 log = Logger(namespace="bbenroll")
 
@@ -103,7 +92,7 @@ class MasterSession(TunnelAdapter):
         self.expired_callback = on_expired
         self.link_dead_callback = on_link_dead
         self.closed = False
-        super().__init__(clock, Role.MASTER, settings)
+        super().__init__(clock, frames.Role.MASTER, settings)
 
     @property
     def ticking(self) -> bool:
@@ -125,11 +114,11 @@ class MasterSession(TunnelAdapter):
             self.core.link_down(self.clock.seconds())
             self.flush()
 
-    def receive(self, frame: Frame) -> None:
+    def receive(self, frame: frames.Frame) -> None:
         if not self.closed:
             super().receive(frame)
 
-    def on_protocol_error(self, error: ProtocolError) -> None:
+    def on_protocol_error(self, error: frames.ProtocolError) -> None:
         log.warn(
             "bbenroll: worker {worker!r}: tunnel protocol error: {error}", worker=self.worker, error=error
         )
@@ -180,36 +169,36 @@ class MasterSession(TunnelAdapter):
 
     # -- events of the core -----------------------------------------------------------
 
-    def on_deliver(self, event: Deliver) -> None:
+    def on_deliver(self, event: frames.Deliver) -> None:
         leg = self.legs.get(event.stream)
         if leg is not None:
             leg.transport.write(event.data)
         elif event.stream in self.pending:
             self.pending[event.stream].append(event.data)
 
-    def on_opened(self, event: Opened) -> None:
+    def on_opened(self, event: frames.Opened) -> None:
         self._connect_leg(event.stream)
 
-    def on_closed(self, event: Closed) -> None:
+    def on_closed(self, event: frames.Closed) -> None:
         self._close_leg(event.stream)
 
-    def on_pause(self, event: Pause) -> None:
+    def on_pause(self, event: frames.Pause) -> None:
         leg = self.legs.get(event.stream)
         if leg is not None:
             leg.transport.pauseProducing()
 
-    def on_resume(self, event: Resume) -> None:
+    def on_resume(self, event: frames.Resume) -> None:
         leg = self.legs.get(event.stream)
         if leg is not None:
             leg.transport.resumeProducing()
 
-    def on_link_dead(self, event: LinkDead) -> None:
+    def on_link_dead(self, event: frames.LinkDead) -> None:
         log.info(
             "bbenroll: worker {worker!r}: tunnel link dead ({why})", worker=self.worker, why=event.reason
         )
         self.link_dead_callback(self)
 
-    def on_expired(self, event: Expired) -> None:
+    def on_expired(self, event: frames.Expired) -> None:
         log.info(
             "bbenroll: worker {worker!r}: no reconnect within the resume deadline; closing its streams",
             worker=self.worker,

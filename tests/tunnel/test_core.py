@@ -96,6 +96,16 @@ class Pair:
         raise AssertionError("did not settle")
 
 
+def settled_stream() -> tuple[Pair, int]:
+    """A connected pair with one stream both sides know."""
+    p = Pair()
+    p.connect()
+    s = p.worker.open_stream(p.now)
+    p.collect()
+    p.settle()
+    return p, s
+
+
 def kinds(events):
     return [(type(e), getattr(e, "stream", 0)) for e in events]
 
@@ -231,11 +241,7 @@ def test_resume_deadline_closes_every_stream():
 
 def test_master_forgot_the_stream():
     """A resume where the master no longer knows an acknowledged stream closes it."""
-    p = Pair()
-    p.connect()
-    s = p.worker.open_stream(p.now)
-    p.collect()
-    p.settle()
+    p, s = settled_stream()
     p.cut()
     p.master = TunnelCore(role=Role.MASTER, now=p.now, settings=SMALL)
     p.connect()
@@ -255,11 +261,7 @@ def test_stream_opened_during_outage_is_opened_on_resume():
 
 
 def test_reset_from_peer_closes():
-    p = Pair()
-    p.connect()
-    s = p.worker.open_stream(p.now)
-    p.collect()
-    p.settle()
+    p, s = settled_stream()
     p.master.reset(s, p.now)
     p.collect()
     p.settle()
@@ -319,11 +321,7 @@ def test_events_and_frames_are_plain_values():
 
 
 def test_orderly_closes_are_clean_and_failures_are_not():
-    p = Pair()
-    p.connect()
-    s = p.worker.open_stream(p.now)
-    p.collect()
-    p.settle()
+    p, s = settled_stream()
     p.master.close(s, p.now)
     p.collect()
     p.settle()

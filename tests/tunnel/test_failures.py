@@ -50,24 +50,20 @@ def fails(d):
     return d.addCallbacks(succeeded, lambda failure: [failure])
 
 
+@pytest.mark.parametrize(
+    ("method", "kind", "message"),
+    [
+        ("get_worker_config", FailureKind.REFUSED, "the master refused this FURL: worker revoked"),
+        # not a refusal; and no remote text or traceback in the message
+        ("open_session", FailureKind.FAILED, "the master failed (KeyError); see its log"),
+    ],
+)
 @pytest_twisted.inlineCallbacks
-def test_the_masters_refusal_is_refused(server):
+def test_only_refused_is_a_refusal(server, method, kind, message):
     _, client, furl = server
     ref = yield client.getReference(furl)
-    (failure,) = yield fails(ref.callRemote("get_worker_config"))
-    why = classify(failure)
-    assert why.kind is FailureKind.REFUSED
-    assert why.message == "the master refused this FURL: worker revoked"
-
-
-@pytest_twisted.inlineCallbacks
-def test_other_remote_errors_are_not_refusals(server):
-    _, client, furl = server
-    ref = yield client.getReference(furl)
-    (failure,) = yield fails(ref.callRemote("open_session"))
-    why = classify(failure)
-    assert why.kind is FailureKind.FAILED
-    assert why.message == "the master failed (KeyError); see its log"  # no remote text, no traceback
+    (failure,) = yield fails(ref.callRemote(method))
+    assert (classify(failure).kind, classify(failure).message) == (kind, message)
 
 
 @pytest_twisted.inlineCallbacks
