@@ -95,11 +95,17 @@ class TunnelAdapter:
 
     def __init__(self, clock: Any, role: Role, settings: Settings) -> None:
         self.clock = clock
-        self.core = TunnelCore(role=role, now=clock.seconds(), settings=settings)
+        self.role = role
+        self.settings = settings
+        self.core = self.new_core()
         self._timer = WakeupTimer(clock, self._tick)
         self._event_handlers: dict[type, Callable[[Any], None]] = {
             kind: getattr(self, name, self._ignore) for kind, name in EVENT_METHODS.items()
         }
+
+    def new_core(self) -> TunnelCore:
+        """A fresh core, its link down since now (a new session)."""
+        return TunnelCore(role=self.role, now=self.clock.seconds(), settings=self.settings)
 
     @property
     def ticking(self) -> bool:

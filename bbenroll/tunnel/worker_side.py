@@ -25,7 +25,7 @@ from zope.interface import implementer
 from bbenroll.furl import parse_furl
 from bbenroll.tunnel import core
 from bbenroll.tunnel.adapter import TunnelAdapter
-from bbenroll.tunnel.core import Settings, TunnelCore
+from bbenroll.tunnel.core import Settings
 from bbenroll.tunnel.failures import FailureKind, classify
 from bbenroll.tunnel.frames import Closed, Deliver, Expired, Frame, LinkDead, ProtocolError, Role
 from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, start_client_tub
@@ -200,7 +200,7 @@ class WorkerTunnel(TunnelAdapter):
 
     def _new_session(self) -> None:
         self.session_id = secrets.token_hex(16)
-        self.core = TunnelCore(role=Role.WORKER, now=self.clock.seconds(), settings=self.settings)
+        self.core = self.new_core()
 
     @property
     def ticking(self) -> bool:

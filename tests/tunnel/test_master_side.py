@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer, task
+from foolscap.api import DeadReferenceError
+from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 
 from bbenroll.tunnel.core import Settings
-from bbenroll.tunnel.frames import Ack, Data, Open, Ping
+from bbenroll.tunnel.frames import Ack, Close, Data, Open, Ping
 from bbenroll.tunnel.master_side import MasterSession
 
 
@@ -127,5 +128,65 @@ def test_backpressure_pauses_and_resumes_the_pb_leg():
     assert pb.producerState == "paused"
     session.receive(Ack(1, session.core.settings.high_water + 1))
     assert pb.producerState == "producing"
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+class FailingPBEndpoint:
+    """Buildbot's PB port is not listening."""
+
+    def connect(self, factory):
+        return defer.fail(error.ConnectionRefusedError())
+
+
+def test_unreachable_pb_port_resets_the_stream_but_keeps_the_session():
+    clock = task.Clock()
+    session, _, ended, dead = make_session(clock)
+    session.pb_endpoint = FailingPBEndpoint()
+    peer = FakePeer()
+    session.attach(peer, {})
+    session.receive(Open(1))
+    assert ("frame_reset", 1) in peer.calls
+    assert session.core.streams == {} and not ended and not dead
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+def test_closes_travel_both_ways():
+    clock = task.Clock()
+    session, endpoint, _, _ = make_session(clock)
+    peer = FakePeer()
+    session.attach(peer, {})
+    session.receive(Open(1))
+    session.receive(Open(2))
+    _, pb2 = endpoint.transports
+    # Buildbot closes the first PB connection: the worker is told, at the final offset
+    session.legs[1].transport.loseConnection()
+    session.legs[1].connectionLost(None)
+    assert ("frame_close", 1, 0) in peer.calls
+    # the worker closes the second: Buildbot's PB connection is closed
+    session.receive(Close(2, 0))
+    assert pb2.disconnecting and 2 not in session.legs
+    assert ("frame_ack", 2, 1) in peer.calls  # final+1: the close is acknowledged
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+class DeadPeer(FakePeer):
+    """A worker reference whose connection is already gone."""
+
+    def callRemoteOnly(self, name, *args):
+        raise DeadReferenceError("gone")
+
+
+def test_frames_to_a_dead_reference_are_resent_on_resume():
+    clock = task.Clock()
+    session, _, _, _ = make_session(clock)
+    session.attach(DeadPeer(), {})
+    session.receive(Open(1))
+    session.legs[1].dataReceived(b"lost on the way")  # no exception: the disconnect is on its way
+    peer = FakePeer()
+    session.attach(peer, {1: 0})
+    assert ("frame_data", 1, 0, b"lost on the way") in peer.calls
     session.terminate("test over")
     assert clock.getDelayedCalls() == []

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from bbenroll.tunnel import worker_side
 from bbenroll.tunnel.failures import FailureKind
+from bbenroll.tunnel.frames import Close, Open, Reset
 from bbenroll.tunnel.wire import Refused
 from bbenroll.tunnel.worker_side import WorkerTunnel
 
@@ -183,4 +184,54 @@ def test_stop_fails_waiting_connects_and_leaves_no_timers():
     waiting.addErrback(failures.append)
     tunnel.stop()
     assert failures and failures[0].check(error.ConnectError)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_protocol_error_drops_the_link_and_reconnects_keeping_the_streams():
+    clock = task.Clock()
+    first = FakeRef([{"status": "new", "received": {}}])
+    second = FakeRef([{"status": "resumed", "received": {1: 0}}])
+    tunnel = make_tunnel(clock, [first, second])
+    tunnel._connect()
+    app = Recorder()
+    tunnel.open_stream(app)
+    tunnel.receive(Open(5))  # the master may not open streams
+    assert not tunnel.link_up
+    (retry,) = [c for c in clock.getDelayedCalls() if c.func == tunnel._connect]
+    assert retry.getTime() - clock.seconds() == worker_side.BACKOFF[0]
+    clock.advance(worker_side.BACKOFF[0])
+    assert tunnel.link_up and second.sessions[0]["resume"] is True and app.lost is None
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_peer_close_is_clean_and_reset_is_not():
+    clock = task.Clock()
+    ref = FakeRef([{"status": "new", "received": {}}])
+    tunnel = make_tunnel(clock, [ref])
+    tunnel._connect()
+    closed, reset = Recorder(), Recorder()
+    tunnel.open_stream(closed)
+    tunnel.open_stream(reset)
+    tunnel.receive(Close(1, 0))
+    tunnel.receive(Reset(2))
+    assert closed.lost.check(error.ConnectionDone)
+    assert reset.lost.check(error.ConnectionLost) and "reset by the other side" in str(reset.lost.value)
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_silence_is_a_dead_link_then_a_reconnect():
+    clock = task.Clock()
+    first = FakeRef([{"status": "new", "received": {}}])
+    second = FakeRef([{"status": "resumed", "received": {}}])
+    tunnel = make_tunnel(clock, [first, second])
+    tunnel._connect()
+    clock.advance(tunnel.settings.ping_interval)
+    assert first.frames == [("frame_ping",)]
+    clock.advance(tunnel.settings.dead_after - tunnel.settings.ping_interval)  # nothing came back
+    assert tunnel.link_up is False
+    clock.advance(worker_side.BACKOFF[0])
+    assert tunnel.link_up
+    tunnel.stop()
     assert clock.getDelayedCalls() == []
