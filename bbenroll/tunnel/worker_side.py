@@ -319,7 +319,7 @@ class WorkerTunnel(TunnelAdapter):
         self.last_error = why.message
         delay = self.retry_delay(why.kind)
         self._attempt += 1
-        log.info("bbenroll: {error}; retrying in {delay}s", error=self.last_error, delay=delay)
+        log.info("bbenroll: {error}; retrying in {delay:.1f}s", error=self.last_error, delay=delay)
         if not self._stopped:
             self._retry = self.clock.callLater(delay, self._connect)
 
