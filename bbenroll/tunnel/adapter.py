@@ -84,8 +84,9 @@ EVENT_METHODS: Mapping[type, str] = MappingProxyType(
 class TunnelAdapter:
     """What both ends share: driving a :class:`TunnelCore` from a clock and a Foolscap peer.
 
-    A subclass sets ``core``, ``clock`` and ``peer`` (the remote ``RITunnelPeer``, None
-    while the link is down) and implements the ``on_*`` methods of the events it cares
+    The base makes ``core`` (:meth:`new_core`) on the injected ``clock``; a subclass
+    sets ``peer`` (the remote ``RITunnelPeer``, None while the link is down) and
+    implements ``on_protocol_error`` and the ``on_*`` methods of the events it cares
     about (:data:`EVENT_METHODS`); the others are ignored. ``flush()`` runs after every
     input: it sends the core's frames, dispatches its events and moves the wake-up timer.
     """

@@ -181,7 +181,6 @@ class WorkerTunnel(TunnelAdapter):
         self.furl = furl
         parsed = parse_furl(furl)
         self.address = TunnelAddress(",".join(parsed.hints))
-        self.reactor = reactor
         self.resume_deadline = resume_deadline
         self.settings = settings or Settings(resume_deadline=resume_deadline, max_buffer=WORKER_MAX_BUFFER)
         self.on_stopped = on_stopped
