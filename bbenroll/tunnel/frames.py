@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, get_args
 
 
 class ProtocolError(Exception):
@@ -71,7 +71,7 @@ class Ping:
 
 
 Frame: TypeAlias = Open | Data | Ack | Close | Reset | Ping
-FRAME_TYPES: tuple[type, ...] = (Open, Data, Ack, Close, Reset, Ping)
+FRAME_TYPES: tuple[type, ...] = get_args(Frame)  # each table keyed by frame type covers these
 
 
 # -- events: what the adapter acts on -------------------------------------------------
@@ -128,4 +128,4 @@ class Expired:
 
 
 Event: TypeAlias = Deliver | Opened | Closed | Pause | Resume | LinkDead | Expired
-EVENT_TYPES: tuple[type, ...] = (Deliver, Opened, Closed, Pause, Resume, LinkDead, Expired)
+EVENT_TYPES: tuple[type, ...] = get_args(Event)

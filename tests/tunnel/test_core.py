@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from bbenroll.tunnel import core
 from bbenroll.tunnel.core import Settings, TunnelCore
 from bbenroll.tunnel.frames import (
+    EVENT_TYPES,
+    FRAME_TYPES,
     Ack,
     Close,
     Closed,
@@ -428,3 +430,14 @@ def test_frames_for_unknown_streams_are_answered_with_a_reset():
     m.receive(Ack(9, 0), 0)
     m.receive(Reset(9), 0)
     assert m.take()[0] == [Reset(9), Reset(9)]
+
+
+def test_every_frame_and_event_type_has_its_handler():
+    from bbenroll.tunnel.adapter import EVENT_METHODS
+    from bbenroll.tunnel.wire import FRAME_METHODS, FrameSink
+
+    assert len(FRAME_TYPES) == 6 and len(EVENT_TYPES) == 7
+    assert set(TunnelCore(role=Role.MASTER, now=0)._receivers) == set(FRAME_TYPES)
+    assert set(FRAME_METHODS) == set(FRAME_TYPES)
+    assert all(hasattr(FrameSink, "remote_" + method) for method, _ in FRAME_METHODS.values())
+    assert set(EVENT_METHODS) == set(EVENT_TYPES)

@@ -95,6 +95,7 @@ def test_connect_opens_a_stream_once_the_tunnel_is_ready(furl_file):
     protocol = d.result
     assert tunnel.streams == [(protocol, factory)]
     assert (factory.starts, factory.stops) == (1, 0)  # doStop comes when the stream ends
+    assert reactor.getDelayedCalls() == []
 
 
 def test_connect_without_a_readable_furl_fails_and_stops_the_factory(tmp_path):
@@ -113,6 +114,7 @@ def test_connect_without_a_readable_furl_fails_and_stops_the_factory(tmp_path):
     assert failures[1].check(error.ConnectError)
     assert str(tmp_path / "bad.furl") in failures[1].getErrorMessage()
     assert (factory.starts, factory.stops) == (2, 2) and len(table) == 0
+    assert reactor.getDelayedCalls() == []
 
 
 def test_a_failed_wait_fails_the_connect(furl_file):
@@ -125,6 +127,7 @@ def test_a_failed_wait_fails_the_connect(furl_file):
         error.ConnectError(string="the master did not answer in time")
     )
     assert failures[0].check(error.ConnectError) and (factory.starts, factory.stops) == (1, 1)
+    assert reactor.getDelayedCalls() == []
 
 
 @pytest.mark.parametrize(
