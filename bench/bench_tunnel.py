@@ -376,21 +376,19 @@ def bench_tunnel_class() -> type:
     """
     from twisted.internet import reactor
 
-    from bbenroll.tunnel import core
+    from bbenroll.tunnel.frames import Pause, Resume
     from bbenroll.tunnel.worker_side import WorkerTunnel
 
     class BenchTunnel(WorkerTunnel):
-        def _handle(self, event: core.Event) -> None:
-            super()._handle(event)
-            if event.kind in (core.PAUSE, core.RESUME):
-                transport = self.streams.get(event.stream)
-                producer = transport.producer if transport is not None else None
-                if producer is None:
-                    return
-                if event.kind == core.PAUSE:
-                    producer.pauseProducing()
-                else:
-                    reactor.callLater(0, producer.resumeProducing)
+        def on_pause(self, event: Pause) -> None:
+            transport = self.streams.get(event.stream)
+            if transport is not None and transport.producer is not None:
+                transport.producer.pauseProducing()
+
+        def on_resume(self, event: Resume) -> None:
+            transport = self.streams.get(event.stream)
+            if transport is not None and transport.producer is not None:
+                reactor.callLater(0, transport.producer.resumeProducing)
 
         def _connect(self) -> None:
             if not (self._connecting or self._stopped or self.tub is None):
@@ -403,7 +401,7 @@ def bench_tunnel_class() -> type:
 
         def _session_opened(self, answer: dict[str, Any], ref: Any) -> Any:
             result = super()._session_opened(answer, ref)
-            if self.remote is not None:
+            if self.peer is not None:
                 emit({"event": "link-up", "t": time.monotonic(), "status": answer.get("status")})
             return result
 

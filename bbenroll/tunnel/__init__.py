@@ -1,5 +1,8 @@
 """The resumable tunnel: byte streams between buildbot-worker and the master's PB port.
 
-``core`` is the protocol (pure, no I/O, time passed in); ``master_side`` and
-``worker_side`` connect it to Foolscap and to Twisted transports.
+``core`` is the protocol (pure, no I/O, time passed in) over the values of
+``frames`` and the per-stream lifecycle of ``stream``; ``wire`` maps frames onto
+Foolscap calls; ``adapter`` drives a core from a clock and a Foolscap peer for
+``master_side`` and ``worker_side``; ``endpoint`` is what buildbot-worker connects
+through; ``failures`` classifies connect failures by type.
 """

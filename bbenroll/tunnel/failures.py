@@ -2,7 +2,21 @@
 
 ``worker create`` and the worker's tunnel share this classification: the
 tunnel picks its reconnect policy from :class:`FailureKind`, never from the
-text of a message.
+text of a message. The kinds come from exception types, as Foolscap and
+Twisted raise them (found in their source, checked against real failures in
+tests/tunnel/test_failures.py):
+
+- the master's refusal: our client Tub has ``expose-remote-exception-types``
+  off (wire.CLIENT_TUB_OPTIONS), so it fails with ``foolscap.tokens.RemoteException``
+  around a ``CopiedFailure``; ``CopiedFailure.check`` compares the qualified names
+  of the remote exception's classes, so ``check(wire.Refused)`` recognises it;
+- a wrong TubID or an impostor: ``foolscap.tokens.BananaError`` from the
+  negotiation ("TubID mismatch", "connected to the wrong Tub", or the other
+  Tub's "unknown TubID" answer), which is also what any non-Foolscap server gives;
+- unreachable: Twisted's ``ConnectError`` family (refused, timed out, no route),
+  ``DNSLookupError`` (not a ConnectError), a cancelled attempt, and Foolscap's
+  ``NegotiationError`` ("negotiation timeout", "no connection established within
+  client timeout").
 """
 
 from __future__ import annotations
@@ -25,34 +39,36 @@ class ConnectFailure:
     message: str  # one line for the user; never holds the secret
 
 
+WRONG_MASTER_MESSAGE = (
+    "the server at the FURL's address is not the master this FURL names (its TLS identity "
+    "differs): the FURL may be outdated, or someone is impersonating the master"
+)
+
+
 def classify(failure: Any) -> ConnectFailure:
     """Classify a Twisted Failure from ``Tub.getReference``/``callRemote``."""
+    from foolscap.tokens import BananaError, NegotiationError, RemoteException
     from twisted.internet import defer, error
 
-    value = failure.value
-    copied = getattr(value, "failure", None)  # RemoteException around the master's refusal
-    if copied is not None:
-        return ConnectFailure(FailureKind.REFUSED, f"the master refused this FURL: {copied.value}")
-    text = str(value)
-    if "TubID" in text or "wrong Tub" in text or "unknown TubID" in text:
-        return ConnectFailure(
-            FailureKind.WRONG_MASTER,
-            "the server at the FURL's address is not the master this FURL names (its TLS identity "
-            "differs): the FURL may be outdated, or someone is impersonating the master",
-        )
+    from bbenroll.tunnel.wire import Refused
+
+    if failure.check(RemoteException):
+        copied = failure.value.failure  # a CopiedFailure: .value is the remote message
+        if copied.check(Refused):
+            return ConnectFailure(FailureKind.REFUSED, f"the master refused this FURL: {copied.value}")
+        # not a refusal: a fault on the master; its type name is all worth showing here
+        return ConnectFailure(FailureKind.FAILED, f"the master failed ({copied.type.__name__}); see its log")
+    if failure.check(BananaError):
+        return ConnectFailure(FailureKind.WRONG_MASTER, WRONG_MASTER_MESSAGE)
     if failure.check(
-        error.ConnectionRefusedError,
         error.ConnectError,
         error.DNSLookupError,
         error.TimeoutError,
         defer.CancelledError,
+        NegotiationError,
     ):
         return ConnectFailure(
             FailureKind.UNREACHABLE,
             f"cannot reach the master at any of the FURL's addresses ({failure.getErrorMessage()})",
-        )
-    if "negotiation" in text.lower() or "NegotiationError" in repr(value):
-        return ConnectFailure(
-            FailureKind.UNREACHABLE, f"cannot reach the master at any of the FURL's addresses ({text})"
         )
     return ConnectFailure(FailureKind.FAILED, f"connection to the master failed: {failure.getErrorMessage()}")

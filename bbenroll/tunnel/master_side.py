@@ -10,19 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from foolscap.api import DeadReferenceError
 from twisted.internet import protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from bbenroll.endpoints import endpoint_parts
-from bbenroll.tunnel import core
-from bbenroll.tunnel.adapter import WakeupTimer
-from bbenroll.tunnel.core import Frame, Settings, TunnelCore
-from bbenroll.tunnel.wire import send_frame
+from bbenroll.tunnel import frames
+from bbenroll.tunnel.adapter import TunnelAdapter
+from bbenroll.tunnel.core import Settings
 
 log = Logger(namespace="bbenroll")
+
 
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
     """How to reach the PB port given as a server endpoint (``tcp:9990:interface=127.0.0.1``)."""
@@ -67,13 +66,13 @@ class PBLeg(protocol.Protocol):
             set_no_delay(True)
 
     def dataReceived(self, data: bytes) -> None:
-        self.session.from_pb(self.stream, data)
+        self.session.write(self.stream, data)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.session.pb_lost(self.stream, self)
 
 
-class MasterSession:
+class MasterSession(TunnelAdapter):
     def __init__(
         self,
         *,
@@ -88,16 +87,16 @@ class MasterSession:
         self.worker = worker
         self.session_id = session_id
         self.pb_endpoint = pb_endpoint
-        self.clock = clock
-        self.core = TunnelCore(is_worker=False, now=clock.seconds(), settings=settings)
-        self.core.link_changed = clock.seconds()
-        self.peer: Any = None  # the worker's RITunnelPeer
         self.legs: dict[int, PBLeg] = {}
         self.pending: dict[int, list[bytes]] = {}  # data that arrived before the PB connection
-        self.on_expired = on_expired
-        self.on_link_dead = on_link_dead
-        self._timer = WakeupTimer(clock, self._tick)
+        self.expired_callback = on_expired
+        self.link_dead_callback = on_link_dead
         self.closed = False
+        super().__init__(clock, frames.Role.MASTER, settings)
+
+    @property
+    def ticking(self) -> bool:
+        return not self.closed
 
     # -- the link ---------------------------------------------------------------
 
@@ -115,31 +114,23 @@ class MasterSession:
             self.core.link_down(self.clock.seconds())
             self.flush()
 
-    def receive(self, frame: Frame) -> None:
-        if self.closed:
-            return
-        try:
-            self.core.receive(frame, self.clock.seconds())
-        except core.ProtocolError as e:
-            log.warn(
-                "bbenroll: worker {worker!r}: tunnel protocol error: {error}", worker=self.worker, error=e
-            )
-            self.core.link_down(self.clock.seconds())
-            self.on_link_dead(self)
-        self.flush()
+    def receive(self, frame: frames.Frame) -> None:
+        if not self.closed:
+            super().receive(frame)
+
+    def on_protocol_error(self, error: frames.ProtocolError) -> None:
+        log.warn(
+            "bbenroll: worker {worker!r}: tunnel protocol error: {error}", worker=self.worker, error=error
+        )
+        self.link_dead_callback(self)
 
     # -- PB legs --------------------------------------------------------------------
-
-    def from_pb(self, stream: int, data: bytes) -> None:
-        self.core.write(stream, data, self.clock.seconds())
-        self.flush()
 
     def pb_lost(self, stream: int, leg: PBLeg) -> None:
         if self.legs.get(stream) is leg:
             del self.legs[stream]
         if not leg.closed_by_tunnel and not self.closed:
-            self.core.close(stream, self.clock.seconds())
-            self.flush()
+            self.close(stream)
 
     def _connect_leg(self, stream: int) -> None:
         leg = PBLeg(self, stream)
@@ -176,61 +167,43 @@ class MasterSession:
             leg.closed_by_tunnel = True
             leg.transport.loseConnection()
 
-    # -- driving the core -------------------------------------------------------------
+    # -- events of the core -----------------------------------------------------------
 
-    def flush(self) -> None:
-        frames, events = self.core.take()
-        if self.peer is not None:
-            for frame in frames:
-                self._send(frame)
-        for event in events:
-            self._handle(event)
-        self._reschedule()
+    def on_deliver(self, event: frames.Deliver) -> None:
+        leg = self.legs.get(event.stream)
+        if leg is not None:
+            leg.transport.write(event.data)
+        elif event.stream in self.pending:
+            self.pending[event.stream].append(event.data)
 
-    def _send(self, frame: Frame) -> None:
-        try:
-            send_frame(self.peer, frame)
-        except DeadReferenceError:
-            pass  # the disconnect notification is on its way
+    def on_opened(self, event: frames.Opened) -> None:
+        self._connect_leg(event.stream)
 
-    def _handle(self, event: core.Event) -> None:
-        kind = event.kind
-        if kind == core.DELIVER:
-            leg = self.legs.get(event.stream)
-            if leg is not None:
-                leg.transport.write(event.data)
-            elif event.stream in self.pending:
-                self.pending[event.stream].append(event.data)
-        elif kind == core.OPENED:
-            self._connect_leg(event.stream)
-        elif kind == core.CLOSED:
-            self._close_leg(event.stream)
-        elif kind == core.PAUSE:
-            leg = self.legs.get(event.stream)
-            if leg is not None:
-                leg.transport.pauseProducing()
-        elif kind == core.RESUME:
-            leg = self.legs.get(event.stream)
-            if leg is not None:
-                leg.transport.resumeProducing()
-        elif kind == core.LINK_DEAD:
-            log.info(
-                "bbenroll: worker {worker!r}: tunnel link dead ({why})", worker=self.worker, why=event.reason
-            )
-            self.on_link_dead(self)
-        elif kind == core.EXPIRED:
-            log.info(
-                "bbenroll: worker {worker!r}: no reconnect within the resume deadline; closing its streams",
-                worker=self.worker,
-            )
-            self.terminate("expired")
+    def on_closed(self, event: frames.Closed) -> None:
+        self._close_leg(event.stream)
 
-    def _reschedule(self) -> None:
-        self._timer.schedule(None if self.closed else self.core.next_wakeup())
+    def on_pause(self, event: frames.Pause) -> None:
+        leg = self.legs.get(event.stream)
+        if leg is not None:
+            leg.transport.pauseProducing()
 
-    def _tick(self) -> None:
-        self.core.tick(self.clock.seconds())
-        self.flush()
+    def on_resume(self, event: frames.Resume) -> None:
+        leg = self.legs.get(event.stream)
+        if leg is not None:
+            leg.transport.resumeProducing()
+
+    def on_link_dead(self, event: frames.LinkDead) -> None:
+        log.info(
+            "bbenroll: worker {worker!r}: tunnel link dead ({why})", worker=self.worker, why=event.reason
+        )
+        self.link_dead_callback(self)
+
+    def on_expired(self, event: frames.Expired) -> None:
+        log.info(
+            "bbenroll: worker {worker!r}: no reconnect within the resume deadline; closing its streams",
+            worker=self.worker,
+        )
+        self.terminate("expired")
 
     def terminate(self, reason: str) -> None:
         """End the session now: reset every stream, close every PB connection."""
@@ -244,4 +217,4 @@ class MasterSession:
             self._close_leg(stream)
         self.closed = True
         self._reschedule()
-        self.on_expired(self)
+        self.expired_callback(self)

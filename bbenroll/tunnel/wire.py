@@ -8,7 +8,11 @@ methods, sent with ``callRemoteOnly`` (no answer needed: acks are frames).
 
 from __future__ import annotations
 
-from foolscap.api import RemoteInterface
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any as AnyValue
+
+from foolscap.api import RemoteInterface, Tub
 from foolscap.schema import (
     Any,
     ByteStringConstraint,
@@ -18,8 +22,8 @@ from foolscap.schema import (
     UnicodeConstraint,
 )
 
-from bbenroll.tunnel import core
-from bbenroll.tunnel.core import Frame, Settings
+from bbenroll.tunnel.core import Settings
+from bbenroll.tunnel.frames import Ack, Close, Data, Frame, Open, Ping, Reset
 
 MAX_PAYLOAD = 2 * Settings().chunk  # a data frame never carries more than one chunk
 Offset = IntegerConstraint(maxBytes=8)  # streams can outgrow 2**31 bytes
@@ -85,24 +89,22 @@ class RIEnrolledWorker(RITunnelPeer):
         return DictOf(UnicodeConstraint(maxLength=16), Any(), maxKeys=8)
 
 
-def send_frame(remote: object, frame: Frame) -> None:
+# Each frame type and the remote method that carries it, with the frame's fields
+# as the method's arguments, in order. FrameSink's remote_* methods are the way back.
+FRAME_METHODS: Mapping[type, tuple[str, Callable[[AnyValue], tuple]]] = MappingProxyType({
+    Data: ("frame_data", lambda f: (f.stream, f.offset, f.payload)),
+    Ack: ("frame_ack", lambda f: (f.stream, f.offset)),
+    Open: ("frame_open", lambda f: (f.stream,)),
+    Close: ("frame_close", lambda f: (f.stream, f.offset)),
+    Reset: ("frame_reset", lambda f: (f.stream,)),
+    Ping: ("frame_ping", lambda f: ()),
+})
+
+
+def send_frame(remote: AnyValue, frame: Frame) -> None:
     """Put one frame of the tunnel core on the link (no answer expected)."""
-    kind = frame.kind
-    call = remote.callRemoteOnly  # type: ignore[attr-defined]
-    if kind == core.DATA:
-        call("frame_data", frame.stream, frame.offset, frame.payload)
-    elif kind == core.ACK:
-        call("frame_ack", frame.stream, frame.offset)
-    elif kind == core.OPEN:
-        call("frame_open", frame.stream)
-    elif kind == core.CLOSE:
-        call("frame_close", frame.stream, frame.offset)
-    elif kind == core.RESET:
-        call("frame_reset", frame.stream)
-    elif kind == core.PING:
-        call("frame_ping")
-    else:
-        raise ValueError(f"unknown frame kind {kind!r}")
+    method, arguments = FRAME_METHODS[type(frame)]
+    remote.callRemoteOnly(method, *arguments(frame))
 
 
 class FrameSink:
@@ -112,19 +114,37 @@ class FrameSink:
         raise NotImplementedError
 
     def remote_frame_open(self, stream: int) -> None:
-        self.receive_frame(Frame(core.OPEN, stream))
+        self.receive_frame(Open(stream))
 
     def remote_frame_data(self, stream: int, offset: int, payload: bytes) -> None:
-        self.receive_frame(Frame(core.DATA, stream, offset, payload))
+        self.receive_frame(Data(stream, offset, payload))
 
     def remote_frame_ack(self, stream: int, offset: int) -> None:
-        self.receive_frame(Frame(core.ACK, stream, offset))
+        self.receive_frame(Ack(stream, offset))
 
     def remote_frame_close(self, stream: int, offset: int) -> None:
-        self.receive_frame(Frame(core.CLOSE, stream, offset))
+        self.receive_frame(Close(stream, offset))
 
     def remote_frame_reset(self, stream: int) -> None:
-        self.receive_frame(Frame(core.RESET, stream))
+        self.receive_frame(Reset(stream))
 
     def remote_frame_ping(self) -> None:
-        self.receive_frame(Frame(core.PING))
+        self.receive_frame(Ping())
+
+
+# The worker's client Tub, for `worker create` and for the tunnel alike.
+CLIENT_TUB_OPTIONS: Mapping[str, AnyValue] = MappingProxyType({
+    # a refusal arrives as RemoteException(CopiedFailure), checked by type (failures.py),
+    # never as a local exception made from the master's class name
+    "expose-remote-exception-types": False,
+    "keepaliveTimeout": 15,  # seconds: Foolscap's own keepalive on an idle connection
+})
+
+
+def start_client_tub() -> Tub:
+    """A started Foolscap Tub with :data:`CLIENT_TUB_OPTIONS` (stop it with ``stopService``)."""
+    tub = Tub()
+    for name, value in CLIENT_TUB_OPTIONS.items():
+        tub.setOption(name, value)
+    tub.startService()
+    return tub

@@ -1,9 +1,7 @@
-"""The worker's end of the tunnel, and the Twisted endpoint buildbot-worker uses.
+"""The worker's end of the tunnel: what buildbot-worker's PB connections run over.
 
-buildbot-worker's ``connection_string = "bbenroll:furlfile=..."`` makes Twisted
-call :func:`endpoint_from_string` (through the plugin in ``twisted/plugins``).
-Each ``connect()`` opens one stream of the process's :class:`WorkerTunnel`,
-which keeps one Foolscap connection to the master, reconnects it with a short
+Each ``connect()`` of the endpoint (``endpoint.py``) opens one stream of the
+process's :class:`WorkerTunnel`, which keeps one Foolscap connection to the master, reconnects it with a short
 capped backoff (Foolscap's Reconnector backs off to an hour), and resumes every
 open stream after a reconnect, so buildbot-worker never notices an outage
 shorter than the resume deadline. No port is opened on the worker.
@@ -13,24 +11,24 @@ from __future__ import annotations
 
 import random
 import secrets
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from foolscap.api import DeadReferenceError, Referenceable, Tub
+from foolscap.api import Referenceable
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, IStreamClientEndpoint, ITransport
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bbenroll.errors import BBEnrollError
 from bbenroll.furl import parse_furl
 from bbenroll.tunnel import core
-from bbenroll.tunnel.adapter import WakeupTimer
-from bbenroll.tunnel.core import Frame, Settings, TunnelCore
+from bbenroll.tunnel.adapter import TunnelAdapter
+from bbenroll.tunnel.core import Settings
 from bbenroll.tunnel.failures import FailureKind, classify
-from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, send_frame
+from bbenroll.tunnel.frames import Closed, Deliver, Expired, Frame, LinkDead, ProtocolError, Role
+from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, start_client_tub
 
 log = Logger(namespace="bbenroll")
 
@@ -138,7 +136,8 @@ class StreamTransport:
         if not self._lost:
             self.protocol.dataReceived(data)
 
-    def lost(self, reason: str) -> None:
+    def lost(self, reason: str, clean: bool = False) -> None:
+        """The stream is over; ``clean``: an orderly close (ConnectionDone), else ConnectionLost."""
         if self._lost:
             return
         self._lost = True
@@ -146,7 +145,6 @@ class StreamTransport:
         self.disconnecting = True
         if self.producer is not None:
             self.producer.stopProducing()
-        clean = reason in (core.CLOSED_BY_PEER, core.CLOSED_CLEANLY)
         exc = error.ConnectionDone(reason) if clean else error.ConnectionLost(reason)
         self.protocol.connectionLost(Failure(exc))
         if self.factory is not None:
@@ -154,8 +152,21 @@ class StreamTransport:
             self.factory = None
 
 
-class WorkerTunnel:
-    """One Foolscap connection to the master, carrying every stream of this process."""
+class WorkerTunnel(TunnelAdapter):
+    """One Foolscap connection to the master, carrying every stream of this process.
+
+    Reconnect policy, as attributes (like Foolscap's Reconnector): after a failed
+    attempt the delay is ``backoff[attempt]`` (the last one repeats) times a random
+    factor in ``jitter``, or ``refused_retry`` for the kinds in ``slow_retry``; after a
+    lost link, ``backoff[0]``. The tunnel itself never gives up: a ``connect()`` does,
+    after its timeout (:data:`CONNECT_TIMEOUT`), with the last error, and buildbot-worker
+    retries it.
+    """
+
+    backoff: tuple[float, ...] = BACKOFF
+    jitter: tuple[float, float] = JITTER
+    refused_retry: float = REFUSED_RETRY
+    slow_retry: frozenset[FailureKind] = frozenset({FailureKind.REFUSED})
 
     def __init__(
         self,
@@ -165,42 +176,40 @@ class WorkerTunnel:
         clock: Any = None,
         resume_deadline: float = DEFAULT_RESUME_DEADLINE,
         settings: Settings | None = None,
+        on_stopped: Callable[[WorkerTunnel], None] | None = None,
     ) -> None:
         self.furl = furl
         parsed = parse_furl(furl)
         self.address = TunnelAddress(",".join(parsed.hints))
-        self.reactor = reactor
-        self.clock = clock or reactor
         self.resume_deadline = resume_deadline
         self.settings = settings or Settings(resume_deadline=resume_deadline, max_buffer=WORKER_MAX_BUFFER)
+        self.on_stopped = on_stopped
         self.receiver = Receiver(self)
         self.streams: dict[int, StreamTransport] = {}
-        self.remote: Any = None
-        self.tub: Tub | None = None
+        self.tub: Any = None
         self.last_error: str | None = None
         self._waiting: list[defer.Deferred] = []
         self._attempt = 0
         self._connecting = False
         self._retry: Any = None
-        self._timer = WakeupTimer(self.clock, self._tick)
         self._stopped = False
         self._random = random.Random()  # noqa: S311 - jitter, not a secret
-        self._new_session()
+        super().__init__(clock or reactor, Role.WORKER, self.settings)
+        self.session_id = secrets.token_hex(16)
 
     def _new_session(self) -> None:
         self.session_id = secrets.token_hex(16)
-        self.core = TunnelCore(is_worker=True, now=self.clock.seconds(), settings=self.settings)
-        self.core.link_changed = self.clock.seconds()
+        self.core = self.new_core()
+
+    @property
+    def ticking(self) -> bool:
+        return not self._stopped
 
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         if self.tub is None:
-            tub = Tub()
-            tub.setOption("expose-remote-exception-types", False)  # see the module docstring of wire
-            tub.setOption("keepaliveTimeout", 15)
-            tub.startService()
-            self.tub = tub
+            self.tub = start_client_tub()
             self._connect()
 
     def shutdown(self) -> defer.Deferred:
@@ -224,15 +233,14 @@ class WorkerTunnel:
         waiting, self._waiting = self._waiting, []
         for d in waiting:  # their timeouts are cancelled when they fire
             d.errback(error.ConnectError(string="the tunnel was stopped"))
-        for key, tunnel in list(_tunnels.items()):
-            if tunnel is self:
-                del _tunnels[key]  # a later connect() starts a fresh tunnel
+        if self.on_stopped is not None:
+            self.on_stopped(self)  # a later connect() starts a fresh tunnel
         tub, self.tub = self.tub, None
         return tub.stopService() if tub is not None else defer.succeed(None)
 
     @property
     def link_up(self) -> bool:
-        return self.remote is not None and self.core.link
+        return self.peer is not None and self.core.link
 
     def when_ready(self, timeout: float = CONNECT_TIMEOUT) -> defer.Deferred:
         """Fires when the link is up; fails with the last connection error after ``timeout``."""
@@ -251,6 +259,12 @@ class WorkerTunnel:
         return d
 
     # -- connecting ------------------------------------------------------------------
+
+    def retry_delay(self, kind: FailureKind) -> float:
+        """Seconds before the next attempt after a failure of ``kind`` (attempts so far: ``_attempt``)."""
+        if kind in self.slow_retry:
+            return self.refused_retry
+        return self.backoff[min(self._attempt, len(self.backoff) - 1)] * self._random.uniform(*self.jitter)
 
     def _connect(self) -> None:
         if self._connecting or self._stopped or self.tub is None:
@@ -283,7 +297,7 @@ class WorkerTunnel:
         self._connecting = False
         self._attempt = 0
         self.last_error = None
-        self.remote = ref
+        self.peer = ref
         ref.notifyOnDisconnect(self._lost, ref)
         received = {int(k): int(v) for k, v in answer.get("received", {}).items()}
         self.core.link_up(self.clock.seconds(), received)
@@ -302,28 +316,36 @@ class WorkerTunnel:
         self._connecting = False
         why = classify(failure)
         self.last_error = why.message
-        delay = BACKOFF[min(self._attempt, len(BACKOFF) - 1)] * self._random.uniform(*JITTER)
-        if why.kind is FailureKind.REFUSED:
-            delay = REFUSED_RETRY
+        delay = self.retry_delay(why.kind)
         self._attempt += 1
-        log.info("bbenroll: {error}; retrying in {delay}s", error=self.last_error, delay=delay)
+        log.info("bbenroll: {error}; retrying in {delay:.1f}s", error=self.last_error, delay=delay)
         if not self._stopped:
             self._retry = self.clock.callLater(delay, self._connect)
 
     def _lost(self, ref: Any) -> None:
-        if ref is not self.remote:
+        if ref is not self.peer:
             return
-        self.remote = None
+        self.peer = None
         self.core.link_down(self.clock.seconds())
         self.flush()
         if not self._stopped:
             log.info("bbenroll: tunnel link lost; reconnecting")
-            self._retry = self.clock.callLater(BACKOFF[0], self._connect)
+            self._retry = self.clock.callLater(self.backoff[0], self._connect)
 
     def _drop_streams(self, reason: str) -> None:
         for transport in list(self.streams.values()):
             transport.lost(reason)
         self.streams.clear()
+
+    def _abort_link(self) -> None:
+        remote, self.peer = self.peer, None
+        self.core.link_down(self.clock.seconds())
+        if remote is not None:
+            broker = getattr(getattr(remote, "tracker", None), "broker", None)
+            if broker is not None and broker.transport is not None:
+                broker.transport.abortConnection()
+        if not self._stopped and (self._retry is None or not self._retry.active()):
+            self._retry = self.clock.callLater(self.backoff[0], self._connect)
 
     # -- streams -----------------------------------------------------------------------
 
@@ -335,163 +357,43 @@ class WorkerTunnel:
         self.flush()
         return transport
 
-    def write(self, stream: int, data: bytes) -> None:
-        self.core.write(stream, data, self.clock.seconds())
-        self.flush()
-
-    def close(self, stream: int) -> None:
-        self.core.close(stream, self.clock.seconds())
-        self.flush()
-
     def reset(self, stream: int) -> None:
         self.core.reset(stream, self.clock.seconds(), "aborted by buildbot-worker")
         self.flush()
 
-    def receive(self, frame: Frame) -> None:
-        try:
-            self.core.receive(frame, self.clock.seconds())
-        except core.ProtocolError as e:
-            log.warn("bbenroll: tunnel protocol error: {error}; reconnecting", error=e)
-            self._abort_link()
-        self.flush()
+    def on_protocol_error(self, error: ProtocolError) -> None:
+        log.warn("bbenroll: tunnel protocol error: {error}; reconnecting", error=error)
+        self._abort_link()
 
-    # -- driving the core ------------------------------------------------------------------
+    # -- events of the core ----------------------------------------------------------------
 
-    def flush(self) -> None:
-        frames, events = self.core.take()
-        remote = self.remote
-        if remote is not None:
-            try:
-                for frame in frames:
-                    send_frame(remote, frame)
-            except DeadReferenceError:
-                pass
-        for event in events:
-            self._handle(event)
-        self._reschedule()
+    def on_deliver(self, event: Deliver) -> None:
+        transport = self.streams.get(event.stream)
+        if transport is not None:
+            transport.deliver(event.data)
 
-    def _handle(self, event: core.Event) -> None:
-        kind = event.kind
-        if kind == core.DELIVER:
-            transport = self.streams.get(event.stream)
-            if transport is not None:
-                transport.deliver(event.data)
-        elif kind == core.CLOSED:
-            transport = self.streams.pop(event.stream, None)
-            if transport is not None:
-                transport.lost(event.reason)
-        elif kind == core.LINK_DEAD:
-            log.info("bbenroll: tunnel link dead ({why}); reconnecting", why=event.reason)
-            self._abort_link()
-        elif kind == core.EXPIRED:
-            if self.streams:  # an empty session expiring is not news
-                log.info("bbenroll: the link stayed down past the resume deadline; streams closed")
-            self._drop_streams("resume deadline passed")
-            self._new_session()
+    def on_closed(self, event: Closed) -> None:
+        transport = self.streams.pop(event.stream, None)
+        if transport is not None:
+            transport.lost(event.reason, clean=event.clean)
 
-    def _abort_link(self) -> None:
-        remote, self.remote = self.remote, None
-        self.core.link_down(self.clock.seconds())
-        if remote is not None:
-            broker = getattr(getattr(remote, "tracker", None), "broker", None)
-            if broker is not None and broker.transport is not None:
-                broker.transport.abortConnection()
-        if not self._stopped and (self._retry is None or not self._retry.active()):
-            self._retry = self.clock.callLater(BACKOFF[0], self._connect)
+    def on_link_dead(self, event: LinkDead) -> None:
+        log.info("bbenroll: tunnel link dead ({why}); reconnecting", why=event.reason)
+        self._abort_link()
 
-    def _reschedule(self) -> None:
-        self._timer.schedule(None if self._stopped else self.core.next_wakeup())
-
-    def _tick(self) -> None:
-        self.core.tick(self.clock.seconds())
-        self.flush()
+    def on_expired(self, event: Expired) -> None:
+        if self.streams:  # an empty session expiring is not news
+            log.info("bbenroll: the link stayed down past the resume deadline; streams closed")
+        self._drop_streams("resume deadline passed")
+        self._new_session()
 
 
-# one tunnel per FURL per process: every buildbot-worker reconnect reuses it
-_tunnels: dict[tuple[str, float], WorkerTunnel] = {}
+def endpoint_from_string(reactor: Any, *args: str, **kwargs: str) -> Any:
+    """The historical target of the endpoint plugin (``bbenroll:furlfile=...``).
 
+    An installed plugin file from an older bbenroll may still call this: it goes to
+    the parser instance of today's plugin, so both share one tunnel table.
+    """
+    from twisted.plugins.bbenroll_endpoints import bbenroll_endpoint_parser
 
-def tunnel_for(furl: str, reactor: Any, resume_deadline: float = DEFAULT_RESUME_DEADLINE) -> WorkerTunnel:
-    key = (furl, resume_deadline)
-    tunnel = _tunnels.get(key)
-    if tunnel is None:
-        tunnel = _tunnels[key] = WorkerTunnel(furl, reactor=reactor, resume_deadline=resume_deadline)
-        tunnel.start()
-        # close streams cleanly (Buildbot sees a normal disconnect) when the worker stops
-        reactor.addSystemEventTrigger("before", "shutdown", tunnel.shutdown)
-    return tunnel
-
-
-@implementer(IStreamClientEndpoint)
-class TunnelEndpoint:
-    """``bbenroll:furlfile=PATH[:resume=SECONDS]``: a stream through the worker's tunnel."""
-
-    def __init__(
-        self,
-        reactor: Any,
-        furlfile: str,
-        resume: float = DEFAULT_RESUME_DEADLINE,
-        timeout: float = CONNECT_TIMEOUT,
-    ) -> None:
-        self.reactor = reactor
-        self.furlfile = Path(furlfile)
-        self.resume = resume
-        self.timeout = timeout
-
-    def _furl(self) -> str:
-        try:
-            text = self.furlfile.read_text(encoding="utf-8")
-        except OSError as e:
-            raise error.ConnectError(string=f"cannot read FURL file {self.furlfile}: {e.strerror}") from None
-        furl = text.strip()
-        try:
-            parse_furl(furl)
-        except BBEnrollError as e:
-            raise error.ConnectError(string=f"{self.furlfile}: {e}") from None
-        return furl
-
-    def connect(self, protocolFactory: Any) -> defer.Deferred:
-        # like Twisted's connectors: doStart now, doStop when the attempt fails or the
-        # connection ends (buildbot-worker's shutdown waits for stopFactory)
-        protocolFactory.doStart()
-        try:
-            furl = self._furl()
-            tunnel = tunnel_for(furl, self.reactor, self.resume)
-        except Exception as e:
-            failure = e if isinstance(e, error.ConnectError) else error.ConnectError(string=str(e))
-            return self._failed(Failure(failure), protocolFactory)
-        d = tunnel.when_ready(self.timeout)
-
-        def ready(tunnel: WorkerTunnel) -> Any:
-            protocol = protocolFactory.buildProtocol(tunnel.address)
-            if protocol is None:
-                raise error.ConnectError(string="the factory refused the connection")
-            tunnel.open_stream(protocol, protocolFactory)
-            return protocol
-
-        d.addCallback(ready)
-        d.addErrback(self._failed, protocolFactory)
-        return d
-
-    @staticmethod
-    def _failed(failure: Failure, protocolFactory: Any) -> Failure:
-        log.warn(
-            "bbenroll: cannot connect to the master: {why}",
-            why=failure.value.osError
-            if isinstance(failure.value, error.ConnectError) and failure.value.osError
-            else failure.getErrorMessage(),
-        )
-        protocolFactory.doStop()
-        return failure
-
-
-def endpoint_from_string(reactor: Any, *args: str, **kwargs: str) -> TunnelEndpoint:
-    """The endpoint-string parser behind ``bbenroll:furlfile=...``."""
-    furlfile = kwargs.pop("furlfile", None) or (args[0] if args else None)
-    if not furlfile:
-        raise ValueError("bbenroll endpoint needs furlfile=PATH")
-    resume = float(kwargs.pop("resume", DEFAULT_RESUME_DEADLINE))
-    timeout = float(kwargs.pop("timeout", CONNECT_TIMEOUT))
-    if kwargs:
-        raise ValueError(f"unknown bbenroll endpoint options: {', '.join(sorted(kwargs))}")
-    return TunnelEndpoint(reactor, furlfile, resume=resume, timeout=timeout)
+    return bbenroll_endpoint_parser.parseStreamClient(reactor, *args, **kwargs)

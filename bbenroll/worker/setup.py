@@ -49,16 +49,14 @@ def fetch_worker_config(
     each step, for a terminal that wants to show it. The reactor is the
     caller's: the CLI runs this with ``task.react``.
     """
-    from foolscap.api import Tub
     from twisted.internet import defer
 
     from bbenroll.tunnel.failures import classify
+    from bbenroll.tunnel.wire import start_client_tub
 
     hints = parse_furl(furl).redacted()
     tell = progress or (lambda text: None)
-    tub = Tub()
-    tub.setOption("expose-remote-exception-types", False)
-    tub.startService()
+    tub = start_client_tub()
     tell(f"connecting to the master ({hints})")
 
     def connected(ref: Any) -> Any:

@@ -9,7 +9,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bbenroll.tunnel import core
-from bbenroll.tunnel.core import Event, Frame, Settings, TunnelCore
+from bbenroll.tunnel.core import Settings, TunnelCore
+from bbenroll.tunnel.frames import (
+    EVENT_TYPES,
+    FRAME_TYPES,
+    Ack,
+    Close,
+    Closed,
+    Data,
+    Deliver,
+    Expired,
+    LinkDead,
+    Open,
+    Opened,
+    Pause,
+    Ping,
+    Reset,
+    Resume,
+    Role,
+)
+from bbenroll.tunnel.stream import RECV_MOVES, SEND_MOVES, RecvState, SendState, Stream
 
 SMALL = Settings(window=64, chunk=16, ack_every=32, ack_delay=0.02, high_water=128, low_water=32,
                  ping_interval=5, dead_after=15, resume_deadline=60)
@@ -20,12 +39,12 @@ class Pair:
 
     def __init__(self, settings: Settings = SMALL, worker_settings: Settings | None = None):
         self.now = 0.0
-        self.worker = TunnelCore(is_worker=True, now=0, settings=worker_settings or settings)
-        self.master = TunnelCore(is_worker=False, now=0, settings=settings)
+        self.worker = TunnelCore(role=Role.WORKER, now=0, settings=worker_settings or settings)
+        self.master = TunnelCore(role=Role.MASTER, now=0, settings=settings)
         self.up = False
         self.delivered = {"worker": {}, "master": {}}  # side -> stream -> bytes
         self.events = {"worker": [], "master": []}
-        self.in_flight: list[tuple[str, Frame]] = []  # frames on the wire, in order
+        self.in_flight: list[tuple[str, object]] = []  # frames on the wire, in order
 
     def connect(self):
         self.up = True
@@ -50,7 +69,7 @@ class Pair:
                 self.in_flight.extend((name, f) for f in frames)
             for event in events:
                 self.events[name].append(event)
-                if event.kind == core.DELIVER:
+                if isinstance(event, Deliver):
                     got = self.delivered[name]
                     got[event.stream] = got.get(event.stream, b"") + event.data
 
@@ -79,8 +98,18 @@ class Pair:
         raise AssertionError("did not settle")
 
 
+def settled_stream() -> tuple[Pair, int]:
+    """A connected pair with one stream both sides know."""
+    p = Pair()
+    p.connect()
+    s = p.worker.open_stream(p.now)
+    p.collect()
+    p.settle()
+    return p, s
+
+
 def kinds(events):
-    return [(e.kind, e.stream) for e in events]
+    return [(type(e), getattr(e, "stream", 0)) for e in events]
 
 
 def test_open_write_deliver_both_ways_and_close():
@@ -91,7 +120,7 @@ def test_open_write_deliver_both_ways_and_close():
     p.worker.write(s, b"hello master", p.now)
     p.collect()
     p.deliver()
-    assert kinds(p.events["master"]) == [(core.OPENED, s), (core.DELIVER, s)]
+    assert kinds(p.events["master"]) == [(Opened, s), (Deliver, s)]
     p.master.write(s, b"hello worker", p.now)
     p.collect()
     p.settle()
@@ -99,7 +128,7 @@ def test_open_write_deliver_both_ways_and_close():
     p.worker.close(s, p.now)
     p.collect()
     p.settle()
-    closed = {side: [e.reason for e in p.events[side] if e.kind == core.CLOSED] for side in p.events}
+    closed = {side: [e.reason for e in p.events[side] if isinstance(e, Closed)] for side in p.events}
     assert closed == {"master": [core.CLOSED_BY_PEER], "worker": [core.CLOSED_CLEANLY]}
     assert p.worker.streams == {} and p.master.streams == {}
 
@@ -110,7 +139,7 @@ def test_window_bounds_bytes_in_flight():
     s = p.worker.open_stream(p.now)
     p.worker.write(s, bytes(1000), p.now)
     p.collect()
-    data = [f for _, f in p.in_flight if f.kind == core.DATA]
+    data = [f for _, f in p.in_flight if isinstance(f, Data)]
     assert sum(len(f.payload) for f in data) == SMALL.window
     assert max(len(f.payload) for f in data) == SMALL.chunk
     p.settle()
@@ -125,9 +154,9 @@ def test_pause_and_resume_on_backpressure():
     p.deliver()
     p.master.write(s, bytes(SMALL.high_water + 1), p.now)
     p.collect()
-    assert kinds(p.events["master"])[-1] == (core.PAUSE, s)
+    assert kinds(p.events["master"])[-1] == (Pause, s)
     p.settle()
-    assert (core.RESUME, s) in kinds(p.events["master"])
+    assert (Resume, s) in kinds(p.events["master"])
     assert len(p.delivered["worker"][s]) == SMALL.high_water + 1
 
 
@@ -140,7 +169,7 @@ def test_worker_buffer_bound_resets_the_stream():
     p.cut()
     p.worker.write(s, bytes(101), p.now)
     p.collect()
-    assert p.events["worker"][-1].kind == core.CLOSED
+    assert isinstance(p.events["worker"][-1], Closed)
     assert "more than 100 bytes" in p.events["worker"][-1].reason
     assert s not in p.worker.streams
 
@@ -163,38 +192,38 @@ def test_resume_after_cut_loses_and_duplicates_nothing():
 
 
 def test_duplicates_are_trimmed():
-    m = TunnelCore(is_worker=False, now=0, settings=SMALL)
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
     m.link_up(0, {})
-    m.receive(Frame(core.OPEN, 1), 0)
-    m.receive(Frame(core.DATA, 1, 0, b"abcdef"), 0)
-    m.receive(Frame(core.DATA, 1, 3, b"defghi"), 0)
-    m.receive(Frame(core.DATA, 1, 0, b"abc"), 0)
-    delivered = b"".join(e.data for e in m.take()[1] if e.kind == core.DELIVER)
+    m.receive(Open(1), 0)
+    m.receive(Data(1, 0, b"abcdef"), 0)
+    m.receive(Data(1, 3, b"defghi"), 0)
+    m.receive(Data(1, 0, b"abc"), 0)
+    delivered = b"".join(e.data for e in m.take()[1] if isinstance(e, Deliver))
     assert delivered == b"abcdefghi"
 
 
 def test_gap_is_a_protocol_error():
-    m = TunnelCore(is_worker=False, now=0, settings=SMALL)
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
     m.link_up(0, {})
-    m.receive(Frame(core.OPEN, 1), 0)
+    m.receive(Open(1), 0)
     with pytest.raises(core.ProtocolError):
-        m.receive(Frame(core.DATA, 1, 5, b"x"), 0)
+        m.receive(Data(1, 5, b"x"), 0)
 
 
 def test_pings_when_idle_and_dead_link_detection():
     p = Pair()
     p.connect()
     p.advance(SMALL.ping_interval)
-    assert [f.kind for _, f in p.in_flight] == [core.PING, core.PING]
+    assert [f for _, f in p.in_flight] == [Ping(), Ping()]
     p.deliver()
     # the master goes silent: the worker notices after dead_after
     p.up = False
     p.in_flight.clear()
     p.advance(SMALL.dead_after - 1)
     p.master.take()
-    assert all(e.kind != core.LINK_DEAD for e in p.events["worker"])
+    assert not any(isinstance(e, LinkDead) for e in p.events["worker"])
     p.advance(1)
-    assert p.events["worker"][-1].kind == core.LINK_DEAD
+    assert isinstance(p.events["worker"][-1], LinkDead)
     assert not p.worker.link
 
 
@@ -208,21 +237,17 @@ def test_resume_deadline_closes_every_stream():
     assert p.worker.next_wakeup() == p.now + SMALL.resume_deadline
     p.advance(SMALL.resume_deadline)
     for side in ("worker", "master"):
-        assert kinds(p.events[side])[-2:] == [(core.CLOSED, s), (core.EXPIRED, 0)]
+        assert kinds(p.events[side])[-2:] == [(Closed, s), (Expired, 0)]
     assert p.worker.expired and p.worker.next_wakeup() is None
 
 
 def test_master_forgot_the_stream():
     """A resume where the master no longer knows an acknowledged stream closes it."""
-    p = Pair()
-    p.connect()
-    s = p.worker.open_stream(p.now)
-    p.collect()
-    p.settle()
+    p, s = settled_stream()
     p.cut()
-    p.master = TunnelCore(is_worker=False, now=p.now, settings=SMALL)
+    p.master = TunnelCore(role=Role.MASTER, now=p.now, settings=SMALL)
     p.connect()
-    assert (core.CLOSED, s) in kinds(p.events["worker"])
+    assert (Closed, s) in kinds(p.events["worker"])
 
 
 def test_stream_opened_during_outage_is_opened_on_resume():
@@ -238,25 +263,21 @@ def test_stream_opened_during_outage_is_opened_on_resume():
 
 
 def test_reset_from_peer_closes():
-    p = Pair()
-    p.connect()
-    s = p.worker.open_stream(p.now)
-    p.collect()
-    p.settle()
+    p, s = settled_stream()
     p.master.reset(s, p.now)
     p.collect()
     p.settle()
-    assert kinds(p.events["worker"])[-1] == (core.CLOSED, s)
+    assert kinds(p.events["worker"])[-1] == (Closed, s)
     assert p.worker.streams == {} and p.master.streams == {}
 
 
 def test_only_the_worker_opens():
-    w = TunnelCore(is_worker=True, now=0)
+    w = TunnelCore(role=Role.WORKER, now=0)
     w.link_up(0, {})
     with pytest.raises(core.ProtocolError):
-        w.receive(Frame(core.OPEN, 1), 0)
+        w.receive(Open(1), 0)
     with pytest.raises(ValueError):
-        TunnelCore(is_worker=False, now=0).open_stream(0)
+        TunnelCore(role=Role.MASTER, now=0).open_stream(0)
 
 
 @settings(max_examples=150, deadline=None)
@@ -292,9 +313,131 @@ def test_random_cuts_never_lose_or_duplicate_bytes(data):
     for side, other in (("worker", "master"), ("master", "worker")):
         for s in streams:
             assert p.delivered[other].get(s, b"") == sent[side][s]
-    assert all(e.kind != core.CLOSED for e in p.events["worker"] + p.events["master"])
+    assert not any(isinstance(e, Closed) for e in p.events["worker"] + p.events["master"])
 
 
 def test_events_and_frames_are_plain_values():
-    assert Event(core.DELIVER, 1, b"x") == Event(core.DELIVER, 1, b"x")
-    assert Frame(core.DATA, 1, 0, b"x") != Frame(core.DATA, 1, 1, b"x")
+    assert Deliver(1, b"x") == Deliver(1, b"x")
+    assert Data(1, 0, b"x") != Data(1, 1, b"x")
+    assert Close(1, 5) != Ack(1, 5)  # the type is the kind
+
+
+def test_orderly_closes_are_clean_and_failures_are_not():
+    p, s = settled_stream()
+    p.master.close(s, p.now)
+    p.collect()
+    p.settle()
+    (closed,) = [e for e in p.events["worker"] if isinstance(e, Closed)]
+    assert closed.clean and closed.reason == core.CLOSED_BY_PEER
+    t = p.worker.open_stream(p.now)
+    p.collect()
+    p.settle()
+    p.worker.reset(t, p.now)
+    p.collect()
+    p.settle()
+    reset = [e for e in p.events["master"] if isinstance(e, Closed) and e.stream == t]
+    assert reset == [Closed(t, "reset by the other side", clean=False)]
+
+
+# -- illegal transitions are protocol errors ---------------------------------------
+
+
+def master_with_stream(data: bytes = b"") -> TunnelCore:
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
+    m.link_up(0, {})
+    m.receive(Open(1), 0)
+    if data:
+        m.receive(Data(1, 0, data), 0)
+    m.take()
+    return m
+
+
+def test_data_beyond_the_peers_close_is_a_protocol_error():
+    m = master_with_stream(b"abc")
+    m.receive(Close(1, 3), 0)
+    with pytest.raises(core.ProtocolError, match="after the close"):
+        m.receive(Data(1, 3, b"more"), 0)
+
+
+def test_data_beyond_a_pending_close_is_a_protocol_error():
+    m = master_with_stream(b"abc")
+    m.receive(Close(1, 5), 0)  # two bytes still to come
+    assert m.streams[1].receiving is RecvState.FINISHING
+    with pytest.raises(core.ProtocolError, match="after the close"):
+        m.receive(Data(1, 3, b"xyz"), 0)
+
+
+def test_a_close_that_moves_is_a_protocol_error():
+    m = master_with_stream(b"abc")
+    m.receive(Close(1, 5), 0)
+    m.receive(Close(1, 5), 0)  # a repeat is fine
+    with pytest.raises(core.ProtocolError, match="close moved"):
+        m.receive(Close(1, 6), 0)
+
+
+def test_close_before_received_data_is_a_protocol_error():
+    m = master_with_stream(b"abc")
+    with pytest.raises(core.ProtocolError, match="close at 2"):
+        m.receive(Close(1, 2), 0)
+
+
+def test_ack_of_a_close_never_sent_is_a_protocol_error():
+    m = master_with_stream()
+    m.write(1, b"abc", 0)
+    m.receive(Ack(1, 3), 0)
+    assert m.streams[1].sending is SendState.OPEN
+    with pytest.raises(core.ProtocolError, match="ack 4 beyond 3"):
+        m.receive(Ack(1, 4), 0)  # final+1 acks a close, but we did not close
+
+
+def test_ack_of_our_close_completes_it_and_may_repeat():
+    m = master_with_stream()
+    m.close(1, 0)
+    assert m.streams[1].sending is SendState.CLOSE_SENT
+    m.receive(Ack(1, 1), 0)
+    assert m.streams[1].sending is SendState.CLOSED
+    m.receive(Ack(1, 1), 0)  # repeated after a reconnect: harmless
+    with pytest.raises(core.ProtocolError, match="ack 2 beyond 0"):
+        m.receive(Ack(1, 2), 0)
+
+
+def test_stream_moves_follow_the_tables():
+    stream = Stream(7)
+    with pytest.raises(core.ProtocolError, match="sending open to closed"):
+        stream.move_send(SendState.CLOSED)
+    stream.move_send(SendState.CLOSING)
+    with pytest.raises(core.ProtocolError, match="sending closing to open"):
+        stream.move_send(SendState.OPEN)
+    stream.move_recv(RecvState.FINISHED)
+    with pytest.raises(core.ProtocolError, match="receiving finished to finishing"):
+        stream.move_recv(RecvState.FINISHING)
+    # every state has an entry, and nothing leads back to OPEN
+    assert set(SEND_MOVES) == set(SendState) and set(RECV_MOVES) == set(RecvState)
+    assert all(SendState.OPEN not in moves for moves in SEND_MOVES.values())
+    assert all(RecvState.OPEN not in moves for moves in RECV_MOVES.values())
+
+
+def test_an_unknown_frame_type_is_a_protocol_error():
+    m = master_with_stream()
+    with pytest.raises(core.ProtocolError, match="not a tunnel frame: Deliver"):
+        m.receive(Deliver(1, b"x"), 0)  # an event is not a frame
+
+
+def test_frames_for_unknown_streams_are_answered_with_a_reset():
+    m = master_with_stream()
+    m.receive(Data(9, 0, b"x"), 0)
+    m.receive(Close(9, 0), 0)
+    m.receive(Ack(9, 0), 0)
+    m.receive(Reset(9), 0)
+    assert m.take()[0] == [Reset(9), Reset(9)]
+
+
+def test_every_frame_and_event_type_has_its_handler():
+    from bbenroll.tunnel.adapter import EVENT_METHODS
+    from bbenroll.tunnel.wire import FRAME_METHODS, FrameSink
+
+    assert len(FRAME_TYPES) == 6 and len(EVENT_TYPES) == 7
+    assert set(TunnelCore(role=Role.MASTER, now=0)._receivers) == set(FRAME_TYPES)
+    assert set(FRAME_METHODS) == set(FRAME_TYPES)
+    assert all(hasattr(FrameSink, "remote_" + method) for method, _ in FRAME_METHODS.values())
+    assert set(EVENT_METHODS) == set(EVENT_TYPES)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer, task
+from foolscap.api import DeadReferenceError
+from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 
-from bbenroll.tunnel import core
-from bbenroll.tunnel.core import Frame, Settings
+from bbenroll.tunnel.core import Settings
+from bbenroll.tunnel.frames import Ack, Close, Data, Open, Ping
 from bbenroll.tunnel.master_side import MasterSession
 
 
@@ -51,8 +52,8 @@ def test_stream_carries_bytes_both_ways_and_resumes_after_a_drop():
     session, endpoint, ended, _ = make_session(clock)
     peer = FakePeer()
     assert session.attach(peer, {}) == {}
-    session.receive(Frame(core.OPEN, 1))
-    session.receive(Frame(core.DATA, 1, 0, b"hello pb"))
+    session.receive(Open(1))
+    session.receive(Data(1, 0, b"hello pb"))
     (pb,) = endpoint.transports
     assert pb.value() == b"hello pb"
     # Buildbot answers; the master sends it to the worker
@@ -78,7 +79,7 @@ def test_link_down_past_the_deadline_closes_the_pb_connections():
     session, endpoint, ended, _ = make_session(clock, deadline=30)
     peer = FakePeer()
     session.attach(peer, {})
-    session.receive(Frame(core.OPEN, 1))
+    session.receive(Open(1))
     (pb,) = endpoint.transports
     session.detach(peer)
     clock.advance(29)
@@ -96,7 +97,7 @@ def test_silence_is_a_dead_link_and_pings_keep_it_alive():
     session.attach(peer, {})
     clock.advance(5)
     assert ("frame_ping",) in peer.calls
-    session.receive(Frame(core.PING))
+    session.receive(Ping())
     clock.advance(14)
     assert dead == []
     clock.advance(1)
@@ -109,8 +110,8 @@ def test_protocol_error_drops_the_link_but_keeps_the_session():
     clock = task.Clock()
     session, _, ended, dead = make_session(clock)
     session.attach(FakePeer(), {})
-    session.receive(Frame(core.OPEN, 1))
-    session.receive(Frame(core.DATA, 1, 99, b"gap"))
+    session.receive(Open(1))
+    session.receive(Data(1, 99, b"gap"))
     assert dead == [session] and not ended and 1 in session.core.streams
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
@@ -121,11 +122,71 @@ def test_backpressure_pauses_and_resumes_the_pb_leg():
     session, endpoint, _, _ = make_session(clock)
     peer = FakePeer()
     session.attach(peer, {})
-    session.receive(Frame(core.OPEN, 1))
+    session.receive(Open(1))
     (pb,) = endpoint.transports
     session.legs[1].dataReceived(b"x" * (session.core.settings.high_water + 1))
     assert pb.producerState == "paused"
-    session.receive(Frame(core.ACK, 1, session.core.settings.high_water + 1))
+    session.receive(Ack(1, session.core.settings.high_water + 1))
     assert pb.producerState == "producing"
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+class FailingPBEndpoint:
+    """Buildbot's PB port is not listening."""
+
+    def connect(self, factory):
+        return defer.fail(error.ConnectionRefusedError())
+
+
+def test_unreachable_pb_port_resets_the_stream_but_keeps_the_session():
+    clock = task.Clock()
+    session, _, ended, dead = make_session(clock)
+    session.pb_endpoint = FailingPBEndpoint()
+    peer = FakePeer()
+    session.attach(peer, {})
+    session.receive(Open(1))
+    assert ("frame_reset", 1) in peer.calls
+    assert session.core.streams == {} and not ended and not dead
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+def test_closes_travel_both_ways():
+    clock = task.Clock()
+    session, endpoint, _, _ = make_session(clock)
+    peer = FakePeer()
+    session.attach(peer, {})
+    session.receive(Open(1))
+    session.receive(Open(2))
+    _, pb2 = endpoint.transports
+    # Buildbot closes the first PB connection: the worker is told, at the final offset
+    session.legs[1].transport.loseConnection()
+    session.legs[1].connectionLost(None)
+    assert ("frame_close", 1, 0) in peer.calls
+    # the worker closes the second: Buildbot's PB connection is closed
+    session.receive(Close(2, 0))
+    assert pb2.disconnecting and 2 not in session.legs
+    assert ("frame_ack", 2, 1) in peer.calls  # final+1: the close is acknowledged
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+class DeadPeer(FakePeer):
+    """A worker reference whose connection is already gone."""
+
+    def callRemoteOnly(self, name, *args):
+        raise DeadReferenceError("gone")
+
+
+def test_frames_to_a_dead_reference_are_resent_on_resume():
+    clock = task.Clock()
+    session, _, _, _ = make_session(clock)
+    session.attach(DeadPeer(), {})
+    session.receive(Open(1))
+    session.legs[1].dataReceived(b"lost on the way")  # no exception: the disconnect is on its way
+    peer = FakePeer()
+    session.attach(peer, {1: 0})
+    assert ("frame_data", 1, 0, b"lost on the way") in peer.calls
     session.terminate("test over")
     assert clock.getDelayedCalls() == []

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from foolscap.call import CopiedFailure
+from foolscap.tokens import RemoteException
 from twisted.internet import defer, error, task
 from twisted.internet.protocol import Protocol
+from twisted.python import reflect
 from twisted.python.failure import Failure
 
 from bbenroll.tunnel import worker_side
+from bbenroll.tunnel.failures import FailureKind
+from bbenroll.tunnel.frames import Close, Open, Reset
+from bbenroll.tunnel.wire import Refused
 from bbenroll.tunnel.worker_side import WorkerTunnel
 
 FURL = "pb://" + "a" * 32 + "@tcp:127.0.0.1:9/" + "b" * 32
@@ -88,16 +94,52 @@ def test_reconnect_backoff_is_short_and_capped():
     assert clock.getDelayedCalls() == []
 
 
+def remote_failure(exception: Exception) -> RemoteException:
+    """What a client Tub without exposed remote exception types fails with when the
+    master raises ``exception``: a RemoteException around a CopiedFailure."""
+    copied = CopiedFailure()
+    copied.setCopyableState(
+        {"type": reflect.qual(type(exception)), "value": str(exception), "traceback": "",
+         "parents": Failure(exception).parents}
+    )
+    return RemoteException(copied)
+
+
 def test_refused_secret_retries_slowly():
     clock = task.Clock()
-    refusal = Exception("worker revoked")
-    refusal.failure = Failure(Exception("worker revoked"))  # what a RemoteException carries
-    refusal.failure.value = "worker revoked"
-    tunnel = make_tunnel(clock, [refusal])
+    tunnel = make_tunnel(clock, [remote_failure(Refused("worker revoked"))])
     tunnel._connect()
     (call,) = clock.getDelayedCalls()
     assert call.getTime() - clock.seconds() == worker_side.REFUSED_RETRY
     assert tunnel.last_error == "the master refused this FURL: worker revoked"
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_other_master_faults_back_off_fast():
+    clock = task.Clock()
+    tunnel = make_tunnel(clock, [remote_failure(KeyError("boom"))])
+    tunnel._connect()
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() <= worker_side.BACKOFF[0] * worker_side.JITTER[1]
+    assert tunnel.last_error == "the master failed (KeyError); see its log"
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_policy_is_attributes_of_the_tunnel():
+    clock = task.Clock()
+    tunnel = make_tunnel(clock, [error.ConnectionRefusedError()] * 2)
+    tunnel.backoff, tunnel.jitter = (3.0,), (1.0, 1.0)
+    tunnel.slow_retry = frozenset({FailureKind.UNREACHABLE})
+    tunnel.refused_retry = 7.0
+    tunnel._connect()
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() == 7.0
+    tunnel.slow_retry = frozenset()
+    clock.advance(7.0)
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() == 3.0
     tunnel.stop()
     assert clock.getDelayedCalls() == []
 
@@ -142,4 +184,54 @@ def test_stop_fails_waiting_connects_and_leaves_no_timers():
     waiting.addErrback(failures.append)
     tunnel.stop()
     assert failures and failures[0].check(error.ConnectError)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_protocol_error_drops_the_link_and_reconnects_keeping_the_streams():
+    clock = task.Clock()
+    first = FakeRef([{"status": "new", "received": {}}])
+    second = FakeRef([{"status": "resumed", "received": {1: 0}}])
+    tunnel = make_tunnel(clock, [first, second])
+    tunnel._connect()
+    app = Recorder()
+    tunnel.open_stream(app)
+    tunnel.receive(Open(5))  # the master may not open streams
+    assert not tunnel.link_up
+    (retry,) = [c for c in clock.getDelayedCalls() if c.func == tunnel._connect]
+    assert retry.getTime() - clock.seconds() == worker_side.BACKOFF[0]
+    clock.advance(worker_side.BACKOFF[0])
+    assert tunnel.link_up and second.sessions[0]["resume"] is True and app.lost is None
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_peer_close_is_clean_and_reset_is_not():
+    clock = task.Clock()
+    ref = FakeRef([{"status": "new", "received": {}}])
+    tunnel = make_tunnel(clock, [ref])
+    tunnel._connect()
+    closed, reset = Recorder(), Recorder()
+    tunnel.open_stream(closed)
+    tunnel.open_stream(reset)
+    tunnel.receive(Close(1, 0))
+    tunnel.receive(Reset(2))
+    assert closed.lost.check(error.ConnectionDone)
+    assert reset.lost.check(error.ConnectionLost) and "reset by the other side" in str(reset.lost.value)
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_silence_is_a_dead_link_then_a_reconnect():
+    clock = task.Clock()
+    first = FakeRef([{"status": "new", "received": {}}])
+    second = FakeRef([{"status": "resumed", "received": {}}])
+    tunnel = make_tunnel(clock, [first, second])
+    tunnel._connect()
+    clock.advance(tunnel.settings.ping_interval)
+    assert first.frames == [("frame_ping",)]
+    clock.advance(tunnel.settings.dead_after - tunnel.settings.ping_interval)  # nothing came back
+    assert tunnel.link_up is False
+    clock.advance(worker_side.BACKOFF[0])
+    assert tunnel.link_up
+    tunnel.stop()
     assert clock.getDelayedCalls() == []

@@ -1,7 +1,8 @@
 """Twisted endpoint plugin: ``bbenroll:furlfile=PATH`` for buildbot-worker's connection_string.
 
 Kept tiny and free of imports beyond Twisted: Twisted imports every plugin
-module when it scans for endpoint parsers.
+module when it scans for endpoint parsers. The parser instance owns the
+process's tunnel table (one tunnel per FURL), made on first use.
 """
 
 from twisted.internet.interfaces import IStreamClientEndpointStringParserWithReactor
@@ -13,10 +14,15 @@ from zope.interface import implementer
 class BBEnrollEndpointParser:
     prefix = "bbenroll"
 
-    def parseStreamClient(self, reactor, *args, **kwargs):
-        from bbenroll.tunnel.worker_side import endpoint_from_string
+    def __init__(self):
+        self.tunnels = None  # a bbenroll.tunnel.endpoint.TunnelTable, once a string is parsed
 
-        return endpoint_from_string(reactor, *args, **kwargs)
+    def parseStreamClient(self, reactor, *args, **kwargs):
+        from bbenroll.tunnel.endpoint import TunnelTable, endpoint_from_string
+
+        if self.tunnels is None:
+            self.tunnels = TunnelTable()
+        return endpoint_from_string(self.tunnels, reactor, *args, **kwargs)
 
 
 bbenroll_endpoint_parser = BBEnrollEndpointParser()

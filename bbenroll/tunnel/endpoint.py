@@ -1,0 +1,137 @@
+"""The Twisted client endpoint buildbot-worker uses: ``bbenroll:furlfile=PATH[:resume=S][:timeout=S]``.
+
+buildbot-worker's ``connection_string`` makes Twisted call the plugin in
+``twisted/plugins/bbenroll_endpoints.py``, whose parser owns one
+:class:`TunnelTable` for the process and builds a :class:`TunnelEndpoint` with
+:func:`endpoint_from_string`. Each ``connect()`` opens one stream of the
+process's tunnel to that FURL: every buildbot-worker reconnect reuses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from bbenroll.errors import BBEnrollError
+from bbenroll.furl import parse_furl
+from bbenroll.tunnel.worker_side import CONNECT_TIMEOUT, DEFAULT_RESUME_DEADLINE, WorkerTunnel
+
+log = Logger(namespace="bbenroll")
+
+
+class TunnelTable:
+    """The tunnels of one process, one per (FURL, resume deadline).
+
+    A tunnel leaves the table when it stops, so a later ``connect()`` starts a fresh
+    one. ``make_tunnel`` builds a tunnel (tests pass one that needs no network).
+    """
+
+    def __init__(self, make_tunnel: Any = WorkerTunnel) -> None:
+        self.make_tunnel = make_tunnel
+        self._tunnels: dict[tuple[str, float], WorkerTunnel] = {}
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+    def get(self, furl: str, reactor: Any, resume_deadline: float = DEFAULT_RESUME_DEADLINE) -> WorkerTunnel:
+        """The running tunnel to ``furl``; started (with a shutdown trigger) on first use."""
+        key = (furl, resume_deadline)
+        tunnel = self._tunnels.get(key)
+        if tunnel is None:
+            tunnel = self.make_tunnel(
+                furl, reactor=reactor, resume_deadline=resume_deadline, on_stopped=self._forget
+            )
+            self._tunnels[key] = tunnel
+            tunnel.start()
+            # close streams cleanly (Buildbot sees a normal disconnect) when the worker stops
+            reactor.addSystemEventTrigger("before", "shutdown", tunnel.shutdown)
+        return tunnel
+
+    def _forget(self, tunnel: WorkerTunnel) -> None:
+        for key, known in list(self._tunnels.items()):
+            if known is tunnel:
+                del self._tunnels[key]
+
+
+@implementer(IStreamClientEndpoint)
+class TunnelEndpoint:
+    """``bbenroll:furlfile=PATH[:resume=SECONDS]``: a stream through the worker's tunnel."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        furlfile: str,
+        resume: float = DEFAULT_RESUME_DEADLINE,
+        timeout: float = CONNECT_TIMEOUT,
+        *,
+        tunnels: TunnelTable,
+    ) -> None:
+        self.reactor = reactor
+        self.furlfile = Path(furlfile)
+        self.resume = resume
+        self.timeout = timeout
+        self.tunnels = tunnels
+
+    def _furl(self) -> str:
+        try:
+            text = self.furlfile.read_text(encoding="utf-8")
+        except OSError as e:
+            raise error.ConnectError(string=f"cannot read FURL file {self.furlfile}: {e.strerror}") from None
+        furl = text.strip()
+        try:
+            parse_furl(furl)
+        except BBEnrollError as e:
+            raise error.ConnectError(string=f"{self.furlfile}: {e}") from None
+        return furl
+
+    def connect(self, protocolFactory: Any) -> defer.Deferred:
+        # like Twisted's connectors: doStart now, doStop when the attempt fails or the
+        # connection ends (buildbot-worker's shutdown waits for stopFactory)
+        protocolFactory.doStart()
+        try:
+            furl = self._furl()
+            tunnel = self.tunnels.get(furl, self.reactor, self.resume)
+        except Exception as e:
+            failure = e if isinstance(e, error.ConnectError) else error.ConnectError(string=str(e))
+            return defer.fail(self._failed(Failure(failure), protocolFactory))  # connect() gives a Deferred
+        d = tunnel.when_ready(self.timeout)
+
+        def ready(tunnel: WorkerTunnel) -> Any:
+            protocol = protocolFactory.buildProtocol(tunnel.address)
+            if protocol is None:
+                raise error.ConnectError(string="the factory refused the connection")
+            tunnel.open_stream(protocol, protocolFactory)
+            return protocol
+
+        d.addCallback(ready)
+        d.addErrback(self._failed, protocolFactory)
+        return d
+
+    @staticmethod
+    def _failed(failure: Failure, protocolFactory: Any) -> Failure:
+        log.warn(
+            "bbenroll: cannot connect to the master: {why}",
+            why=failure.value.osError
+            if isinstance(failure.value, error.ConnectError) and failure.value.osError
+            else failure.getErrorMessage(),
+        )
+        protocolFactory.doStop()
+        return failure
+
+
+def endpoint_from_string(tunnels: TunnelTable, reactor: Any, *args: str, **kwargs: str) -> TunnelEndpoint:
+    """The endpoint-string parser behind ``bbenroll:furlfile=...``; streams go through ``tunnels``."""
+    furlfile = kwargs.pop("furlfile", None) or (args[0] if args else None)
+    if not furlfile:
+        raise ValueError("bbenroll endpoint needs furlfile=PATH")
+    resume = float(kwargs.pop("resume", DEFAULT_RESUME_DEADLINE))
+    timeout = float(kwargs.pop("timeout", CONNECT_TIMEOUT))
+    if kwargs:
+        raise ValueError(f"unknown bbenroll endpoint options: {', '.join(sorted(kwargs))}")
+    return TunnelEndpoint(reactor, furlfile, resume=resume, timeout=timeout, tunnels=tunnels)
