@@ -19,7 +19,8 @@ from bbenroll.fileio import atomic_write
 from bbenroll.furl import parse_furl
 
 FURL_FILE = "bbenroll.furl"
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 30.0  # seconds to reach the master and fetch the settings
+MIN_TIMEOUT, MAX_TIMEOUT = 1.0, 600.0  # what ``worker create --timeout`` accepts
 
 
 class WorkerSetupError(BBEnrollError):
@@ -59,7 +60,7 @@ def fetch_worker_config(
     tub = Tub()
     tub.setOption("expose-remote-exception-types", False)
     tub.startService()
-    tell(f"connecting to the master ({hints})")
+    tell(f"connecting to the master ({hints}); giving up after {timeout:.0f}s")
 
     def connected(ref: Any) -> Any:
         tell("connected; the master's identity matches the FURL; fetching this worker's settings")
