@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import stat
 import subprocess
@@ -111,6 +112,21 @@ def test_force_replaces_the_worker_after_a_rotation(master, tmp_path):
     assert f"passwd = {password!r}" in (base / "buildbot.tac").read_text()
     assert not (base / "buildbot.tac.new").exists()
     assert (base / "bbenroll.furl").read_text() == new_furl + "\n"
+
+
+def test_json_is_one_document(master, tmp_path):
+    furl = bbenroll(master, "add", "worker1")
+    proc = create(tmp_path / "w1", "--json", "-", furl=furl)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1
+    document = json.loads(proc.stdout)
+    assert document["basedir"] == str(tmp_path / "w1") and document["name"] == "worker1"
+    assert set(document) == {"basedir", "name", "furl_file", "tac", "master"}
+    assert furl.rsplit("/", 1)[1] not in proc.stdout + proc.stderr
+    proc = create(tmp_path / "w1", "--json", "-", furl=furl)  # exists already
+    assert proc.returncode == 1
+    message = f"{tmp_path / 'w1' / 'buildbot.tac'} already exists; use --force to replace it"
+    assert json.loads(proc.stdout) == {"error": message, "exit": 1}
 
 
 def test_furl_file_and_bad_furls(master, tmp_path):
