@@ -55,12 +55,12 @@ def fetch_worker_config(
 
     from bbenroll.tunnel.failures import classify
 
-    hints = parse_furl(furl).redacted()
+    hints = ", ".join(parse_furl(furl).hints)  # where it connects; the secret never goes to the terminal
     tell = progress or (lambda text: None)
     tub = Tub()
     tub.setOption("expose-remote-exception-types", False)
     tub.startService()
-    tell(f"connecting to the master ({hints}); giving up after {timeout:.0f}s")
+    tell(f"connecting to the master at {hints}; giving up after {timeout:.0f}s")
 
     def connected(ref: Any) -> Any:
         tell("connected; the master's identity matches the FURL; fetching this worker's settings")
