@@ -97,6 +97,9 @@ def run(argv: Sequence[str] | None = None, clock: Callable[[], datetime] = utcno
         return e.code if isinstance(e.code, int) else 1
     except click.exceptions.Abort:
         return out.fail("aborted", 1)
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # plain 'bbenroll': the help, on stderr, exit 2 (not an "error: Usage: ..." line)
+        return e.exit_code
     except click.UsageError as e:
         # one line, like every other error; click's usage banner is one --help away
         command = e.ctx.command_path if e.ctx else PROG_NAME
