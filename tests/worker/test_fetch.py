@@ -19,10 +19,12 @@ SWISSNUM = "b" * 32
 
 
 @pytest.fixture
-def service(served_reg_path):
+def enrolled(served_reg_path):
+    """A running master service whose registry holds worker1 from the start; its FURL."""
+    furl = add(served_reg_path, "worker1")
     service = EnrollmentService(served_reg_path, reactor=reactor, clock=reactor, poll_interval=0.1)
     service.startService()
-    yield service
+    yield furl
     pytest_twisted.blockon(service.stopService())
 
 
@@ -41,8 +43,8 @@ def add(reg_path, name):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fetches_the_config_and_tells_each_step(service, served_reg_path):
-    furl = add(served_reg_path, "worker1")
+async def test_fetches_the_config_and_tells_each_step(enrolled):
+    furl = enrolled
     hints = furl.split("@")[1].split("/")[0]
     clock = task.Clock()
     steps: list[str] = []
