@@ -71,7 +71,8 @@ class Output:
             self._consoles[stream] = console
         return console
 
-    def _uses_color(self, stream: str) -> bool:
+    def uses_color(self, stream: str) -> bool:
+        """Colour on ``stream`` ("stdout" or "stderr"): as asked, else when it is a terminal."""
         if self.color is not None:
             return self.color
         return getattr(sys, stream).isatty()
@@ -137,7 +138,7 @@ class Output:
     # -- stderr: messages -----------------------------------------------------
 
     def _message(self, prefix: str, text: str, style: str) -> None:
-        if self._uses_color("stderr"):
+        if self.uses_color("stderr"):
             console = self._console("stderr")
             console.print(prefix, style=style, end="")
             console.print(text)

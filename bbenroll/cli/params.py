@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,8 +135,7 @@ def show_furl(out: Output, furl: str, *, qr: bool = False) -> None:
     if qr:
         from bbenroll.cli import qr as qrmod
 
-        color = out.color if out.color is not None else sys.stdout.isatty()
-        out.data(qrmod.terminal_text(furl, color=color))
+        out.data(qrmod.terminal_text(furl, color=out.uses_color("stdout")))
     out.data(furl)
 
 
