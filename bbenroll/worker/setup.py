@@ -55,12 +55,13 @@ def fetch_worker_config(
 
     from bbenroll.tunnel.failures import classify
 
-    hints = ", ".join(parse_furl(furl).hints)  # where it connects; the secret never goes to the terminal
+    # the progress line says where it connects and for how long, never the secret
+    hints = f"at {', '.join(parse_furl(furl).hints)}, for up to {timeout:.0f}s"
     tell = progress or (lambda text: None)
     tub = Tub()
     tub.setOption("expose-remote-exception-types", False)
     tub.startService()
-    tell(f"connecting to the master at {hints}; giving up after {timeout:.0f}s")
+    tell(f"connecting to the master ({hints})")
 
     def connected(ref: Any) -> Any:
         tell("connected; the master's identity matches the FURL; fetching this worker's settings")

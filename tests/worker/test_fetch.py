@@ -51,7 +51,7 @@ async def test_fetches_the_config_and_tells_each_step(enrolled):
     config = await fetch_worker_config(furl, reactor=clock, timeout=30, progress=steps.append)
     assert config["name"] == "worker1" and config["password"]
     assert steps == [
-        f"connecting to the master at {hints}; giving up after 30s",
+        f"connecting to the master (at {hints}, for up to 30s)",
         "connected; the master's identity matches the FURL; fetching this worker's settings",
     ]
     assert clock.getDelayedCalls() == []  # the timeout was cancelled
@@ -69,5 +69,5 @@ async def test_no_answer_times_out_on_the_injected_clock(silent_port):
     with pytest.raises(WorkerSetupError) as info:
         await d
     assert str(info.value) == "cannot reach the master at any of the FURL's addresses (no answer in 12s)"
-    assert steps == [f"connecting to the master at tcp:127.0.0.1:{silent_port}; giving up after 12s"]
+    assert steps == [f"connecting to the master (at tcp:127.0.0.1:{silent_port}, for up to 12s)"]
     assert clock.getDelayedCalls() == []

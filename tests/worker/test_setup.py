@@ -160,7 +160,7 @@ def test_progress_on_a_terminal(master, tmp_path):
     assert code == 0, terminal
     assert stdout == f"{base}\n"
     assert terminal.splitlines() == [
-        f"connecting to the master at {hints}; giving up after 30s",
+        f"connecting to the master (at {hints}, for up to 30s)",
         "connected; the master's identity matches the FURL; fetching this worker's settings",
         f"writing {base}",
         f"created worker 'worker1' in {base}; start it with: buildbot-worker start {base}",
