@@ -1,7 +1,8 @@
 """The ``bbenroll`` command line: a thin click layer over the core.
 
-Every command lives in its own module. :func:`run` is the one place where
-errors become messages and exit statuses: 0 success, 1 error, 2 usage error.
+Every command lives in its own module and returns a :class:`~.output.Result`
+(or nothing); :func:`run` renders it, and is the one place where errors
+become messages and exit statuses: 0 success, 1 error, 2 usage error.
 """
 
 from __future__ import annotations
@@ -9,15 +10,19 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
-from bbenroll.cli.output import Output
+from bbenroll.cli.app import App, utcnow
+from bbenroll.cli.output import Result
+from bbenroll.cli.params import output_options
 from bbenroll.errors import BBEnrollError
 from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY
+
+__all__ = ["App", "Result", "cli", "main", "output_options", "run", "utcnow"]
 
 COMMANDS = {
     "init": "bbenroll.cli.init",
@@ -32,44 +37,10 @@ COMMANDS = {
     "status": "bbenroll.cli.status",
     "worker": "bbenroll.cli.worker",
     "demo": "bbenroll.cli.demo",
+    "completion": "bbenroll.cli.completion",
 }
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class App:
-    """What every command gets: the registry path, the output, the clock."""
-
-    def __init__(self, clock: Callable[[], datetime] = utcnow) -> None:
-        self.clock = clock
-        self.verbose = False
-        self.out = Output()
-        self.registry_path = Path(DEFAULT_REGISTRY)
-
-    def now(self) -> datetime:
-        return self.clock().astimezone(UTC).replace(microsecond=0)
-
-    def load(self) -> Any:
-        from bbenroll.registry import store
-
-        loaded = store.load(self.registry_path)
-        self.warn_all(loaded.warnings)
-        return loaded
-
-    def edit(self) -> Any:
-        from bbenroll.fileio import permission_problem
-        from bbenroll.registry import store
-
-        problem = permission_problem(self.registry_path)
-        if problem:
-            self.out.warn(problem)
-        return store.edit(self.registry_path)
-
-    def warn_all(self, warnings: Sequence[str]) -> None:
-        for warning in warnings:
-            self.out.warn(warning)
+PROG_NAME = "bbenroll"
 
 
 class LazyGroup(click.Group):
@@ -85,49 +56,6 @@ class LazyGroup(click.Group):
         return importlib.import_module(module).command
 
 
-def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--json, --no-color and -v, accepted after the command name too."""
-
-    def set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-        if value:
-            ctx.find_object(App).out.json_mode = True
-
-    def set_no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-        if value:
-            ctx.find_object(App).out.color = False
-
-    def set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-        if value:
-            ctx.find_object(App).verbose = True
-
-    for decorator in (
-        click.option(
-            "-v",
-            "--verbose",
-            is_flag=True,
-            expose_value=False,
-            callback=set_verbose,
-            help="Show tracebacks for errors.",
-        ),
-        click.option(
-            "--no-color",
-            is_flag=True,
-            expose_value=False,
-            callback=set_no_color,
-            help="No colours (also honours $NO_COLOR).",
-        ),
-        click.option(
-            "--json",
-            is_flag=True,
-            expose_value=False,
-            callback=set_json,
-            help="Machine output: one JSON document on stdout.",
-        ),
-    ):
-        func = decorator(func)
-    return func
-
-
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--registry",
@@ -138,53 +66,59 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
     help=f"The registry file (also ${ENV_REGISTRY}).",
 )
 @output_options
-@click.version_option(package_name="bbenroll", prog_name="bbenroll")
+@click.version_option(package_name="bbenroll", prog_name=PROG_NAME)
 @click.pass_obj
 def cli(app: App, registry: Path) -> None:
     """Enroll Buildbot workers with one secret string (a Foolscap FURL) each."""
     app.registry_path = registry
 
 
+def _asks_for_json(argv: Sequence[str]) -> bool:
+    """--json on a command line click could not parse (a usage error comes before its callback)."""
+    args = list(argv)
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
 def run(argv: Sequence[str] | None = None, clock: Callable[[], datetime] = utcnow) -> int:
     """Run the CLI; returns the exit status. Errors are reported here and only here."""
-    app = App(clock)
+    args = list(argv) if argv is not None else sys.argv[1:]
+    app = App(clock=clock)
+    out = app.out
     try:
-        cli.main(
-            args=list(argv) if argv is not None else None,
-            prog_name="bbenroll",
-            obj=app,
-            standalone_mode=False,
-        )
+        outcome = cli.main(args=args, prog_name=PROG_NAME, obj=app, standalone_mode=False)
+        if isinstance(outcome, int):  # click's Exit (--help, --version) comes back as its status
+            return outcome
+        if isinstance(outcome, Result):
+            out.emit(outcome)
+            if outcome.failure is not None:
+                raise outcome.failure
         return 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
+    except SystemExit as e:  # shell completion answers and exits inside click
+        return e.code if isinstance(e.code, int) else 1
     except click.exceptions.Abort:
-        app.out.error("aborted")
-        return 1
+        return out.fail("aborted", 1)
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # plain 'bbenroll': the help, on stderr, exit 2 (not an "error: Usage: ..." line)
+        return e.exit_code
     except click.UsageError as e:
         # one line, like every other error; click's usage banner is one --help away
-        command = e.ctx.command_path if e.ctx else "bbenroll"
-        app.out.error(f"{e.format_message()} (see '{command} --help')")
-        return e.exit_code
+        command = e.ctx.command_path if e.ctx else PROG_NAME
+        out.json_mode = out.json_mode or _asks_for_json(args)
+        return out.fail(f"{e.format_message()} (see '{command} --help')", e.exit_code)
     except click.ClickException as e:
-        app.out.error(e.format_message())
-        return e.exit_code
+        return out.fail(e.format_message(), e.exit_code)
     except BBEnrollError as e:
         if app.verbose:
             _print_traceback()
-        app.out.error(str(e))
-        return e.exit_code
+        return out.fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        app.out.error("interrupted")
-        return 130
+        return out.fail("interrupted", 130)
     except BrokenPipeError:
         return 1
     except Exception as e:
         if app.verbose:
             _print_traceback()
-            return 1
-        app.out.error(f"internal error: {e.__class__.__name__}: {e} (run with -v for details)")
-        return 1
+        return out.fail(f"internal error: {e.__class__.__name__}: {e} (run with -v for details)", 1)
 
 
 def _print_traceback() -> None:

@@ -6,8 +6,9 @@ from datetime import datetime
 
 import click
 
-from bbenroll.cli import App, output_options
-from bbenroll.cli.params import WhenType, show_furl
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Result
+from bbenroll.cli.params import WhenType, furl_result, output_options
 
 
 @click.command("add")
@@ -16,11 +17,11 @@ from bbenroll.cli.params import WhenType, show_furl
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
 @click.option("--note", help="A free-form note.")
 @click.option("--expires", type=WhenType(), help="When the enrollment expires: 90d, 2027-06-30 ...")
-@click.option("--qr", is_flag=True, help="Also draw the FURL as a QR code.")
+@click.option("--qr", is_flag=True, help="Also draw the FURL as a QR code (not with --json).")
 @click.pass_obj
 def command(
     app: App, name: str, tags: tuple[str, ...], note: str | None, expires: datetime | None, qr: bool
-) -> None:
+) -> Result:
     """Enroll worker NAME and print its FURL."""
     from bbenroll.registry import model
 
@@ -30,6 +31,4 @@ def command(
     with app.edit() as editor:
         editor.add(worker)
         details = model.worker_details(editor.registry, worker, now)
-    if app.out.json_mode:
-        app.out.json(details)
-    show_furl(app, details["furl"], qr=qr)
+    return furl_result(details, qr=qr)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from bbenroll.cli import App, output_options
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Output, Result
+from bbenroll.cli.params import output_options
 from bbenroll.errors import BBEnrollError
 
 
@@ -12,24 +14,27 @@ class CheckFailed(BBEnrollError):
     pass
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @click.command("check")
 @output_options
 @click.pass_obj
-def command(app: App) -> None:
+def command(app: App) -> Result:
     """Check registry and identity: syntax, schema, permissions, TubID, hints."""
     from bbenroll.registry import store
 
-    problems = store.check(app.registry_path)
-    if app.out.json_mode:
-        app.out.json({"registry": str(app.registry_path), "ok": not problems, "problems": problems})
-    else:
-        for problem in problems:
-            app.out.error(problem)
+    path = app.registry_path
+    problems = store.check(path)
+    document = {"registry": str(path), "ok": not problems, "problems": problems}
     if problems:
-        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        if app.out.json_mode:
-            raise click.exceptions.Exit(1)
-        raise CheckFailed(f"{app.registry_path}: {count} found")
-    if not app.out.json_mode:
-        workers = store.load(app.registry_path).registry.workers
-        app.out.info(f"{app.registry_path}: OK ({len(workers)} worker{'' if len(workers) == 1 else 's'})")
+
+        def show_problems(out: Output) -> None:
+            for problem in problems:
+                out.error(problem)
+
+        failed = CheckFailed(f"{path}: {plural(len(problems), 'problem')} found")
+        return Result(document, show_problems, failed)
+    workers = store.load(path).registry.workers
+    return Result(document, lambda out: out.info(f"{path}: OK ({plural(len(workers), 'worker')})"))

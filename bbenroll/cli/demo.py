@@ -6,8 +6,9 @@ from typing import Any
 
 import click
 
-from bbenroll.cli import App, output_options
-from bbenroll.cli.params import show_furl
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Output, Result
+from bbenroll.cli.params import output_options, show_furl
 
 DEFAULT_TIMEOUT = 180.0  # keep in step with bbenroll.demo.DEFAULT_TIMEOUT (not imported: fast --help)
 
@@ -26,14 +27,12 @@ class TerminalEvents:
             self.app.out.info(f"enrolled worker {name!r} (its FURL is not shown with --json)")
             return
         self.app.out.info(f"enrolled worker {name!r}; its FURL, the one string a worker's admin needs:")
-        show_furl(self.app, furl, qr=True)
+        show_furl(self.app.out, furl, qr=True)
 
     def build_done(self, build: Any) -> None:
         from bbenroll.demo.story import format_seconds
 
-        if self.app.out.json_mode:
-            return
-        self.app.out.data(
+        self.app.out.data(  # human data: nothing with --json
             f"build {build.number} on {build.worker}: {build.result} in {format_seconds(build.duration)}"
         )
         for line in build.log_tail:
@@ -52,7 +51,7 @@ class TerminalEvents:
     help="Give up (and clean up) if the whole demo takes longer.",
 )
 @click.pass_obj
-def command(app: App, keep: bool, timeout: float) -> None:
+def command(app: App, keep: bool, timeout: float) -> Result:
     """Enroll a worker with a real master on this machine and run one build.
 
     Everything runs on 127.0.0.1 in a temporary directory, which is removed
@@ -65,10 +64,11 @@ def command(app: App, keep: bool, timeout: float) -> None:
     except KeyboardInterrupt:
         # everything is stopped (and removed) by now; say so rather than click's "aborted"
         raise DemoInterrupted() from None
-    if app.out.json_mode:
-        app.out.json(result.to_json())
-    elif result.directory is not None:
-        app.out.data(f"demo directory kept: {result.directory}")
     app.out.info(f"demo finished in {format_seconds(round(result.elapsed, 1))}")
-    if not result.build.ok:
-        raise DemoError(f"the demo build finished with {result.build.result}")
+
+    def show(out: Output) -> None:
+        if result.directory is not None:
+            out.data(f"demo directory kept: {result.directory}")
+
+    failure = None if result.build.ok else DemoError(f"the demo build finished with {result.build.result}")
+    return Result(result.to_json(), show, failure)

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import click
 
-from bbenroll.cli import App, output_options
-from bbenroll.cli.params import DurationType
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Output, Result
+from bbenroll.cli.params import DurationType, output_options
 
 COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
 
@@ -23,7 +24,7 @@ COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
 )
 @click.option("--revoked", is_flag=True, help="Only revoked workers.")
 @click.pass_obj
-def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked: bool) -> None:
+def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked: bool) -> Result:
     """List workers: name, state, dates, tags, note."""
     from bbenroll.registry import model
     from bbenroll.times import format_short
@@ -42,29 +43,28 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
         ):
             continue
         rows.append(worker)
-    if app.out.json_mode:
-        app.out.json([model.worker_summary(w, now, within) for w in rows])
-        return
-    if not rows:
-        app.out.info(
-            "no workers match"
-            if loaded.registry.workers
-            else "no workers yet; add one with: bbenroll add NAME"
+    summaries = [model.worker_summary(w, now, within) for w in rows]
+
+    def show(out: Output) -> None:
+        if not rows:
+            any_workers = bool(loaded.registry.workers)
+            out.info("no workers match" if any_workers else "no workers yet; add one with: bbenroll add NAME")
+            return
+        out.table(
+            COLUMNS,
+            [
+                (
+                    w.name,
+                    w.state(now, within),
+                    format_short(w.created),
+                    format_short(w.rotated),
+                    format_short(w.expires),
+                    ", ".join(w.tags),
+                    w.note or "",
+                )
+                for w in rows
+            ],
+            wrap=("tags", "note"),
         )
-        return
-    app.out.table(
-        COLUMNS,
-        [
-            (
-                w.name,
-                w.state(now, within),
-                format_short(w.created),
-                format_short(w.rotated),
-                format_short(w.expires),
-                ", ".join(w.tags),
-                w.note or "",
-            )
-            for w in rows
-        ],
-        wrap=("tags", "note"),
-    )
+
+    return Result(summaries, show)

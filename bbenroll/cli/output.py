@@ -1,6 +1,10 @@
-"""The one object that writes to the terminal.
+"""The one object that writes to the terminal, and the results commands hand it.
 
 Data the user asked for goes to stdout; messages and warnings go to stderr.
+Whether stdout gets JSON is decided here, once for every command: a command
+returns a :class:`Result` and :meth:`Output.emit` writes either its JSON value
+or its human text. With ``--json`` stdout holds exactly one JSON document, on
+an error too (``{"error": ..., "exit": N}``); human data is never written then.
 Rich is imported only for tables and colour, and always with markup off:
 worker names and notes are user input and must be printed as they are.
 """
@@ -10,10 +14,27 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from bbenroll.errors import BBEnrollError
+
 RICH_TABLE_MAX_ROWS = 200
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a command produced.
+
+    ``value`` is its JSON document; ``show`` writes it for a human (None: the
+    command has nothing more to say on a terminal). ``failure``, when set, is
+    raised once the result is out, so a failed check still reports its problems.
+    """
+
+    value: Any
+    show: Callable[[Output], None] | None = None
+    failure: BBEnrollError | None = None
 
 
 def _one_line(text: str) -> str:
@@ -28,6 +49,7 @@ class Output:
             color = False
         self.color = color
         self.json_mode = json_mode
+        self.documents = 0  # JSON documents written: --json promises exactly one
         self._consoles: dict[str, Any] = {}
 
     def _console(self, stream: str) -> Any:
@@ -49,17 +71,37 @@ class Output:
             self._consoles[stream] = console
         return console
 
-    def _uses_color(self, stream: str) -> bool:
+    def uses_color(self, stream: str) -> bool:
+        """Colour on ``stream`` ("stdout" or "stderr"): as asked, else when it is a terminal."""
         if self.color is not None:
             return self.color
         return getattr(sys, stream).isatty()
 
     # -- stdout: data ---------------------------------------------------------
 
+    def emit(self, result: Result) -> None:
+        """Write a command's result: its one JSON document, or its human text."""
+        if self.json_mode:
+            self.json(result.value)
+        elif result.show is not None:
+            result.show(self)
+
+    def fail(self, message: str, exit_code: int) -> int:
+        """Report an error: one line on stderr, and with --json the error document."""
+        self.error(message)
+        if self.json_mode and not self.documents:
+            self.json({"error": message, "exit": exit_code})
+        return exit_code
+
     def data(self, text: str) -> None:
-        sys.stdout.write(text + "\n")
+        """A line of human data on stdout; nothing with --json (stdout holds the document)."""
+        if not self.json_mode:
+            sys.stdout.write(text + "\n")
 
     def json(self, value: Any) -> None:
+        if self.documents:
+            raise RuntimeError("a second JSON document: --json promises exactly one")
+        self.documents += 1
         sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], wrap: Sequence[str] = ()) -> None:
@@ -67,6 +109,8 @@ class Output:
 
         Rich needs over a second for thousands of rows, and pipes want plain text.
         """
+        if self.json_mode:
+            return
         if not sys.stdout.isatty() or len(rows) > RICH_TABLE_MAX_ROWS:
             self._plain_table(columns, rows)
             return
@@ -94,7 +138,7 @@ class Output:
     # -- stderr: messages -----------------------------------------------------
 
     def _message(self, prefix: str, text: str, style: str) -> None:
-        if self._uses_color("stderr"):
+        if self.uses_color("stderr"):
             console = self._console("stderr")
             console.print(prefix, style=style, end="")
             console.print(text)
@@ -103,6 +147,12 @@ class Output:
 
     def info(self, text: str) -> None:
         sys.stderr.write(text + "\n")
+
+    def progress(self, text: str) -> None:
+        """A step of a slow operation, for a person watching: only when stderr is a terminal."""
+        if sys.stderr.isatty():
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
     def warn(self, text: str) -> None:
         self._message("warning: ", text, "bold yellow")

@@ -1,16 +1,89 @@
-"""Pieces several commands share."""
+"""Pieces several commands share: option groups, parameter types, completion, FURL output."""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Output, Result
 from bbenroll.errors import BBEnrollError, TimeSpecError
 from bbenroll.times import parse_duration, parse_when
+
+
+def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--json, --no-color and -v, accepted after the command name too."""
+
+    def set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_object(App).out.json_mode = True
+
+    def set_no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_object(App).out.color = False
+
+    def set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_object(App).verbose = True
+
+    for decorator in (
+        click.option(
+            "-v",
+            "--verbose",
+            is_flag=True,
+            expose_value=False,
+            callback=set_verbose,
+            help="Show tracebacks for errors.",
+        ),
+        click.option(
+            "--no-color",
+            is_flag=True,
+            expose_value=False,
+            callback=set_no_color,
+            help="No colours (also honours $NO_COLOR).",
+        ),
+        click.option(
+            "--json",
+            is_flag=True,
+            expose_value=False,
+            callback=set_json,
+            help="Machine output: one JSON document on stdout.",
+        ),
+    ):
+        func = decorator(func)
+    return func
+
+
+def registry_path_of(ctx: click.Context) -> Path:
+    """The registry a command line names, also while the shell is completing it.
+
+    During completion click parses without running the group's callback, so
+    the App still holds the default: the parsed --registry value is the truth.
+    """
+    given = ctx.find_root().params.get("registry")
+    if given is not None:
+        return Path(given)
+    return ctx.find_object(App).registry_path
+
+
+def complete_worker_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Worker names from the registry, for the shell; nothing at all if it cannot be read."""
+    from bbenroll.registry import store
+
+    try:
+        names = store.load(registry_path_of(ctx)).registry.workers
+    except BBEnrollError:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def worker_name_argument(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The NAME of an existing worker; the shell completes it from the registry."""
+    return click.argument("name", shell_complete=complete_worker_names)(func)
 
 
 class DurationType(click.ParamType):
@@ -35,8 +108,6 @@ class WhenType(click.ParamType):
             return value
         if value.strip().lower() in ("", "never"):
             return None
-        from bbenroll.cli import App
-
         app = ctx.find_object(App) if ctx else None
         now = app.now() if app is not None else datetime.now(UTC)
         try:
@@ -45,25 +116,32 @@ class WhenType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-def show_furl(
-    app: Any, furl: str, *, qr: bool = False, png: Path | None = None, svg: Path | None = None
-) -> None:
-    """Print a FURL (and its QR code, images) as data on stdout."""
-    from bbenroll.cli import qr as qrmod
+def write_qr_images(app: App, furl: str, *paths: Path | None) -> None:
+    """Write the FURL's QR code to each given PNG/SVG path (mode 0600: they hold the secret)."""
+    from bbenroll.cli import qr
 
-    if qr:
-        color = app.out.color if app.out.color is not None else sys.stdout.isatty()
-        app.out.data(qrmod.terminal_text(furl, color=color))
-    for path in (png, svg):
+    for path in paths:
         if path is None:
             continue
         try:
-            qrmod.write_image(furl, path)
+            qr.write_image(furl, path)
         except OSError as e:
             raise BBEnrollError(f"{path}: cannot write the QR code: {e.strerror}") from None
         app.out.info(f"wrote QR code to {path} (mode 0600: it holds the secret)")
-    if not app.out.json_mode:
-        app.out.data(furl)
+
+
+def show_furl(out: Output, furl: str, *, qr: bool = False) -> None:
+    """A FURL as human data on stdout: its QR code first if asked, then the FURL line."""
+    if qr:
+        from bbenroll.cli import qr as qrmod
+
+        out.data(qrmod.terminal_text(furl, color=out.uses_color("stdout")))
+    out.data(furl)
+
+
+def furl_result(details: dict[str, Any], *, qr: bool = False) -> Result:
+    """A worker's details as a command result: the JSON object, or its FURL (and QR code)."""
+    return Result(details, lambda out: show_furl(out, details["furl"], qr=qr))
 
 
 def state_warning(name: str, state: str) -> str | None:

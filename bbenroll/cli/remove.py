@@ -6,16 +6,18 @@ import sys
 
 import click
 
-from bbenroll.cli import App, output_options
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Result
+from bbenroll.cli.params import output_options, worker_name_argument
 from bbenroll.errors import BBEnrollError
 
 
 @click.command("remove")
 @output_options
-@click.argument("name")
+@worker_name_argument
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def command(app: App, name: str, yes: bool) -> None:
+def command(app: App, name: str, yes: bool) -> Result:
     """Remove worker NAME and its secrets from the registry."""
     if not yes:
         app.load().worker(name)  # say "no such worker" before asking
@@ -25,7 +27,4 @@ def command(app: App, name: str, yes: bool) -> None:
             raise click.Abort
     with app.edit() as editor:
         editor.remove(name)
-    if app.out.json_mode:
-        app.out.json({"name": name, "removed": True})
-    else:
-        app.out.info(f"removed worker {name!r}")
+    return Result({"name": name, "removed": True}, lambda out: out.info(f"removed worker {name!r}"))

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import click
 
-from bbenroll.cli import App, output_options
-from bbenroll.cli.params import show_furl
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Result
+from bbenroll.cli.params import furl_result, output_options, worker_name_argument
 
 
 @click.command("restore")
 @output_options
-@click.argument("name")
+@worker_name_argument
 @click.pass_obj
-def command(app: App, name: str) -> None:
+def command(app: App, name: str) -> Result:
     """Un-revoke worker NAME with a new FURL (the revoked one never works again)."""
     from bbenroll.registry import model
 
@@ -21,6 +22,4 @@ def command(app: App, name: str) -> None:
         worker = model.restore(editor.worker(name), now)
         editor.update(worker)
         details = model.worker_details(editor.registry, worker, now)
-    if app.out.json_mode:
-        app.out.json(details)
-    show_furl(app, details["furl"])
+    return furl_result(details)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import click
 
-from bbenroll.cli import App, output_options
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Result
+from bbenroll.cli.params import output_options, worker_name_argument
 
 
 @click.command("revoke")
 @output_options
-@click.argument("name")
+@worker_name_argument
 @click.option("--reason", help="Why (kept in the registry).")
 @click.pass_obj
-def command(app: App, name: str, reason: str | None) -> None:
+def command(app: App, name: str, reason: str | None) -> Result:
     """Revoke worker NAME: its FURL stops working. Undo with 'restore'."""
     from bbenroll.registry import model
 
@@ -20,7 +22,7 @@ def command(app: App, name: str, reason: str | None) -> None:
     with app.edit() as editor:
         worker = model.revoke(editor.worker(name), now, reason)
         editor.update(worker)
-    if app.out.json_mode:
-        app.out.json(model.worker_summary(worker, now))
-    else:
-        app.out.info(f"revoked worker {name!r}; a running master drops it within seconds")
+    return Result(
+        model.worker_summary(worker, now),
+        lambda out: out.info(f"revoked worker {name!r}; a running master drops it within seconds"),
+    )

@@ -6,18 +6,25 @@ from pathlib import Path
 
 import click
 
-from bbenroll.cli import App, output_options
-from bbenroll.cli.params import show_furl, state_warning
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Result
+from bbenroll.cli.params import (
+    furl_result,
+    output_options,
+    state_warning,
+    worker_name_argument,
+    write_qr_images,
+)
 
 
 @click.command("show")
 @output_options
-@click.argument("name")
-@click.option("--qr", is_flag=True, help="Draw the FURL as a QR code in the terminal.")
+@worker_name_argument
+@click.option("--qr", is_flag=True, help="Draw the FURL as a QR code in the terminal (not with --json).")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG QR code.")
 @click.option("--svg", type=click.Path(dir_okay=False, path_type=Path), help="Write an SVG QR code.")
 @click.pass_obj
-def command(app: App, name: str, qr: bool, png: Path | None, svg: Path | None) -> None:
+def command(app: App, name: str, qr: bool, png: Path | None, svg: Path | None) -> Result:
     """Print the FURL of worker NAME."""
     from bbenroll.registry import model
 
@@ -27,6 +34,5 @@ def command(app: App, name: str, qr: bool, png: Path | None, svg: Path | None) -
     warning = state_warning(name, details["state"])
     if warning:
         app.out.warn(warning)
-    if app.out.json_mode:
-        app.out.json(details)
-    show_furl(app, details["furl"], qr=qr, png=png, svg=svg)
+    write_qr_images(app, details["furl"], png, svg)
+    return furl_result(details, qr=qr)

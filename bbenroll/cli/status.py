@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from bbenroll.cli import App, output_options
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Output, Result
+from bbenroll.cli.params import output_options
 from bbenroll.errors import BBEnrollError
 
 COLUMNS = ("name", "state", "since", "peer", "last seen")
@@ -13,17 +15,17 @@ COLUMNS = ("name", "state", "since", "peer", "last seen")
 @click.command("status")
 @output_options
 @click.pass_obj
-def command(app: App) -> None:
+def command(app: App) -> Result:
     """Connection state of each worker, as the running master reports it."""
     from bbenroll.master.status import master_running, read_status, status_path
     from bbenroll.times import format_short, parse_date
 
     loaded = app.load()
     path = status_path(loaded.path)
-    document = read_status(path)
+    recorded_status = read_status(path)
     now = app.now()
-    running, why = master_running(document, now)
-    recorded = (document or {}).get("workers", {})
+    running, why = master_running(recorded_status, now)
+    recorded = (recorded_status or {}).get("workers", {})
     rows = []
     for name in loaded.registry.workers:
         entry = recorded.get(name) or {}
@@ -37,18 +39,12 @@ def command(app: App) -> None:
                 "last_seen": entry.get("last_seen"),
             }
         )
-    if app.out.json_mode:
-        app.out.json(
-            {
-                "running": running,
-                "why": None if running else why,
-                "updated": (document or {}).get("updated"),
-                "workers": rows,
-            }
-        )
-        return
-    if not running:
-        app.out.warn(f"no master is running: {why}")
+    document = {
+        "running": running,
+        "why": None if running else why,
+        "updated": (recorded_status or {}).get("updated"),
+        "workers": rows,
+    }
 
     def short(value: str | None) -> str:
         try:
@@ -56,7 +52,13 @@ def command(app: App) -> None:
         except BBEnrollError:
             return "?"
 
-    app.out.table(
-        COLUMNS,
-        [(r["name"], r["state"], short(r["since"]), r["peer"] or "", short(r["last_seen"])) for r in rows],
-    )
+    def show(out: Output) -> None:
+        if not running:
+            out.warn(f"no master is running: {why}")
+        out.table(
+            COLUMNS,
+            [(w["name"], w["state"], short(w["since"]), w["peer"] or "", short(w["last_seen"]))
+             for w in rows],
+        )
+
+    return Result(document, show)

@@ -8,9 +8,19 @@ from pathlib import Path
 
 import click
 
-from bbenroll.cli import App, output_options
+from bbenroll.cli.app import App
+from bbenroll.cli.output import Output, Result
+from bbenroll.cli.params import output_options
 from bbenroll.errors import BBEnrollError
 from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT, RESUME_DEADLINE_MAX, RESUME_DEADLINE_MIN
+from bbenroll.worker.setup import (
+    DEFAULT_TIMEOUT,
+    MAX_TIMEOUT,
+    MIN_TIMEOUT,
+    check_basedir,
+    create_worker_dir,
+    fetch_worker_config,
+)
 
 
 @click.group("worker")
@@ -37,10 +47,10 @@ def command() -> None:
 )
 @click.option(
     "--timeout",
-    default=30.0,
+    default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
-    type=click.FloatRange(1, 600),
+    type=click.FloatRange(MIN_TIMEOUT, MAX_TIMEOUT),
     help="How long to try reaching the master.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing buildbot.tac.")
@@ -53,11 +63,10 @@ def create(
     resume: int,
     timeout: float,
     force: bool,
-) -> None:
+) -> Result:
     """Create a buildbot-worker in BASEDIR from FURL ('-' or --furl-file: read it, not from argv)."""
     from bbenroll.cli.reactor import react
     from bbenroll.furl import parse_furl
-    from bbenroll.worker.setup import check_basedir, create_worker_dir, fetch_worker_config
 
     if not math.isfinite(timeout):
         raise click.BadParameter("must be a number of seconds", param_hint="'--timeout'")
@@ -79,13 +88,17 @@ def create(
         raise BBEnrollError("no FURL given")
     parse_furl(furl)
     check_basedir(basedir, force)
-    config = react(lambda reactor: fetch_worker_config(furl, reactor=reactor, timeout=timeout))
-    result = create_worker_dir(basedir, furl, config, resume=resume, force=force)
-    if app.out.json_mode:
-        app.out.json(result)
-        return
-    app.out.data(result["basedir"])
-    app.out.info(
-        f"created worker {result['name']!r} in {result['basedir']}; start it with: "
-        f"buildbot-worker start {result['basedir']}"
+    config = react(
+        lambda reactor: fetch_worker_config(furl, reactor=reactor, timeout=timeout, progress=app.out.progress)
     )
+    app.out.progress(f"writing {basedir}")
+    result = create_worker_dir(basedir, furl, config, resume=resume, force=force)
+
+    def show(out: Output) -> None:
+        out.data(result["basedir"])
+        out.info(
+            f"created worker {result['name']!r} in {result['basedir']}; start it with: "
+            f"buildbot-worker start {result['basedir']}"
+        )
+
+    return Result(result, show)

@@ -19,7 +19,8 @@ from bbenroll.fileio import atomic_write
 from bbenroll.furl import parse_furl
 
 FURL_FILE = "bbenroll.furl"
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 30.0  # seconds to reach the master and fetch the settings
+MIN_TIMEOUT, MAX_TIMEOUT = 1.0, 600.0  # what ``worker create --timeout`` accepts
 
 
 class WorkerSetupError(BBEnrollError):
@@ -54,7 +55,8 @@ def fetch_worker_config(
     from bbenroll.tunnel.failures import classify
     from bbenroll.tunnel.wire import start_client_tub
 
-    hints = parse_furl(furl).redacted()
+    # the progress line says where it connects and for how long, never the secret
+    hints = f"at {', '.join(parse_furl(furl).hints)}, for up to {timeout:.0f}s"
     tell = progress or (lambda text: None)
     tub = start_client_tub()
     tell(f"connecting to the master ({hints})")

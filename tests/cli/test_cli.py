@@ -475,3 +475,14 @@ def test_worker_create_bad_arguments(tmp_path):
     result = run_cli(["worker", "create", str(tmp_path / "w"), "--timeout", "nan", "pb://x"])
     assert result.code == 2 and "--timeout" in result.err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "args, usage",
+    [([], "Usage: bbenroll [OPTIONS] COMMAND"), (["worker"], "Usage: bbenroll worker [OPTIONS]")],
+)
+def test_no_command_prints_the_help_on_stderr(args, usage):
+    result = run_cli(args)
+    assert (result.code, result.out) == (2, "")
+    assert result.err.startswith(usage)
+    assert "error:" not in result.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import stat
 import subprocess
@@ -111,6 +112,60 @@ def test_force_replaces_the_worker_after_a_rotation(master, tmp_path):
     assert f"passwd = {password!r}" in (base / "buildbot.tac").read_text()
     assert not (base / "buildbot.tac.new").exists()
     assert (base / "bbenroll.furl").read_text() == new_furl + "\n"
+
+
+def test_json_is_one_document(master, tmp_path):
+    furl = bbenroll(master, "add", "worker1")
+    proc = create(tmp_path / "w1", "--json", "-", furl=furl)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1
+    document = json.loads(proc.stdout)
+    assert document["basedir"] == str(tmp_path / "w1") and document["name"] == "worker1"
+    assert set(document) == {"basedir", "name", "furl_file", "tac", "master"}
+    assert furl.rsplit("/", 1)[1] not in proc.stdout + proc.stderr
+    proc = create(tmp_path / "w1", "--json", "-", furl=furl)  # exists already
+    assert proc.returncode == 1
+    message = f"{tmp_path / 'w1' / 'buildbot.tac'} already exists; use --force to replace it"
+    assert json.loads(proc.stdout) == {"error": message, "exit": 1}
+
+
+def create_with_terminal_stderr(basedir, furl):
+    """``bbenroll worker create BASEDIR -`` with the FURL on stdin and stderr on a pseudo-terminal."""
+    import pty
+
+    master_fd, slave_fd = pty.openpty()
+    proc = subprocess.Popen([BIN / "bbenroll", "worker", "create", basedir, "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=slave_fd, text=True)
+    os.close(slave_fd)
+    stdout, _ = proc.communicate(furl + "\n", timeout=120)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master_fd, 65536)
+        except OSError:  # EIO: every writer has closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master_fd)
+    return proc.returncode, stdout, b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_progress_on_a_terminal(master, tmp_path):
+    """Bug 5: on a terminal, each step is shown while it happens; through a pipe, nothing extra."""
+    furl = bbenroll(master, "add", "worker1")
+    hints = furl.split("@")[1].split("/")[0]
+    base = tmp_path / "w1"
+    code, stdout, terminal = create_with_terminal_stderr(base, furl)
+    assert code == 0, terminal
+    assert stdout == f"{base}\n"
+    assert terminal.splitlines() == [
+        f"connecting to the master (at {hints}, for up to 30s)",
+        "connected; the master's identity matches the FURL; fetching this worker's settings",
+        f"writing {base}",
+        f"created worker 'worker1' in {base}; start it with: buildbot-worker start {base}",
+    ]
+    assert furl.rsplit("/", 1)[1] not in terminal
 
 
 def test_furl_file_and_bad_furls(master, tmp_path):
