@@ -29,7 +29,7 @@ class TerminalEvents:
         show_furl(self.app, furl, qr=True)
 
     def build_done(self, build: Any) -> None:
-        from bbenroll.demo.story import format_seconds
+        from bbenroll.demo import format_seconds
 
         if self.app.out.json_mode:
             return
@@ -58,7 +58,7 @@ def command(app: App, keep: bool, timeout: float) -> None:
     Everything runs on 127.0.0.1 in a temporary directory, which is removed
     afterwards (also on Ctrl-C or an error). Needs bbenroll[all].
     """
-    from bbenroll.demo.story import DemoError, DemoInterrupted, format_seconds, run_demo
+    from bbenroll.demo import DemoError, DemoInterrupted, format_seconds, run_demo
 
     try:
         result = run_demo(TerminalEvents(app), timeout=timeout, keep=keep)
