@@ -95,9 +95,27 @@ def test_terminal_qr_is_compact(color: bool) -> None:
     assert len(lines) <= 26
     assert max(len(line) for line in lines) <= 50
     # two modules per character row: the symbol plus the border fills the lines exactly
-    modules = qr.module_rows(TYPICAL_FURL, qr.TERMINAL_BORDER)
-    assert len(lines) == (len(modules) + 1) // 2
-    assert {len(line) for line in lines} == {len(modules[0])}
+    width, height = qr.qr_code(TYPICAL_FURL).symbol_size(border=qr.TERMINAL_BORDER)
+    assert len(lines) == (height + 1) // 2
+    assert {len(line) for line in lines} == {width}
+
+
+@pytest.mark.parametrize("color", [False, True], ids=["plain", "color"])
+def test_terminal_qr_quiet_zone_is_light(color: bool) -> None:
+    """The border is light all round; with colour the whole block is (the odd row's padding too)."""
+    grid = terminal_modules(qr.terminal_text(TYPICAL_FURL, color=color), blocks_are_dark=color)
+    border = qr.TERMINAL_BORDER
+    width, height = qr.qr_code(TYPICAL_FURL).symbol_size(border=border)
+    assert len(grid) == height + 1  # an odd number of rows, padded to whole lines
+    symbol = grid[:height]
+    for row in symbol[:border] + symbol[-border:]:
+        assert not any(row)
+    for row in symbol:
+        assert not any(row[:border]) and not any(row[-border:])
+        assert len(row) == width
+    assert any(any(row) for row in symbol)  # not blank: the check above can fail
+    if color:
+        assert not any(grid[-1])  # white under the code, not a black strip
 
 
 def test_terminal_color_lines_reset_their_attributes() -> None:
