@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import bbenroll.demo
-from bbenroll.demo import logs, results, story
+from bbenroll.demo import results, story
 from bbenroll.demo.errors import DemoError
 from tests.helpers.buildbot import BIN
 from tests.helpers.cli import run_cli
@@ -96,48 +96,6 @@ def test_missing_extras_looks_for_every_distribution(monkeypatch):
     assert story.missing_extras() == ["buildbot-worker", "buildbot-www"]
     with pytest.raises(DemoError, match=r"^buildbot-worker, buildbot-www are not installed: pip"):
         story.check_extras()
-
-
-def test_log_reason_finds_buildbots_configuration_errors(tmp_path):
-    log = tmp_path / "twistd.log"
-    log.write_text(
-        "2026-11-29 07:53:59+0000 [-] Loading configuration from 'master.cfg'\n"
-        "2026-11-29 07:54:00+0000 [-] Configuration Errors:\n"
-        "2026-11-29 07:54:00+0000 [-]   no workers are configured\n"
-        "2026-11-29 07:54:00+0000 [-]   no builders are configured\n"
-        "2026-11-29 07:54:00+0000 [-] Halting master.\n"
-        "2026-11-29 07:54:00+0000 [-] BuildMaster startup failed\n"
-        "2026-11-29 07:54:00+0000 [-] Server Shut Down.\n"
-    )
-    assert logs.log_reason(log) == (
-        "configuration errors: no workers are configured; no builders are configured"
-    )
-    assert logs.log_reason(tmp_path / "missing.log") == ""
-
-
-def test_log_reason_prefers_the_exception_that_ended_a_traceback(tmp_path):
-    log = tmp_path / "twistd.log"
-    log.write_text(
-        "2026-11-29 08:02:59+0000 [-] while starting BuildMaster\n"
-        "\tTraceback (most recent call last):\n"
-        '\t  File "tcp.py", line 1438, in startListening\n'
-        "\ttwisted.internet.error.CannotListenError: Couldn't listen on 127.0.0.1:1: in use.\n"
-        "\t\n"
-        "2026-11-29 08:02:59+0000 [-] BuildMaster startup failed\n"
-        "2026-11-29 08:02:59+0000 [-] Server Shut Down.\n"
-    )
-    assert logs.log_reason(log) == "CannotListenError: Couldn't listen on 127.0.0.1:1: in use."
-
-
-def test_format_seconds():
-    assert [results.format_seconds(s) for s in (None, 0, 2.0, 2.5, 61, 3600)] == [
-        "an unknown time",
-        "0s",
-        "2s",
-        "2.5s",
-        "1m01s",
-        "60m00s",
-    ]
 
 
 def test_cli_default_timeout_matches_the_core():
