@@ -2,7 +2,7 @@
 
 Each child runs in its own session (its own process group): the terminal's
 Ctrl-C reaches only the demo, which then stops the children in the order they
-were started (SIGTERM to each process group; SIGKILL after ``STOP_GRACE``, or
+were started (SIGTERM to each process group; SIGKILL after ``stop_grace``, or
 at once on another Ctrl-C while stopping). On Linux they also get SIGTERM if
 the demo dies without cleaning up (``PR_SET_PDEATHSIG``).
 
@@ -26,12 +26,6 @@ from typing import Any
 
 from bbenroll.demo.errors import DemoError, DemoTerminated
 from bbenroll.demo.logs import log_reason
-
-STOP_GRACE = 10.0  # seconds a process gets to stop after SIGTERM before SIGKILL
-POLL = 0.2  # seconds between two looks while waiting for something
-STOP_POLL = 0.05  # seconds between two looks while a process stops
-REAP_TIMEOUT = 5.0  # seconds to wait for a killed process to be reaped
-CLEANUP_ATTEMPTS = 5  # signals that may interrupt the cleanup before it gives up
 
 
 def child_environment() -> dict[str, str]:
@@ -98,7 +92,14 @@ class Supervisor:
     them exiting while we wait is an error that quotes its log. ``keep_logs``
     only changes that message (the logs are kept, or they are not).
     ``monotonic`` and ``sleep`` are the clock, injected so that tests can move it.
+    The policy is in class attributes (seconds, unless said otherwise).
     """
+
+    stop_grace = 10.0  # a process gets this long to stop after SIGTERM, then SIGKILL
+    poll = 0.2  # between two looks while waiting for something
+    stop_poll = 0.05  # between two looks while a process stops
+    reap_timeout = 5.0  # to wait for a killed process to be reaped
+    cleanup_attempts = 5  # signals that may interrupt the cleanup before it gives up
 
     def __init__(
         self,
@@ -227,7 +228,7 @@ class Supervisor:
                 raise DemoError(
                     f"timed out after {self.timeout:g}s waiting for {what} (allow longer with --timeout)"
                 )
-            self.sleep(POLL)
+            self.sleep(self.poll)
 
     # -- stopping --------------------------------------------------------------
 
@@ -235,14 +236,14 @@ class Supervisor:
         """SIGTERM to the process group; SIGKILL after the grace period (or a second Ctrl-C)."""
         if proc.poll() is None:
             _signal_group(proc, signal.SIGTERM)
-            end = self.monotonic() + STOP_GRACE
+            end = self.monotonic() + self.stop_grace
             while proc.poll() is None and not self._hurry and self.monotonic() < end:
-                self.sleep(STOP_POLL)
+                self.sleep(self.stop_poll)
         # leftovers in the group (a build step, the leader itself if it lingered)
         if os.name == "posix" or proc.poll() is None:
             _signal_group(proc, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=REAP_TIMEOUT)
+            proc.wait(timeout=self.reap_timeout)
 
     def stop_all(self, say: Callable[[str], None]) -> None:
         """Stop every child, in the order they were started; ``say`` announces it."""
@@ -257,7 +258,7 @@ class Supervisor:
     def cleanup_until_done(self, cleanup: Callable[[], None]) -> None:
         """Run ``cleanup``; a signal meanwhile makes the stopping hurry and it starts again."""
         self._cleaning = True
-        for _attempt in range(CLEANUP_ATTEMPTS):
+        for _attempt in range(self.cleanup_attempts):
             try:
                 cleanup()
                 return

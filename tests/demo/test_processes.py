@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from bbenroll.demo import processes
 from bbenroll.demo.errors import DemoError, DemoTerminated
-from bbenroll.demo.processes import POLL, STOP_GRACE, Supervisor, child_environment, script_command
+from bbenroll.demo.processes import Supervisor, child_environment, script_command
 
+POLL, STOP_GRACE, STOP_POLL = Supervisor.poll, Supervisor.stop_grace, Supervisor.stop_poll
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups and signals are POSIX")
 
 
@@ -212,7 +212,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(stubborn:
     start = stubborn.clock.now
     stubborn.sup.stop_all(lambda text: None)
     assert stubborn.proc.returncode == -signal.SIGKILL
-    assert STOP_GRACE <= stubborn.clock.now - start <= STOP_GRACE + processes.STOP_POLL
+    assert STOP_GRACE <= stubborn.clock.now - start <= STOP_GRACE + STOP_POLL
     assert stubborn.all_gone()
 
 
