@@ -33,7 +33,7 @@ from bbenroll.demo.rest import Rest
 from bbenroll.demo.results import BuildResult, DemoResult, Events, result_name
 
 DEFAULT_TIMEOUT = 180.0  # seconds for the whole demo; a run takes 5-10 s
-LOG_TAIL_LINES = 8
+LOG_TAIL_LINES = 8  # lines of the build's log shown with its result
 WORKER_NAME = "demo-worker"
 BUILDER_NAME = "demo"
 STEP_NAME = "hello"
@@ -110,9 +110,10 @@ def free_port() -> int:
 
 
 class Demo:
+    """One run of the story; ``children`` are its processes, ``directory`` its throwaway home."""
+
     def __init__(self, events: Events, *, timeout: float = DEFAULT_TIMEOUT, keep: bool = False) -> None:
         self.events = events
-        self.timeout = timeout
         self.keep = keep
         self.directory: Path | None = None
         self.children = Supervisor(timeout=timeout, keep_logs=keep)
