@@ -30,7 +30,7 @@ class TerminalEvents:
         show_furl(self.app.out, furl, qr=True)
 
     def build_done(self, build: Any) -> None:
-        from bbenroll.demo.story import format_seconds
+        from bbenroll.demo import format_seconds
 
         self.app.out.data(  # human data: nothing with --json
             f"build {build.number} on {build.worker}: {build.result} in {format_seconds(build.duration)}"
@@ -57,7 +57,7 @@ def command(app: App, keep: bool, timeout: float) -> Result:
     Everything runs on 127.0.0.1 in a temporary directory, which is removed
     afterwards (also on Ctrl-C or an error). Needs bbenroll[all].
     """
-    from bbenroll.demo.story import DemoError, DemoInterrupted, format_seconds, run_demo
+    from bbenroll.demo import DemoError, DemoInterrupted, format_seconds, run_demo
 
     try:
         result = run_demo(TerminalEvents(app), timeout=timeout, keep=keep)

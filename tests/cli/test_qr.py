@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import stat
 import subprocess
@@ -13,94 +12,22 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import zxingcpp
-from click.testing import CliRunner
 from PIL import Image
 
-from bbenroll.cli import qr, run
+from bbenroll.cli import qr
+from tests.helpers import cli as cli_helpers
+from tests.helpers.cli import HINT
+from tests.helpers.qr import ANSI_RE, BLOCKS, decode, decode_terminal, render, svg_modules, terminal_modules
 
 TUBID = "ev6y7vlbzcrpgt6niysqd7gqwvkdm2vs"
 SWISSNUM = "qmfxqebnmeggx3ttmuyyurezp3b633r6"
-HINT = "tcp:buildbot.example.org:9989"
 TYPICAL_FURL = f"pb://{TUBID}@{HINT}/{SWISSNUM}"
 FURLS = [
     TYPICAL_FURL,
     f"pb://{TUBID}@tcp:10.0.0.1:9989,tcp:[2001:db8::1]:9989,tcp:bb.example.org:9989/{SWISSNUM * 2}",
     f"pb://{TUBID}@tcp:b:1/{SWISSNUM}",
 ]
-
-ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-BLOCKS = {"█": (True, True), "▀": (True, False), "▄": (False, True), " ": (False, False)}
-PX = 8  # pixels per module when rendering for the decoder
-QUIET = 4  # modules of white added around anything we decode
-
-
-def render(dark: list[list[bool]]) -> Image.Image:
-    """A grayscale image of a module grid (True = dark), with a white quiet zone."""
-    height, width = len(dark), len(dark[0])
-    img = Image.new("L", ((width + 2 * QUIET) * PX, (height + 2 * QUIET) * PX), 255)
-    pixels = img.load()
-    for y, row in enumerate(dark):
-        for x, is_dark in enumerate(row):
-            if is_dark:
-                for dy in range(PX):
-                    for dx in range(PX):
-                        pixels[(x + QUIET) * PX + dx, (y + QUIET) * PX + dy] = 0
-    return img
-
-
-def decode(img: Image.Image) -> list[str]:
-    """Every QR code zxing finds, dark-on-light only (an inverted image must not pass)."""
-    results = zxingcpp.read_barcodes(img, formats=zxingcpp.BarcodeFormat.QRCode, try_invert=False)
-    return [r.text for r in results]
-
-
-def terminal_modules(text: str, *, blocks_are_dark: bool) -> list[list[bool]]:
-    """Turn half-block terminal art back into a grid of modules (True = dark)."""
-    lines = [ANSI_RE.sub("", line) for line in text.split("\n")]
-    assert lines and len({len(line) for line in lines}) == 1, "ragged QR lines"
-    grid: list[list[bool]] = []
-    for line in lines:
-        unknown = set(line) - set(BLOCKS)
-        assert not unknown, f"unexpected characters in QR: {unknown!r}"
-        top = [BLOCKS[c][0] == blocks_are_dark for c in line]
-        bottom = [BLOCKS[c][1] == blocks_are_dark for c in line]
-        grid += [top, bottom]
-    return grid
-
-
-def decode_terminal(text: str) -> list[str]:
-    # colour output draws dark modules as blocks; plain output draws light ones
-    blocks_are_dark = "\x1b[" in text
-    return decode(render(terminal_modules(text, blocks_are_dark=blocks_are_dark)))
-
-
-def svg_modules(root: ET.Element) -> list[list[bool]]:
-    """Rasterise segno's SVG: one stroked path of horizontal unit-width lines."""
-    ns = "{http://www.w3.org/2000/svg}"
-    paths = root.findall(f".//{ns}path")
-    assert len(paths) == 1
-    path = paths[0]
-    scale = re.fullmatch(r"scale\((\d+)\)", path.get("transform", "scale(1)"))
-    assert scale is not None
-    factor = int(scale.group(1))
-    size = int(root.get("width")) // factor
-    assert int(root.get("height")) // factor == size
-    grid = [[False] * size for _ in range(size)]
-    x = y = 0.0
-    for cmd, args in re.findall(r"([MmHhz])([^MmHhz]*)", path.get("d")):
-        nums = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", args)]
-        if cmd == "M":
-            x, y = nums
-        elif cmd == "m":
-            x, y = x + nums[0], y + nums[1]
-        elif cmd in "hH":
-            end = x + nums[0] if cmd == "h" else nums[0]
-            row = int(y)  # a line at y+.5 with stroke width 1 covers row int(y)
-            for col in range(int(min(x, end)), int(max(x, end))):
-                grid[row][col] = True
-            x = end
-    return grid
+NO_FORCED_COLOR: dict[str, str | None] = {"FORCE_COLOR": None}  # colour follows the terminal only
 
 
 # --- image files -------------------------------------------------------------
@@ -168,9 +95,27 @@ def test_terminal_qr_is_compact(color: bool) -> None:
     assert len(lines) <= 26
     assert max(len(line) for line in lines) <= 50
     # two modules per character row: the symbol plus the border fills the lines exactly
-    modules = qr.module_rows(TYPICAL_FURL, qr.TERMINAL_BORDER)
-    assert len(lines) == (len(modules) + 1) // 2
-    assert {len(line) for line in lines} == {len(modules[0])}
+    width, height = qr.qr_code(TYPICAL_FURL).symbol_size(border=qr.TERMINAL_BORDER)
+    assert len(lines) == (height + 1) // 2
+    assert {len(line) for line in lines} == {width}
+
+
+@pytest.mark.parametrize("color", [False, True], ids=["plain", "color"])
+def test_terminal_qr_quiet_zone_is_light(color: bool) -> None:
+    """The border is light all round; with colour the whole block is (the odd row's padding too)."""
+    grid = terminal_modules(qr.terminal_text(TYPICAL_FURL, color=color), blocks_are_dark=color)
+    border = qr.TERMINAL_BORDER
+    width, height = qr.qr_code(TYPICAL_FURL).symbol_size(border=border)
+    assert len(grid) == height + 1  # an odd number of rows, padded to whole lines
+    symbol = grid[:height]
+    for row in symbol[:border] + symbol[-border:]:
+        assert not any(row)
+    for row in symbol:
+        assert not any(row[:border]) and not any(row[-border:])
+        assert len(row) == width
+    assert any(any(row) for row in symbol)  # not blank: the check above can fail
+    if color:
+        assert not any(grid[-1])  # white under the code, not a black strip
 
 
 def test_terminal_color_lines_reset_their_attributes() -> None:
@@ -181,27 +126,18 @@ def test_terminal_color_lines_reset_their_attributes() -> None:
 # --- the CLI -----------------------------------------------------------------
 
 
-def run_cli(argv: list[str], env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
-    base: dict[str, str | None] = {"NO_COLOR": None, "BBENROLL_REGISTRY": None, "FORCE_COLOR": None}
-    base.update(env or {})
-    with CliRunner().isolation(env=base) as streams:
-        # click >= 8.2 yields (stdout, stderr, output); stdout and stderr are always separate
-        stdout, stderr = streams[0], streams[1]
-        code = run(argv)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        out, err = stdout.getvalue().decode(), stderr.getvalue().decode()
-    return code, out, err
+def run_cli(argv: list[str], env: dict[str, str | None] | None = None) -> cli_helpers.Result:
+    return cli_helpers.run_cli(argv, env={**NO_FORCED_COLOR, **(env or {})})
 
 
 @pytest.fixture(scope="module")
 def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry (absolute path) with one worker, created through the CLI."""
     reg = tmp_path_factory.mktemp("qr-cli") / "workers.toml"
-    code, _, err = run_cli(["--registry", str(reg), "init", "--location", HINT])
-    assert code == 0, err
-    code, _, err = run_cli(["--registry", str(reg), "add", "wörker-1", "--note", "QR test"])
-    assert code == 0, err
+    result = run_cli(["--registry", str(reg), "init", "--location", HINT])
+    assert result.code == 0, result.err
+    result = run_cli(["--registry", str(reg), "add", "wörker-1", "--note", "QR test"])
+    assert result.code == 0, result.err
     return reg
 
 
@@ -217,13 +153,14 @@ def split_qr(out: str) -> tuple[str, list[str]]:
 @pytest.mark.parametrize("env", [{}, {"NO_COLOR": "1"}], ids=["default", "NO_COLOR"])
 def test_cli_show_qr_png_svg(enrolled: Path, tmp_path: Path, env: dict[str, str]) -> None:
     png, svg = tmp_path / "furl.png", tmp_path / "furl.svg"
-    code, out, err = run_cli(["--registry", str(enrolled), "show", "wörker-1", "--json"], env)
-    assert code == 0, err
-    furl = json.loads(out)["furl"]
-    code, out, err = run_cli(
+    shown = run_cli(["--registry", str(enrolled), "show", "wörker-1", "--json"], env)
+    assert shown.code == 0, shown.err
+    furl = json.loads(shown.out)["furl"]
+    result = run_cli(
         ["--registry", str(enrolled), "show", "wörker-1", "--qr", "--png", str(png), "--svg", str(svg)], env
     )
-    assert code == 0, err
+    assert result.code == 0, result.err
+    out, err = result.out, result.err
     # stdout is not a terminal here, and NO_COLOR says the same: no escapes at all
     assert "\x1b" not in out and "\x1b" not in err
     # stdout: the QR code, then the FURL on the last line
@@ -244,13 +181,12 @@ def test_cli_show_qr_png_svg(enrolled: Path, tmp_path: Path, env: dict[str, str]
 
 def test_cli_add_qr(tmp_path: Path) -> None:
     reg = tmp_path / "workers.toml"
-    assert run_cli(["--registry", str(reg), "init", "--location", HINT])[0] == 0
-    code, out, err = run_cli(["--registry", str(reg), "add", "w1", "--qr"], {"NO_COLOR": "1"})
-    assert code == 0, err
-    assert "\x1b" not in out + err
-    block, rest = split_qr(out)
-    code, shown, err = run_cli(["--registry", str(reg), "show", "w1", "--json"])
-    furl = json.loads(shown)["furl"]
+    assert run_cli(["--registry", str(reg), "init", "--location", HINT]).code == 0
+    added = run_cli(["--registry", str(reg), "add", "w1", "--qr"], {"NO_COLOR": "1"})
+    assert added.code == 0, added.err
+    assert "\x1b" not in added.out + added.err
+    block, rest = split_qr(added.out)
+    furl = json.loads(run_cli(["--registry", str(reg), "show", "w1", "--json"]).out)["furl"]
     assert rest == [furl]
     assert decode_terminal(block) == [furl]
 
@@ -297,11 +233,11 @@ def run_in_pty(argv: list[str], env: dict[str, str], timeout: float = 30.0) -> t
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 def test_real_terminal_color_and_no_color(tmp_path: Path) -> None:
     reg = tmp_path / "workers.toml"
-    assert run_cli(["--registry", str(reg), "init", "--location", HINT])[0] == 0
-    assert run_cli(["--registry", str(reg), "add", "w1"])[0] == 0
-    furl = json.loads(run_cli(["--registry", str(reg), "show", "w1", "--json"])[1])["furl"]
+    assert run_cli(["--registry", str(reg), "init", "--location", HINT]).code == 0
+    assert run_cli(["--registry", str(reg), "add", "w1"]).code == 0
+    furl = json.loads(run_cli(["--registry", str(reg), "show", "w1", "--json"]).out)["furl"]
     # revoked: 'show' prints a warning, which is coloured on a terminal
-    assert run_cli(["--registry", str(reg), "revoke", "w1"])[0] == 0
+    assert run_cli(["--registry", str(reg), "revoke", "w1"]).code == 0
 
     code, out = run_in_pty(["--registry", str(reg), "show", "w1", "--qr"], {})
     assert code == 0, out

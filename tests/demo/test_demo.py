@@ -7,6 +7,7 @@ up empty, and no process may still run from it or mention it on its command line
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -21,10 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from bbenroll.demo import story as demo
-from tests.cli.test_qr import decode_terminal
+import bbenroll.demo
+from bbenroll.demo import results, story
+from bbenroll.demo.errors import DemoError
 from tests.helpers.buildbot import BIN
 from tests.helpers.cli import run_cli
+from tests.helpers.qr import decode_terminal
 
 FURL_RE = re.compile(r"^pb://[a-z2-7]{32}@tcp:127\.0\.0\.1:\d+/([a-z2-7]{32,})$")
 
@@ -74,7 +77,7 @@ def tmpdir_(tmp_path: Path) -> Path:
 
 
 def test_missing_extras_is_one_clear_line_and_creates_nothing(monkeypatch, tmp_path):
-    monkeypatch.setattr(demo, "missing_extras", lambda: ["buildbot"])
+    monkeypatch.setattr(story, "missing_extras", lambda: ["buildbot"])
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     result = run_cli(["demo"])
     assert result.code == 1
@@ -84,68 +87,26 @@ def test_missing_extras_is_one_clear_line_and_creates_nothing(monkeypatch, tmp_p
 
 
 def test_missing_extras_looks_for_every_distribution(monkeypatch):
-    real = demo.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        demo.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name in ("buildbot_worker", "buildbot_www") else real(name, *a),
     )
-    assert demo.missing_extras() == ["buildbot-worker", "buildbot-www"]
-    with pytest.raises(demo.DemoError, match=r"^buildbot-worker, buildbot-www are not installed: pip"):
-        demo.check_extras()
-
-
-def test_log_reason_finds_buildbots_configuration_errors(tmp_path):
-    log = tmp_path / "twistd.log"
-    log.write_text(
-        "2026-11-29 07:53:59+0000 [-] Loading configuration from 'master.cfg'\n"
-        "2026-11-29 07:54:00+0000 [-] Configuration Errors:\n"
-        "2026-11-29 07:54:00+0000 [-]   no workers are configured\n"
-        "2026-11-29 07:54:00+0000 [-]   no builders are configured\n"
-        "2026-11-29 07:54:00+0000 [-] Halting master.\n"
-        "2026-11-29 07:54:00+0000 [-] BuildMaster startup failed\n"
-        "2026-11-29 07:54:00+0000 [-] Server Shut Down.\n"
-    )
-    assert demo.log_reason(log) == (
-        "configuration errors: no workers are configured; no builders are configured"
-    )
-    assert demo.log_reason(tmp_path / "missing.log") == ""
-
-
-def test_log_reason_prefers_the_exception_that_ended_a_traceback(tmp_path):
-    log = tmp_path / "twistd.log"
-    log.write_text(
-        "2026-11-29 08:02:59+0000 [-] while starting BuildMaster\n"
-        "\tTraceback (most recent call last):\n"
-        '\t  File "tcp.py", line 1438, in startListening\n'
-        "\ttwisted.internet.error.CannotListenError: Couldn't listen on 127.0.0.1:1: in use.\n"
-        "\t\n"
-        "2026-11-29 08:02:59+0000 [-] BuildMaster startup failed\n"
-        "2026-11-29 08:02:59+0000 [-] Server Shut Down.\n"
-    )
-    assert demo.log_reason(log) == "CannotListenError: Couldn't listen on 127.0.0.1:1: in use."
-
-
-def test_format_seconds():
-    assert [demo.format_seconds(s) for s in (None, 0, 2.0, 2.5, 61, 3600)] == [
-        "an unknown time",
-        "0s",
-        "2s",
-        "2.5s",
-        "1m01s",
-        "60m00s",
-    ]
+    assert story.missing_extras() == ["buildbot-worker", "buildbot-www"]
+    with pytest.raises(DemoError, match=r"^buildbot-worker, buildbot-www are not installed: pip"):
+        story.check_extras()
 
 
 def test_cli_default_timeout_matches_the_core():
     from bbenroll.cli import demo as cli_demo
 
-    assert cli_demo.DEFAULT_TIMEOUT == demo.DEFAULT_TIMEOUT
+    assert cli_demo.DEFAULT_TIMEOUT == story.DEFAULT_TIMEOUT
 
 
 @pytest.mark.parametrize("json_mode", [False, True])
 def test_a_failed_build_is_reported_then_exits_1(monkeypatch, json_mode):
-    build = demo.BuildResult(
+    build = results.BuildResult(
         number=1,
         builder="demo",
         worker="demo-worker",
@@ -156,9 +117,10 @@ def test_a_failed_build_is_reported_then_exits_1(monkeypatch, json_mode):
 
     def fake_run_demo(events, *, timeout, keep):
         events.build_done(build)
-        return demo.DemoResult(build=build, furl="pb://x@tcp:127.0.0.1:1/abcd…", directory=None, elapsed=9.5)
+        furl = "pb://x@tcp:127.0.0.1:1/abcd…"
+        return results.DemoResult(build=build, furl=furl, directory=None, elapsed=9.5)
 
-    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(bbenroll.demo, "run_demo", fake_run_demo)
     result = run_cli(["demo", *(["--json"] if json_mode else [])])
     assert result.code == 1
     assert result.err.splitlines()[-1] == "error: the demo build finished with failure"
@@ -259,7 +221,7 @@ class Recorder:
     def furl(self, name: str, furl: str) -> None:
         self.messages.append("FURL shown")
 
-    def build_done(self, build: demo.BuildResult) -> None:
+    def build_done(self, build: results.BuildResult) -> None:
         self.messages.append(f"build {build.result}")
 
 
@@ -270,8 +232,8 @@ def test_a_master_that_cannot_start_is_one_line_and_leaves_nothing(monkeypatch, 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        ports = iter([busy.getsockname()[1], demo.free_port(), demo.free_port()])  # www first
-        monkeypatch.setattr(demo, "free_port", lambda: next(ports))
+        ports = iter([busy.getsockname()[1], story.free_port(), story.free_port()])  # www first
+        monkeypatch.setattr(story, "free_port", lambda: next(ports))
         started = time.monotonic()
         result = run_cli(["demo"])
     assert result.code == 1
@@ -288,8 +250,8 @@ def test_a_master_that_cannot_start_is_one_line_and_leaves_nothing(monkeypatch, 
 def test_timeout_stops_what_runs_and_removes_the_directory(monkeypatch, tmpdir_):
     monkeypatch.setattr(tempfile, "tempdir", str(tmpdir_))
     events = Recorder()
-    with pytest.raises(demo.DemoError, match=r"^timed out after 0.5s waiting for buildbot create-master"):
-        demo.Demo(events, timeout=0.5).run()
+    with pytest.raises(DemoError, match=r"^timed out after 0.5s waiting for buildbot create-master"):
+        story.Demo(events, timeout=0.5).run()
     assert events.messages[-2] == "stopping buildbot create-master..."
     assert events.messages[-1].startswith(f"removed {tmpdir_.resolve()}")
     assert_nothing_left(tmpdir_)
