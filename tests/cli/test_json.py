@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bbenroll.demo import story
+import bbenroll.demo as demo
 from tests.helpers.cli import HINT
 
 
@@ -19,11 +19,11 @@ def one_document(out: str):
 
 def fake_demo(result: str):
     def run_demo(events, *, timeout, keep):
-        build = story.BuildResult(number=1, builder="demo", worker="demo-worker", result=result, duration=2.0,
+        build = demo.BuildResult(number=1, builder="demo", worker="demo-worker", result=result, duration=2.0,
                                   log_tail=["hello"])
         events.furl("demo-worker", "pb://x@tcp:127.0.0.1:1/abcdefgh")
         events.build_done(build)
-        return story.DemoResult(build=build, furl="pb://x@tcp:127.0.0.1:1/abcd…", directory=None, elapsed=3.0)
+        return demo.DemoResult(build=build, furl="pb://x@tcp:127.0.0.1:1/abcd…", directory=None, elapsed=3.0)
 
     return run_demo
 
@@ -88,7 +88,7 @@ def prepare(cli, reg_path, monkeypatch):
         elif what == "broken registry":
             reg_path.write_text("version = ")
         elif what and what.startswith("demo"):
-            monkeypatch.setattr(story, "run_demo", fake_demo(what.split()[1]))
+            monkeypatch.setattr(demo, "run_demo", fake_demo(what.split()[1]))
 
     return prepare
 
