@@ -1,6 +1,6 @@
 """Supervisor: the demo's children start in their own process group, are watched, and all stop.
 
-Waiting and the stop's grace period run on an injected clock (``FakeClock``), so
+Waiting and the stop's grace period run on an injected clock (``SleepingClock``), so
 timeouts are exact and take no time; the processes themselves are real.
 """
 
@@ -19,28 +19,14 @@ import pytest
 
 from bbenroll.demo.errors import DemoError, DemoTerminated
 from bbenroll.demo.processes import Supervisor, child_environment, script_command
+from tests.helpers.clock import SleepingClock
 
 POLL, STOP_GRACE, STOP_POLL = Supervisor.poll, Supervisor.stop_grace, Supervisor.stop_poll
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups and signals are POSIX")
 
 
-class FakeClock:
-    """``monotonic`` and ``sleep`` for a Supervisor: sleeping moves time on, at once."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def supervisor(
-    clock: FakeClock | None = None, *, timeout: float = 30.0, keep_logs: bool = False
+    clock: SleepingClock | None = None, *, timeout: float = 30.0, keep_logs: bool = False
 ) -> Supervisor:
     if clock is None:
         sup = Supervisor(timeout=timeout, keep_logs=keep_logs)
@@ -87,7 +73,7 @@ def gone(pid: int, timeout: float = 5.0) -> bool:
 
 
 def test_wait_returns_the_first_true_value() -> None:
-    clock = FakeClock()
+    clock = SleepingClock(1000.0)
     sup = supervisor(clock)
     answers = iter([None, {}, {"masters": [1]}])
     assert sup.wait("the master", lambda: next(answers)) == {"masters": [1]}
@@ -95,7 +81,7 @@ def test_wait_returns_the_first_true_value() -> None:
 
 
 def test_wait_gives_up_at_the_deadline() -> None:
-    clock = FakeClock()
+    clock = SleepingClock(1000.0)
     sup = supervisor(clock, timeout=1.5)
     start = clock.now
     with pytest.raises(DemoError) as e:
@@ -105,7 +91,7 @@ def test_wait_gives_up_at_the_deadline() -> None:
 
 
 def test_remaining_is_never_below_one_second() -> None:
-    clock = FakeClock()
+    clock = SleepingClock(1000.0)
     sup = supervisor(clock, timeout=10)
     assert sup.remaining() == 10
     clock.now += 9.5
@@ -189,7 +175,7 @@ def test_stop_all_stops_every_child_and_its_whole_group_in_order(tmp_path: Path)
 class Stubborn:
     """A supervised "master" that ignores SIGTERM, as does its grandchild; the fake clock."""
 
-    clock: FakeClock
+    clock: SleepingClock
     sup: Supervisor
     proc: subprocess.Popen[bytes]
     pids: tuple[int, int]
@@ -200,7 +186,7 @@ class Stubborn:
 
 @pytest.fixture
 def stubborn(tmp_path: Path) -> Stubborn:
-    clock = FakeClock()
+    clock = SleepingClock(1000.0)
     sup = supervisor(clock)
     pids = spawn_family(sup, tmp_path, "master", stubborn=True)
     ((_name, proc),) = sup.procs
@@ -239,7 +225,7 @@ def test_a_signal_during_cleanup_makes_it_hurry(stubborn: Stubborn) -> None:
 
 @posix_only
 def test_signals_become_exceptions_and_the_handlers_come_back() -> None:
-    sup = supervisor(FakeClock())
+    sup = supervisor(SleepingClock(1000.0))
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     with sup.signals():
         with pytest.raises(KeyboardInterrupt):
@@ -254,7 +240,7 @@ def test_signals_become_exceptions_and_the_handlers_come_back() -> None:
 
 @posix_only
 def test_a_signal_while_a_child_is_recorded_waits_until_it_is() -> None:
-    sup = supervisor(FakeClock())
+    sup = supervisor(SleepingClock(1000.0))
     done: list[str] = []
     with sup.signals(), pytest.raises(DemoTerminated):
         with sup.uninterrupted():

@@ -24,6 +24,7 @@ from bbenroll.errors import BBEnrollError, LockTimeout
 from bbenroll.fileio import LockWait, exclusive_lock
 from bbenroll.registry import model, store
 from tests.helpers.cli import FIXED_NOW
+from tests.helpers.clock import SleepingClock
 
 OTHER = (65534, 65534)
 
@@ -127,27 +128,12 @@ def test_unreachable_lock_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert str(info.value) == f"{lock}: cannot open lock file: No such file or directory"
 
 
-class FakeClock:
-    """A monotonic clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def test_a_held_lock_is_waited_for_with_backoff_then_times_out(tmp_path: Path) -> None:
     """Deterministic: the wait's clock is injected, nothing really sleeps."""
     import fcntl
 
     lock = tmp_path / ".lock"
-    clock = FakeClock()
+    clock = SleepingClock(100.0)
     with open(lock, "w") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX)  # another open file: flock conflicts even in one process
         with pytest.raises(LockTimeout) as info:
@@ -158,7 +144,7 @@ def test_a_held_lock_is_waited_for_with_backoff_then_times_out(tmp_path: Path) -
     assert set(clock.sleeps[6:]) == {LockWait.max_delay}
     assert clock.now >= 100.2 and clock.now - clock.sleeps[-1] < 100.2
     # released: the next caller gets it at once, without sleeping
-    after = FakeClock()
+    after = SleepingClock(100.0)
     with exclusive_lock(lock, wait=LockWait(after.monotonic, after.sleep)):
         pass
     assert after.sleeps == []
