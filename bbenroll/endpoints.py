@@ -25,19 +25,35 @@ def endpoint_parts(text: str) -> list[str]:
     return parts
 
 
+TCP_KINDS = ("tcp", "tcp6")
+
+
+def listen_port(listen: str) -> int | None:
+    """The TCP port a server endpoint listens on (``tcp:9989``, ``tcp:port=9989:...``, ``9989``), or None."""
+    parts = endpoint_parts(str(listen).strip())
+    if parts[0] in TCP_KINDS and len(parts) > 1:
+        port = parts[1].removeprefix("port=")
+    elif len(parts) == 1:
+        port = parts[0]
+    else:
+        return None
+    return int(port) if port.isdigit() and 0 < int(port) < 65536 else None
+
+
 def check_listen_endpoint(text: str) -> str:
     """A plausible server endpoint for the master's Foolscap service (``tcp:9989`` ...)."""
     parts = endpoint_parts(str(text).strip())
     kind = parts[0]
-    if kind in ("tcp", "tcp6", "ssl") and len(parts) > 1:
-        port = parts[1].removeprefix("port=")
-        if port.isdigit() and 0 < int(port) < 65536:
-            return text
-    elif kind == "unix" and len(parts) > 1 and parts[1]:
+    if kind == "ssl":
+        raise BBEnrollError(
+            f"listen endpoint {text!r}: Foolscap makes its own TLS connection (that is what pins the "
+            "master's identity), so it cannot listen behind 'ssl:'; use 'tcp:PORT'"
+        )
+    if listen_port(text) is not None:
         return text
-    elif kind.isdigit() and len(parts) == 1 and 0 < int(kind) < 65536:
+    if kind == "unix" and len(parts) > 1 and parts[1]:
         return text
-    elif kind in ("systemd", "onion", "i2p") and len(parts) > 1:
+    if kind in ("systemd", "onion", "i2p") and len(parts) > 1:
         return text
     raise BBEnrollError(f"listen endpoint {text!r} is not a Twisted server endpoint like 'tcp:9989'")
 

@@ -10,7 +10,7 @@ import click
 from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import output_options
-from bbenroll.endpoints import endpoint_parts
+from bbenroll.endpoints import listen_port
 from bbenroll.errors import BBEnrollError
 
 DEFAULT_LISTEN = "tcp:9989"
@@ -20,23 +20,10 @@ DEFAULT_IDENTITY = "master.pem"
 UNUSABLE_HOSTS = frozenset(
     {"", "localhost", "localhost.localdomain", "localhost6", "localhost6.localdomain6", "ip6-localhost"}
 )
-TCP_KINDS = ("tcp", "tcp6", "ssl")
 
 
 class NoLocation(BBEnrollError):
     """No --location, and none can be derived from this host and --listen."""
-
-
-def listen_port(listen: str) -> int | None:
-    """The TCP port a server endpoint listens on (``tcp:9989``, ``tcp:port=9989:...``, ``9989``), or None."""
-    parts = endpoint_parts(listen.strip())
-    if parts[0] in TCP_KINDS and len(parts) > 1:
-        port = parts[1].removeprefix("port=")
-    elif len(parts) == 1:
-        port = parts[0]
-    else:
-        return None
-    return int(port) if port.isdigit() and 0 < int(port) < 65536 else None
 
 
 def usable_host(name: str) -> bool:

@@ -7,7 +7,8 @@ import tomllib
 
 import pytest
 
-from bbenroll.cli.init import listen_port, usable_host
+from bbenroll.cli.init import usable_host
+from bbenroll.endpoints import listen_port
 from bbenroll.furl import parse_furl
 from tests.helpers.cli import run_cli
 
@@ -78,7 +79,7 @@ def test_refuses_without_location_when_listen_has_no_tcp_port(tmp_path, fqdn, li
 
 @pytest.mark.parametrize(
     "listen, port",
-    [("tcp:9989", 9989), ("tcp:port=80", 80), ("ssl:8443:privateKey=k.pem", 8443), ("65535", 65535),
+    [("tcp:9989", 9989), ("tcp:port=80", 80), ("ssl:8443:privateKey=k.pem", None), ("65535", 65535),
      ("unix:/x", None), ("tcp:", None), ("tcp:65536", None), ("systemd:domain=INET:index=0", None)],
 )
 def test_listen_port(listen, port):

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.testing import MemoryReactor
 
-from bbenroll.endpoints import check_loopback_endpoint, endpoint_parts
+from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint, endpoint_parts
 from bbenroll.errors import BBEnrollError
 from bbenroll.tunnel.master_side import pb_client_endpoint
 
@@ -95,3 +95,23 @@ class TestRegistryLocation:
         with pytest.raises(ConfigErrors) as info:
             Enrollment("workers.toml", basedir=str(tmp_path / "elsewhere"))
         assert str(tmp_path / "elsewhere" / "workers.toml") in info.value.errors[0]
+
+
+@pytest.mark.parametrize(
+    "listen", ["tcp:9989", "tcp:port=9989:interface=0.0.0.0", "9989", "unix:/run/bb.sock"]
+)
+def test_listen_endpoints_are_accepted(listen):
+    assert check_listen_endpoint(listen) == listen
+
+
+@pytest.mark.parametrize(
+    "listen, message",
+    [
+        ("ssl:9989:privateKey=k.pem", "Foolscap makes its own TLS connection"),
+        ("tcp:65536", "is not a Twisted server endpoint"),
+        ("tcp:", "is not a Twisted server endpoint"),
+    ],
+)
+def test_other_listen_endpoints_are_refused(listen, message):
+    with pytest.raises(BBEnrollError, match=message):
+        check_listen_endpoint(listen)
