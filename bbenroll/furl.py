@@ -99,6 +99,12 @@ def check_hint(hint: str) -> str:
     return hint
 
 
+def tcp_hint_port(hint: str) -> int | None:
+    """The port of a ``tcp:HOST:PORT`` hint, or None for other hint types."""
+    mo = _TCP_HINT_RE.match(hint) if hint.startswith("tcp:") else None
+    return int(mo.group(2)) if mo else None
+
+
 def build_furl(tubid: str, hints: tuple[str, ...] | list[str], swissnum: str) -> str:
     check_tubid(tubid)
     for hint in hints:

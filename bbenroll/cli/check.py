@@ -23,7 +23,7 @@ def plural(count: int, noun: str) -> str:
 @click.pass_obj
 def command(app: App) -> Result:
     """Check registry and identity: syntax, schema, permissions, TubID, hints."""
-    from bbenroll.registry import store
+    from bbenroll.registry import model, store
 
     path = app.registry_path
     problems = store.check(path)
@@ -36,5 +36,13 @@ def command(app: App) -> Result:
 
         failed = CheckFailed(f"{path}: {plural(len(problems), 'problem')} found")
         return Result(document, show_problems, failed)
-    workers = store.load(path).registry.workers
-    return Result(document, lambda out: out.info(f"{path}: OK ({plural(len(workers), 'worker')})"))
+    registry = store.load(path).registry
+    notes = [f"{path}: {note}" for note in (model.location_mismatch(registry.master),) if note]
+    document["warnings"] = notes
+
+    def show_ok(out: Output) -> None:
+        for note in notes:
+            out.warn(note)
+        out.info(f"{path}: OK ({plural(len(registry.workers), 'worker')})")
+
+    return Result(document, show_ok)

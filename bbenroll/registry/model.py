@@ -137,6 +137,27 @@ class MasterSettings:
     pb: str | None = None  # the master's loopback PB endpoint (used by the master hook)
 
 
+def location_mismatch(master: MasterSettings) -> str | None:
+    """Why the FURLs' TCP hints may point at the wrong port, or None.
+
+    ``init --listen tcp:12345`` once wrote hints with port 9989. A hint on
+    another port is right only behind a port forward, so this is a warning,
+    not a problem: ``bbenroll check`` says it and still passes.
+    """
+    from bbenroll.endpoints import listen_port
+    from bbenroll.furl import tcp_hint_port
+
+    port = listen_port(master.listen)
+    hint_ports = [p for p in map(tcp_hint_port, master.location) if p is not None]
+    if port is None or not hint_ports or port in hint_ports:
+        return None
+    ports = ", ".join(str(p) for p in dict.fromkeys(hint_ports))
+    return (
+        f"master.location: no hint uses port {port}, where master.listen ({master.listen}) listens; "
+        f"workers will connect to port {ports}, which is right only if something forwards it to {port}"
+    )
+
+
 def usable(registry: Registry, now: datetime) -> dict[str, Worker]:
     """The workers Buildbot should know about at ``now``: not revoked, not expired.
 

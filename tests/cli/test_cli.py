@@ -275,6 +275,7 @@ def test_check_ok_and_problems(cli, reg_path):
     cli("add", "w1")
     result = cli("check")
     assert (result.code, result.out, result.err) == (0, "", f"{reg_path}: OK (1 worker)\n")
+    assert json.loads(cli("check", "--json").out)["warnings"] == []
     text = reg_path.read_text()
     text = text.replace('location = ["tcp:buildbot.example.org:9989"]', 'location = ["buildbot:99"]')
     text = text.replace("[workers.w1]", '[workers."bad name"]')
@@ -289,6 +290,20 @@ def test_check_ok_and_problems(cli, reg_path):
     assert any("accessible by group or others (mode 0644)" in line for line in lines)
     checked = json.loads(cli("check", "--json").out)
     assert checked["ok"] is False and len(checked["problems"]) == 3
+
+
+def test_check_warns_when_no_hint_uses_the_listen_port(cli, reg_path):
+    """The FURLs would point at another port than the one the master listens on:
+    right only behind a port forward, so a warning, and check still passes."""
+    reg_path.write_text(reg_path.read_text().replace('listen = "tcp:9989"', 'listen = "tcp:12345"'))
+    result = cli("check")
+    warning = (
+        f"warning: {reg_path}: master.location: no hint uses port 12345, where master.listen (tcp:12345) "
+        "listens; workers will connect to port 9989, which is right only if something forwards it to 12345"
+    )
+    assert (result.code, result.err.splitlines()) == (0, [warning, f"{reg_path}: OK (0 workers)"])
+    checked = json.loads(cli("check", "--json").out)
+    assert checked["ok"] is True and checked["warnings"] == [warning.removeprefix("warning: ")]
 
 
 def test_permission_warning_on_every_command(cli, reg_path):
