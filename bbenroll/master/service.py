@@ -203,6 +203,11 @@ class EnrollmentService(service.MultiService):
             decision = gatemod.Decision(False, gatemod.UNKNOWN)
         else:
             decision = self.gate.decide(swissnum, self.now())
+            if decision.reason == gatemod.UNKNOWN:
+                # `bbenroll add` then at once `worker create`: the worker may be newer than
+                # our last poll. Re-reading costs a stat() unless the file really changed.
+                self._reload()
+                decision = self.gate.decide(swissnum, self.now())
         if not decision.accepted:
             log.info("refused connection from {peer}: {why}", peer=peer, why=decision.describe())
             raise Refused(decision.reason)

@@ -29,6 +29,15 @@ def test_lookup_gives_worker_config(world):
 
 
 
+def test_a_worker_added_since_the_last_poll_is_found_at_once(world):
+    """`bbenroll add` then `worker create` within one poll interval: no 'unknown secret'."""
+    world.start()
+    swissnum = world.add("newcomer")  # no tick has run since: only the lookup can see it
+    assert world.call(world.connect().reference(swissnum), "get_worker_config")["name"] == "newcomer"
+    assert world.logged("refused connection from {peer}") == []
+    world.finish()
+
+
 def test_serving_is_logged_once_the_port_is_bound(world):
     world.add("worker1")
     world.start()
