@@ -2,7 +2,7 @@
 
 Every error a user can cause is a :class:`BBEnrollError` whose ``str()`` is the
 complete one-line message the user reads. The CLI turns these into exit status 1
-in a single place (``bbenroll.cli.main``); anything else is a bug.
+in a single place (``bbenroll.cli.run``); anything else is a bug.
 """
 
 from __future__ import annotations

@@ -38,10 +38,18 @@ class Rest:
             self.base + path, data=body, headers={"Content-Type": "application/json"}, method="POST"
         )
         try:
-            with self.opener.open(request, timeout=30) as response:
-                answer = json.load(response)
-        except urllib.error.HTTPError as e:
-            answer = json.loads(e.read() or b"{}")
+            try:
+                with self.opener.open(request, timeout=30) as response:
+                    answer = json.load(response)
+            except urllib.error.HTTPError as e:
+                answer = json.loads(e.read() or b"{}")
+        except ValueError:  # an HTML error page, or a truncated answer
+            raise DemoError(f"the master's REST API gave no JSON answer to {method}") from None
+        except OSError as e:  # refused, reset, timed out
+            why = getattr(e, "reason", None) or e
+            raise DemoError(f"cannot reach the master's REST API to {method} a build: {why}") from None
+        if not isinstance(answer, dict):
+            raise DemoError(f"the master's REST API gave an unexpected answer to {method}")
         if "error" in answer:
             error = answer["error"]
             message = error.get("message", error) if isinstance(error, dict) else error

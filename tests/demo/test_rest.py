@@ -45,7 +45,9 @@ class FakeMaster(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.posted.append(request)
-        if request["params"].get("builderid") == 1:
+        if request["params"].get("builderid") == 2:
+            self._send(502, b"<html>bad gateway</html>", "text/html")
+        elif request["params"].get("builderid") == 1:
             self._send(200, json.dumps({"jsonrpc": "2.0", "id": 1, "result": [7, {"1": 8}]}).encode())
         else:
             error = {"code": -32602, "message": "no such builder"}
@@ -93,6 +95,16 @@ def test_rpc_error_is_one_line(master) -> None:
     with pytest.raises(DemoError) as e:
         rest.rpc("forceschedulers/force", "force", builderid=99)
     assert str(e.value) == "the master refused to force a build: no such builder"
+
+
+def test_rpc_without_json_or_without_a_master_is_one_line(master) -> None:
+    with pytest.raises(DemoError) as e:
+        Rest(master[0]).rpc("forceschedulers/force", "force", builderid=2)  # an HTML error page
+    assert str(e.value) == "the master's REST API gave no JSON answer to force"
+    with pytest.raises(DemoError) as e:
+        Rest(free_port()).rpc("forceschedulers/force", "force", builderid=1)  # nothing listening
+    assert str(e.value).startswith("cannot reach the master's REST API to force a build: ")
+    assert "Connection refused" in str(e.value)
 
 
 def test_loopback_never_goes_through_a_proxy(master, monkeypatch: pytest.MonkeyPatch) -> None:
