@@ -710,7 +710,7 @@ from buildbot.plugins import schedulers, steps, util
 from bbenroll.master import Enrollment
 
 c = BuildmasterConfig = {{}}
-Enrollment("workers.toml").configure(c)
+Enrollment("workers.toml", basedir=basedir).configure(c)
 big = util.BuildFactory([steps.ShellCommand(name="big", command={big!r})])
 small = util.BuildFactory([steps.ShellCommand(name="small", command={small!r})])
 c["builders"] = [

@@ -12,10 +12,8 @@ from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import output_options
 from bbenroll.endpoints import listen_port
 from bbenroll.errors import BBEnrollError
+from bbenroll.registry import DEFAULT_IDENTITY, DEFAULT_LISTEN, DEFAULT_PB
 
-DEFAULT_LISTEN = "tcp:9989"
-DEFAULT_PB = "tcp:9990:interface=127.0.0.1"
-DEFAULT_IDENTITY = "master.pem"
 # what the FQDN lookup answers on a machine without a real name: no worker elsewhere can use it
 UNUSABLE_HOSTS = frozenset(
     {"", "localhost", "localhost.localdomain", "localhost6", "localhost6.localdomain6", "ip6-localhost"}

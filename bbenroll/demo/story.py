@@ -59,7 +59,7 @@ from buildbot.plugins import schedulers, steps, util
 from bbenroll.master import Enrollment
 
 c = BuildmasterConfig = {{}}
-enrollment = Enrollment("workers.toml")
+enrollment = Enrollment("workers.toml", basedir=basedir)
 enrollment.configure(c)  # workers, the loopback PB port, the FURL service
 
 names = enrollment.names()  # the registry's usable workers (the service reconfigures on changes)

@@ -30,6 +30,7 @@ from bbenroll.endpoints import check_loopback_endpoint
 from bbenroll.errors import BBEnrollError
 from bbenroll.master.reloader import POLL_INTERVAL
 from bbenroll.master.service import EnrollmentService
+from bbenroll.registry import DEFAULT_PB
 from bbenroll.registry import store as regmod
 from bbenroll.registry.model import usable
 
@@ -92,7 +93,7 @@ class Enrollment:
         pb = self.loaded.registry.master.pb
         if pb is None:
             raise _config_error(
-                f"{self.path}: [master] has no 'pb' port; add pb = \"tcp:9990:interface=127.0.0.1\""
+                f"{self.path}: [master] has no 'pb' port; add pb = \"{DEFAULT_PB}\""
             )
         try:
             return check_loopback_endpoint(pb)

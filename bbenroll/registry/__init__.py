@@ -12,3 +12,7 @@
 # the one source of the registry's default path and its environment variable
 DEFAULT_REGISTRY = "workers.toml"
 ENV_REGISTRY = "BBENROLL_REGISTRY"
+# what `bbenroll init` writes unless told otherwise
+DEFAULT_LISTEN = "tcp:9989"
+DEFAULT_PB = "tcp:9990:interface=127.0.0.1"
+DEFAULT_IDENTITY = "master.pem"

@@ -19,7 +19,7 @@ from buildbot.plugins import schedulers, steps, util
 from bbenroll.master import Enrollment
 
 c = BuildmasterConfig = {{}}
-enrollment = Enrollment("workers.toml")
+enrollment = Enrollment("workers.toml", basedir=basedir)
 enrollment.configure(c)
 names = [w.name for w in c["workers"]] or ["nobody"]
 factory = util.BuildFactory([steps.ShellCommand(command={command!r})])
