@@ -20,7 +20,7 @@ It measures, in one run, side by side:
    ``callRemote`` calls of 64 KiB, 256 KiB and 1 MiB between two Tubs (and 256 KiB calls
    whose receiver forwards the bytes to the sink over loopback TCP, as the tunnel's master
    side does); then the round-trip time of a small message over each;
-3. outage: a ``FaultyProxy`` (tests/netproxy.py) between the worker's tunnel and the
+3. outage: a ``FaultyProxy`` (tests/helpers/netproxy.py) between the worker's tunnel and the
    master; data streams continuously; the proxy is blocked for 5 s (and 9 s), then
    unblocked, and the time from ``unblock()`` to the first new byte at the far end is
    measured.

@@ -1,4 +1,4 @@
-"""The fault-injecting test proxy (tests/netproxy.py) against real sockets on 127.0.0.1."""
+"""The fault-injecting test proxy (tests/helpers/netproxy.py) against real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Real builds over the FURL: buildbot master + buildbot-worker processes, tunnel, faults.
 
 Between the worker and the master sits a proxy that can stall, cut and block
-the network (tests/netproxy.py), so the tunnel's resume is tested for real.
+the network (tests/helpers/netproxy.py), so the tunnel's resume is tested for real.
 """
 
 from __future__ import annotations
