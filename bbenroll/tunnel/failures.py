@@ -50,11 +50,11 @@ def classify(failure: Any) -> ConnectFailure:
     from foolscap.tokens import BananaError, NegotiationError, RemoteException
     from twisted.internet import defer, error
 
-    from bbenroll.tunnel.wire import Refused
+    from bbenroll.tunnel.wire import REFUSED_TYPE_NAMES
 
     if failure.check(RemoteException):
         copied = failure.value.failure  # a CopiedFailure: .value is the remote message
-        if copied.check(Refused):
+        if copied.check(*REFUSED_TYPE_NAMES):
             return ConnectFailure(FailureKind.REFUSED, f"the master refused this FURL: {copied.value}")
         # not a refusal: a fault on the master; its type name is all worth showing here
         return ConnectFailure(FailureKind.FAILED, f"the master failed ({copied.type.__name__}); see its log")

@@ -40,6 +40,13 @@ class Refused(Exception):
     this type (Foolscap copies its qualified name), never by its text."""
 
 
+# The qualified names a master may send for Refused: Foolscap identifies a remote
+# exception by its module path, and masters before the package layout raised it
+# from bbenroll.service. Both are the wire contract; a new worker must still slow
+# down when an old master refuses it.
+REFUSED_TYPE_NAMES = ("bbenroll.tunnel.wire.Refused", "bbenroll.service.Refused")
+
+
 class RITunnelPeer(RemoteInterface):
     """Frame sink; implemented by both sides."""
 

@@ -16,11 +16,21 @@ from tests.helpers.net import free_port
 pytestmark = pytest.mark.network
 
 
+class LegacyRefused(Exception):
+    """What masters before the package layout raised: the same class, at its old path."""
+
+
+LegacyRefused.__module__, LegacyRefused.__name__ = "bbenroll.service", "Refused"
+
+
 class Master(Referenceable):
     """Stands in for the master's EnrolledWorker: refuses, or fails for another reason."""
 
     def remote_get_worker_config(self) -> dict:
         raise Refused("worker revoked")
+
+    def remote_old_master_config(self) -> dict:
+        raise LegacyRefused("worker revoked")
 
     def remote_open_session(self) -> dict:
         raise KeyError("a bug on the master")
@@ -54,6 +64,7 @@ def fails(d):
     ("method", "kind", "message"),
     [
         ("get_worker_config", FailureKind.REFUSED, "the master refused this FURL: worker revoked"),
+        ("old_master_config", FailureKind.REFUSED, "the master refused this FURL: worker revoked"),
         # not a refusal; and no remote text or traceback in the message
         ("open_session", FailureKind.FAILED, "the master failed (KeyError); see its log"),
     ],
@@ -124,3 +135,12 @@ def test_no_answer_is_unreachable(exception):
 )
 def test_the_type_decides_never_the_text(exception):
     assert classify(Failure(exception)).kind is FailureKind.FAILED
+
+
+def test_the_refusal_type_names_are_the_wire_contract():
+    """Moving Refused changes what masters send: the current name must stay first in the contract."""
+    from twisted.python import reflect
+
+    from bbenroll.tunnel.wire import REFUSED_TYPE_NAMES
+
+    assert REFUSED_TYPE_NAMES == (reflect.qual(Refused), "bbenroll.service.Refused")
