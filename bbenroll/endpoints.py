@@ -28,16 +28,44 @@ def endpoint_parts(text: str) -> list[str]:
 TCP_KINDS = ("tcp", "tcp6")
 
 
+def _ascii_port(text: str) -> int | None:
+    # str.isdigit() also takes other scripts' digits, which int() reads: ASCII only
+    if text.isascii() and text.isdigit() and 0 < int(text) < 65536:
+        return int(text)
+    return None
+
+
+def tcp_server(text: str) -> tuple[str, int | None, str | None] | None:
+    """``(kind, port, interface)`` of a ``tcp:``/``tcp6:`` server endpoint, or None for other kinds.
+
+    As Twisted reads it: the port is ``port=N`` or the first argument without a
+    name, in any order with ``interface=`` and ``backlog=``; a bare number is
+    ``tcp:N``. The port is None when there is none, or it is not 1-65535.
+    """
+    parts = endpoint_parts(str(text).strip())
+    if len(parts) == 1:
+        return ("tcp", _ascii_port(parts[0]), None) if parts[0] else None
+    kind, arguments = parts[0], parts[1:]
+    if kind not in TCP_KINDS:
+        return None
+    port: int | None = None
+    interface: str | None = None
+    positional = [a for a in arguments if "=" not in a]
+    for argument in arguments:
+        name, _, value = argument.partition("=")
+        if name == "port" and "=" in argument:
+            port = _ascii_port(value)
+        elif name == "interface" and "=" in argument:
+            interface = value
+    if port is None and positional and not any(a.startswith("port=") for a in arguments):
+        port = _ascii_port(positional[0])
+    return kind, port, interface
+
+
 def listen_port(listen: str) -> int | None:
     """The TCP port a server endpoint listens on (``tcp:9989``, ``tcp:port=9989:...``, ``9989``), or None."""
-    parts = endpoint_parts(str(listen).strip())
-    if parts[0] in TCP_KINDS and len(parts) > 1:
-        port = parts[1].removeprefix("port=")
-    elif len(parts) == 1:
-        port = parts[0]
-    else:
-        return None
-    return int(port) if port.isdigit() and 0 < int(port) < 65536 else None
+    server = tcp_server(listen)
+    return server[1] if server is not None else None
 
 
 def check_listen_endpoint(text: str) -> str:
@@ -68,11 +96,11 @@ def check_loopback_endpoint(endpoint: str) -> str:
             f"master.pb {text!r}: TLS on the loopback PB port is not needed (the tunnel is encrypted) "
             "and the tunnel cannot connect to it; use 'tcp:9990:interface=127.0.0.1'"
         )
-    if text.isdigit() or kind in ("tcp", "tcp6"):
-        interface = None
-        for part in rest:
-            if part.startswith("interface="):
-                interface = part.split("=", 1)[1]
+    tcp = tcp_server(text)
+    if tcp is not None:
+        _, port, interface = tcp
+        if port is None:
+            raise BBEnrollError(f"master.pb {text!r} has no port 1-65535; use 'tcp:9990:interface=127.0.0.1'")
         if interface is None:
             raise BBEnrollError(
                 f"master.pb {text!r} listens on every interface; workers must arrive only through "

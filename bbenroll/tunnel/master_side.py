@@ -15,7 +15,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, U
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from bbenroll.endpoints import endpoint_parts
+from bbenroll.endpoints import endpoint_parts, tcp_server
 from bbenroll.tunnel import frames
 from bbenroll.tunnel.adapter import TunnelAdapter
 from bbenroll.tunnel.core import Settings
@@ -25,22 +25,16 @@ log = Logger(namespace="bbenroll")
 
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
     """How to reach the PB port given as a server endpoint (``tcp:9990:interface=127.0.0.1``)."""
-    kind, *parts = endpoint_parts(server_endpoint)
-    if kind in ("tcp", "tcp6"):
-        port = None
-        host = "127.0.0.1" if kind == "tcp" else "::1"
-        for part in parts:
-            if part.startswith("port="):
-                port = int(part[5:])
-            elif part.startswith("interface="):
-                host = part[len("interface=") :]
-            elif part.isdigit() and port is None:
-                port = int(part)
+    tcp = tcp_server(server_endpoint)
+    if tcp is not None:
+        kind, port, interface = tcp
+        host = interface or ("127.0.0.1" if kind == "tcp" else "::1")
         if port is None:
             raise ValueError(f"no port in {server_endpoint!r}")
         if ":" in host:
             return TCP6ClientEndpoint(reactor, host, port)
         return TCP4ClientEndpoint(reactor, host, port)
+    kind, *parts = endpoint_parts(server_endpoint)
     if kind == "unix":
         address = parts[0]
         for part in parts:

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.testing import MemoryReactor
 
-from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint, endpoint_parts
+from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint, endpoint_parts, tcp_server
 from bbenroll.errors import BBEnrollError
 from bbenroll.tunnel.master_side import pb_client_endpoint
 
@@ -16,6 +16,7 @@ from bbenroll.tunnel.master_side import pb_client_endpoint
     "tcp:port=9990:interface=127.0.0.2",
     r"tcp6:9990:interface=\:\:1",
     "tcp:9990:interface=localhost",
+    "tcp:interface=127.0.0.1:port=9990",
     "unix:/var/run/buildbot-pb.sock",
 ])
 def test_loopback_pb_ports_are_accepted(text):
@@ -30,6 +31,8 @@ def test_loopback_pb_ports_are_accepted(text):
     ("tcp:9990:interface=buildbot.example.org", "not a loopback address"),
     ("ssl:9990:interface=127.0.0.1", "TLS on the loopback PB port is not needed"),
     ("systemd:domain=INET:index=0", "use 'tcp:PORT:interface=127.0.0.1'"),
+    ("tcp:interface=127.0.0.1", "has no port 1-65535"),
+    ("tcp:99999:interface=127.0.0.1", "has no port 1-65535"),
 ])
 def test_other_pb_ports_are_refused(text, message):
     with pytest.raises(BBEnrollError, match=message):
@@ -115,3 +118,21 @@ def test_listen_endpoints_are_accepted(listen):
 def test_other_listen_endpoints_are_refused(listen, message):
     with pytest.raises(BBEnrollError, match=message):
         check_listen_endpoint(listen)
+
+
+@pytest.mark.parametrize(
+    "text, server",
+    [
+        ("tcp:9989", ("tcp", 9989, None)),
+        ("9989", ("tcp", 9989, None)),
+        ("tcp:interface=0.0.0.0:port=9989", ("tcp", 9989, "0.0.0.0")),  # noqa: S104
+        ("tcp:9989:interface=127.0.0.1:backlog=50", ("tcp", 9989, "127.0.0.1")),
+        ("tcp6:port=9990:interface=\\:\\:1", ("tcp6", 9990, "::1")),
+        ("tcp:\u0661\u0669\u0669\u0668\u0669", ("tcp", None, None)),  # Arabic-Indic digits: no port
+        ("tcp:70000", ("tcp", None, None)),
+        ("unix:/run/pb.sock", None),
+        ("", None),
+    ],
+)
+def test_tcp_server_reads_the_port_as_twisted_does(text, server):
+    assert tcp_server(text) == server
