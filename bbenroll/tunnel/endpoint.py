@@ -35,12 +35,16 @@ class TunnelTable:
     def __init__(self, make_tunnel: Any = WorkerTunnel) -> None:
         self.make_tunnel = make_tunnel
         self._tunnels: dict[tuple[str, float], WorkerTunnel] = {}
+        self._shutdown_trigger_added = False
+        self._shutting_down = False
 
     def __len__(self) -> int:
         return len(self._tunnels)
 
     def get(self, furl: str, reactor: Any, resume_deadline: float = DEFAULT_RESUME_DEADLINE) -> WorkerTunnel:
         """The running tunnel to ``furl``; started (with a shutdown trigger) on first use."""
+        if self._shutting_down:  # a tunnel started now would outlive the shutdown
+            raise error.ConnectError(string="the worker is shutting down")
         key = (furl, resume_deadline)
         tunnel = self._tunnels.get(key)
         if tunnel is None:
@@ -49,9 +53,16 @@ class TunnelTable:
             )
             self._tunnels[key] = tunnel
             tunnel.start()
-            # close streams cleanly (Buildbot sees a normal disconnect) when the worker stops
-            reactor.addSystemEventTrigger("before", "shutdown", tunnel.shutdown)
+        if not self._shutdown_trigger_added:
+            # one trigger for the table, not one per tunnel: tunnels come and go
+            reactor.addSystemEventTrigger("before", "shutdown", self.shutdown)
+            self._shutdown_trigger_added = True
         return tunnel
+
+    def shutdown(self) -> defer.Deferred:
+        """Close every tunnel's streams cleanly (Buildbot sees a normal disconnect), then stop them."""
+        self._shutting_down = True
+        return defer.gatherResults([tunnel.shutdown() for tunnel in list(self._tunnels.values())])
 
     def _forget(self, tunnel: WorkerTunnel) -> None:
         for key, known in list(self._tunnels.items()):

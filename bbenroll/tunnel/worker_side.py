@@ -227,6 +227,8 @@ class WorkerTunnel(TunnelAdapter):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._timer.cancel()
+        self.peer = None  # a stopped tunnel is never "up": when_ready() must not succeed
+        self.core.link_down(self.clock.seconds())
         for transport in list(self.streams.values()):
             transport.lost("tunnel stopped")
         self.streams.clear()
@@ -288,6 +290,9 @@ class WorkerTunnel(TunnelAdapter):
         return d
 
     def _session_opened(self, answer: dict[str, Any], ref: Any) -> Any:
+        if self._stopped:  # stopped while the master answered: do not come back to life
+            self._connecting = False
+            return None
         if answer.get("status") == "unknown":
             # the master restarted or expired our session: our streams are gone there
             log.info("bbenroll: the master no longer knows this tunnel session; starting afresh")
@@ -318,9 +323,10 @@ class WorkerTunnel(TunnelAdapter):
         self.last_error = why.message
         delay = self.retry_delay(why.kind)
         self._attempt += 1
+        if self._stopped:
+            return  # the attempt died with the tunnel: nothing to retry, nothing to say
         log.info("bbenroll: {error}; retrying in {delay:.1f}s", error=self.last_error, delay=delay)
-        if not self._stopped:
-            self._retry = self.clock.callLater(delay, self._connect)
+        self._retry = self.clock.callLater(delay, self._connect)
 
     def _lost(self, ref: Any) -> None:
         if ref is not self.peer:

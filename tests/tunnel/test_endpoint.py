@@ -72,13 +72,27 @@ def test_one_tunnel_per_furl_and_deadline_until_it_stops():
     assert table.get(FURL, reactor, 600) is first and first.started
     assert table.get(FURL, reactor, 60) is not first  # another deadline: another session
     assert len(table) == 2
-    # each tunnel closes its streams cleanly before the reactor stops
-    other = table.get(FURL, reactor, 60)
+    # one trigger for the whole table (tunnels that come and go add none)
     before_shutdown = [trigger[0] for trigger in reactor.triggers["before"]["shutdown"]]
-    assert before_shutdown == [first.shutdown, other.shutdown]
+    assert before_shutdown == [table.shutdown]
     first.stop()
     assert len(table) == 1
     assert table.get(FURL, reactor, 600) is not first  # a later connect starts afresh
+    assert [trigger[0] for trigger in reactor.triggers["before"]["shutdown"]] == [table.shutdown]
+    assert reactor.getDelayedCalls() == []
+
+
+def test_shutdown_closes_every_tunnel_and_starts_no_new_one():
+    reactor = MemoryReactorClock()
+    table = TunnelTable(make_tunnel=FakeTunnel)
+    tunnels = [table.get(FURL, reactor, 600), table.get(FURL, reactor, 60)]
+    closed = []
+    for tunnel in tunnels:
+        tunnel.shutdown = lambda tunnel=tunnel: closed.append(tunnel) or defer.succeed(None)
+    d = table.shutdown()
+    assert closed == tunnels and d.called
+    with pytest.raises(error.ConnectError, match="shutting down"):
+        table.get(FURL, reactor, 30)
     assert reactor.getDelayedCalls() == []
 
 

@@ -187,6 +187,24 @@ def test_stop_fails_waiting_connects_and_leaves_no_timers():
     assert clock.getDelayedCalls() == []
 
 
+def test_a_stopped_tunnel_is_never_up_and_an_answer_after_stop_is_ignored():
+    clock = task.Clock()
+    ref = FakeRef([{"status": "new", "received": {}}])
+    tunnel = make_tunnel(clock, [ref])
+    tunnel._connect()
+    assert tunnel.link_up
+    tunnel.stop()
+    assert not tunnel.link_up
+    assert not tunnel.when_ready(timeout=5).called  # waits (and fails later); never "ready"
+    clock.advance(5)
+    # an open_session answer that arrives after stop() must not bring the link back
+    late = make_tunnel(clock, [])
+    late.stop()
+    late._session_opened({"status": "new", "received": {}}, FakeRef([]))
+    assert not late.link_up and late.peer is None
+    assert clock.getDelayedCalls() == []
+
+
 def test_a_protocol_error_drops_the_link_and_reconnects_keeping_the_streams():
     clock = task.Clock()
     first = FakeRef([{"status": "new", "received": {}}])
