@@ -9,8 +9,7 @@ import click
 from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import output_options, show_furl
-
-DEFAULT_TIMEOUT = 180.0  # keep in step with bbenroll.demo.DEFAULT_TIMEOUT (not imported: fast --help)
+from bbenroll.demo.limits import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT
 
 
 class TerminalEvents:
@@ -47,7 +46,7 @@ class TerminalEvents:
     default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
-    type=click.FloatRange(10, 3600),
+    type=click.FloatRange(MIN_TIMEOUT, MAX_TIMEOUT),
     help="Give up (and clean up) if the whole demo takes longer.",
 )
 @click.pass_obj

@@ -1,9 +1,9 @@
 """``bbenroll demo``: a real master, worker and build on loopback.
 
-The package's public names, which the CLI imports (standard library only, so
-importing them costs little):
+The package's public names, which the CLI imports (each on first use):
 
-- :func:`run_demo` and :data:`DEFAULT_TIMEOUT` (:mod:`bbenroll.demo.story`, the story);
+- :func:`run_demo` (:mod:`bbenroll.demo.story`, the story) and :data:`DEFAULT_TIMEOUT`
+  (:mod:`bbenroll.demo.limits`);
 - :class:`DemoError`, :class:`DemoInterrupted`, :class:`DemoTerminated`
   (:mod:`bbenroll.demo.errors`);
 - :class:`BuildResult`, :class:`DemoResult`, :class:`Events`, :func:`format_seconds`
@@ -14,18 +14,30 @@ The rest: :mod:`bbenroll.demo.processes` supervises the child processes,
 reads why a process failed from its log.
 """
 
-from bbenroll.demo.errors import DemoError, DemoInterrupted, DemoTerminated
-from bbenroll.demo.results import BuildResult, DemoResult, Events, format_seconds
-from bbenroll.demo.story import DEFAULT_TIMEOUT, run_demo
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_TIMEOUT",
-    "BuildResult",
-    "DemoError",
-    "DemoInterrupted",
-    "DemoResult",
-    "DemoTerminated",
-    "Events",
-    "format_seconds",
-    "run_demo",
-]
+import importlib
+from typing import Any
+
+from bbenroll.demo.limits import DEFAULT_TIMEOUT
+
+# the rest is imported on first use: the CLI's modules import this package at start
+_LAZY = {
+    "BuildResult": "bbenroll.demo.results",
+    "DemoResult": "bbenroll.demo.results",
+    "Events": "bbenroll.demo.results",
+    "format_seconds": "bbenroll.demo.results",
+    "DemoError": "bbenroll.demo.errors",
+    "DemoInterrupted": "bbenroll.demo.errors",
+    "DemoTerminated": "bbenroll.demo.errors",
+    "run_demo": "bbenroll.demo.story",
+}
+
+__all__ = ["DEFAULT_TIMEOUT", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

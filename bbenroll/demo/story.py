@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from bbenroll.demo.errors import DemoError
+from bbenroll.demo.limits import DEFAULT_TIMEOUT
 from bbenroll.demo.processes import Supervisor, script_command
 from bbenroll.demo.rest import Rest
 from bbenroll.demo.results import BuildResult, DemoResult, Events, result_name
 
-DEFAULT_TIMEOUT = 180.0  # seconds for the whole demo; a run takes 5-10 s
 LOG_TAIL_LINES = 8  # lines of the build's log shown with its result
 WORKER_NAME = "demo-worker"
 BUILDER_NAME = "demo"

@@ -98,10 +98,18 @@ def test_missing_extras_looks_for_every_distribution(monkeypatch):
         story.check_extras()
 
 
-def test_cli_default_timeout_matches_the_core():
-    from bbenroll.cli import demo as cli_demo
+def test_the_cli_shares_the_story_s_timeout_without_importing_the_story():
+    """`bbenroll --help` imports every command module: cli/demo.py must not load the demo."""
+    import subprocess
+    import sys
 
-    assert cli_demo.DEFAULT_TIMEOUT == story.DEFAULT_TIMEOUT
+    probe = (
+        "import sys, bbenroll.cli.demo as c, bbenroll.demo.limits as l; "
+        "print(c.DEFAULT_TIMEOUT is l.DEFAULT_TIMEOUT, 'bbenroll.demo.story' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
+    assert story.DEFAULT_TIMEOUT is __import__("bbenroll.demo.limits").demo.limits.DEFAULT_TIMEOUT
 
 
 @pytest.mark.parametrize("json_mode", [False, True])
