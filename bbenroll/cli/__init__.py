@@ -56,6 +56,20 @@ class LazyGroup(click.Group):
         return importlib.import_module(module).command
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    app = ctx.find_object(App)
+    number = version("bbenroll")
+    if app is not None and (app.out.json_mode or _asks_for_json(app.argv)):  # --json may come later
+        app.out.json({"name": PROG_NAME, "version": number})
+    else:
+        click.echo(f"{PROG_NAME}, version {number}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--registry",
@@ -66,7 +80,14 @@ class LazyGroup(click.Group):
     help=f"The registry file (also ${ENV_REGISTRY}).",
 )
 @output_options
-@click.version_option(package_name="bbenroll", prog_name=PROG_NAME)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=False,  # after --json (declared before it), so that it can answer in JSON
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 @click.pass_obj
 def cli(app: App, registry: Path) -> None:
     """Enroll Buildbot workers with one secret string (a Foolscap FURL) each."""
@@ -82,7 +103,7 @@ def _asks_for_json(argv: Sequence[str]) -> bool:
 def run(argv: Sequence[str] | None = None, clock: Callable[[], datetime] = utcnow) -> int:
     """Run the CLI; returns the exit status. Errors are reported here and only here."""
     args = list(argv) if argv is not None else sys.argv[1:]
-    app = App(clock=clock)
+    app = App(clock=clock, argv=args)
     out = app.out
     try:
         outcome = cli.main(args=args, prog_name=PROG_NAME, obj=app, standalone_mode=False)

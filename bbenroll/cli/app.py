@@ -29,6 +29,7 @@ class App:
     out: Output = field(default_factory=Output)
     clock: Callable[[], datetime] = utcnow  # injected: tests move time, commands never read the wall clock
     verbose: bool = False
+    argv: list[str] = field(default_factory=list)  # as given: options click answers early (--version) read it
 
     def now(self) -> datetime:
         return self.clock().astimezone(UTC).replace(microsecond=0)

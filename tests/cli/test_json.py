@@ -8,7 +8,7 @@ import os
 import pytest
 
 import bbenroll.demo as demo
-from tests.helpers.cli import HINT
+from tests.helpers.cli import HINT, run_cli
 
 
 def one_document(out: str):
@@ -149,3 +149,14 @@ def test_add_json_qr_has_no_qr_art(cli):
     assert result.code == 0
     assert one_document(result.out)["name"] == "w1"
     assert "█" not in result.out and "▀" not in result.out
+
+
+@pytest.mark.parametrize("args", [["--json", "--version"], ["--version", "--json"]])
+def test_version_with_json_is_one_document(args):
+    from importlib.metadata import version
+
+    result = run_cli(args)
+    assert result.code == 0
+    assert one_document(result.out) == {"name": "bbenroll", "version": version("bbenroll")}
+    plain = run_cli(["--version"])
+    assert plain.out == f"bbenroll, version {version('bbenroll')}\n"
