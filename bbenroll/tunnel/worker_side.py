@@ -305,7 +305,15 @@ class WorkerTunnel(TunnelAdapter):
         self.peer = ref
         ref.notifyOnDisconnect(self._lost, ref)
         received = {int(k): int(v) for k, v in answer.get("received", {}).items()}
-        self.core.link_up(self.clock.seconds(), received)
+        try:
+            self.core.link_up(self.clock.seconds(), received)
+        except ProtocolError as e:
+            # the master claims bytes we never sent: its session and ours cannot be reconciled
+            log.warn("bbenroll: tunnel protocol error on resume: {error}; starting a new session", error=e)
+            self._drop_streams("the master's view of the session does not match ours")
+            self._new_session()
+            self._abort_link()
+            return None
         log.info(
             "bbenroll: tunnel to the master is up (session {status}, {streams} streams)",
             status=answer.get("status"),

@@ -175,6 +175,27 @@ def test_stream_resumes_after_a_drop_and_restarts_after_a_master_restart():
     assert clock.getDelayedCalls() == []
 
 
+def test_a_resume_answer_that_cannot_be_true_starts_a_new_session():
+    clock = task.Clock()
+    first = FakeRef([{"status": "new", "received": {}}])
+    liar = FakeRef([{"status": "resumed", "received": {1: 10**6}}])  # more than was ever sent
+    fresh = FakeRef([{"status": "new", "received": {}}])
+    tunnel = make_tunnel(clock, [first, liar, fresh])
+    tunnel._connect()
+    app = Recorder()
+    tunnel.open_stream(app)
+    app.transport.write(b"hello")
+    first.disconnect()
+    clock.advance(worker_side.BACKOFF[0] * worker_side.JITTER[1])
+    assert not tunnel.link_up and app.lost is not None and tunnel.streams == {}
+    clock.advance(worker_side.BACKOFF[0] * worker_side.JITTER[1])
+    assert tunnel.link_up
+    assert fresh.sessions[0]["resume"] is False
+    assert fresh.sessions[0]["session"] != first.sessions[0]["session"]
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
 def test_stop_fails_waiting_connects_and_leaves_no_timers():
     clock = task.Clock()
     tunnel = make_tunnel(clock, [error.ConnectionRefusedError()])
