@@ -3,6 +3,7 @@
 ``core`` is the protocol (pure, no I/O, time passed in) over the values of
 ``frames`` and the per-stream lifecycle of ``stream``; ``wire`` maps frames onto
 Foolscap calls; ``adapter`` drives a core from a clock and a Foolscap peer for
-``master_side`` and ``worker_side``; ``endpoint`` is what buildbot-worker connects
+``master_side`` and ``worker_side``; ``transport`` is what buildbot-worker's
+protocol takes for its TCP connection; ``endpoint`` is what buildbot-worker connects
 through; ``failures`` classifies connect failures by type.
 """
