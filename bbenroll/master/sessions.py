@@ -5,7 +5,9 @@ Foolscap connections (see :mod:`bbenroll.tunnel.master_side`). The
 :class:`SessionTable` is the only owner of the connection <-> session binding:
 it opens a session, resumes it on a new connection (taking it over from an
 older one), bounds the sessions of one worker to
-:data:`MAX_SESSIONS_PER_WORKER`, detaches a session whose link went dead, and
+:data:`MAX_SESSIONS_PER_WORKER` (on the only path that makes a session: a resume
+never does), grants each session a resume deadline of at most
+:data:`MASTER_MAX_RESUME_DEADLINE`, detaches a session whose link went dead, and
 ends a worker's sessions. The disconnect watcher it puts on a worker's
 receiver is removed as soon as that receiver no longer carries the session.
 """
@@ -19,13 +21,16 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from bbenroll.tunnel.core import Settings, clamp_resume_deadline
-from bbenroll.tunnel.master_side import MasterSession, pb_client_endpoint
+from bbenroll.tunnel.core import clamp_resume_deadline
+from bbenroll.tunnel.master_side import MasterSession, master_settings, pb_client_endpoint
 from bbenroll.tunnel.wire import Refused
 
 log = Logger(namespace="bbenroll")
 
 MAX_SESSIONS_PER_WORKER = 4  # one worker process needs one; a few allow restarts
+# the longest a session (its PB connections included) outlives its link, whatever the
+# worker asks (a worker may ask up to RESUME_DEADLINE_MAX, 3600 s)
+MASTER_MAX_RESUME_DEADLINE = 900
 
 # What a refused open_session is told
 NO_PB_PORT = "this master has no PB port configured"
@@ -48,7 +53,10 @@ class _Attachment:
 
 
 class SessionTable:
-    """All tunnel sessions of one service, keyed by (worker, session id)."""
+    """All tunnel sessions of one service, keyed by (worker, session id); its bounds are attributes."""
+
+    max_sessions_per_worker: int = MAX_SESSIONS_PER_WORKER
+    max_resume_deadline: float = MASTER_MAX_RESUME_DEADLINE
 
     def __init__(self, reactor: Any, clock: IReactorTime, pb_endpoint: Callable[[], str | None]) -> None:
         self.reactor = reactor  # for the PB connections
@@ -67,7 +75,8 @@ class SessionTable:
         deadline: int,
     ) -> dict[str, Any]:
         """``open_session`` of :class:`RIEnrolledWorker` (for a connection that is still
-        allowed): a new session, the resumed one, or "unknown"."""
+        allowed): a new session, the resumed one, or "unknown". The answer's ``deadline``
+        is the resume deadline granted (seconds); workers that predate it ignore it."""
         session = self.sessions.get((connection.name, session_id))
         status = "resumed"
         if session is None:
@@ -83,7 +92,11 @@ class SessionTable:
             status=status,
             streams=len(session.core.streams),
         )
-        return {"status": status, "received": ours}
+        return {"status": status, "received": ours, "deadline": int(session.core.settings.resume_deadline)}
+
+    def granted_deadline(self, asked: int) -> float:
+        """The resume deadline a session gets when its worker asks for ``asked`` seconds."""
+        return min(clamp_resume_deadline(asked), float(self.max_resume_deadline))
 
     def _new_session(self, worker: str, session_id: str, deadline: int) -> MasterSession:
         self._make_room(worker)
@@ -95,7 +108,7 @@ class SessionTable:
             session_id=session_id,
             pb_endpoint=pb_client_endpoint(self.reactor, pb),
             clock=self.clock,
-            settings=Settings(resume_deadline=clamp_resume_deadline(deadline)),
+            settings=master_settings(self.granted_deadline(deadline)),
             on_expired=self._over,
             on_link_dead=self._link_dead,
         )
@@ -106,11 +119,12 @@ class SessionTable:
         """Bound the sessions one worker can hold: end its oldest idle ones."""
         mine = [s for s in self.sessions.values() if s.worker == worker]
         idle = sorted((s for s in mine if s.peer is None), key=lambda s: s.core.link_changed)
-        while len(mine) >= MAX_SESSIONS_PER_WORKER and idle:
+        cap = self.max_sessions_per_worker
+        while len(mine) >= cap and idle:
             oldest = idle.pop(0)
             mine.remove(oldest)
             oldest.terminate(REPLACED)
-        if len(mine) >= MAX_SESSIONS_PER_WORKER:
+        if len(mine) >= cap:
             raise Refused(TOO_MANY_SESSIONS)
 
     # -- the binding ------------------------------------------------------------

@@ -3,6 +3,12 @@
 A :class:`MasterSession` outlives the worker's Foolscap connections: when the
 link drops, it keeps its streams (and their PB connections, which Buildbot sees
 as idle but alive) until the worker resumes or the resume deadline passes.
+
+What one session may cost the master is bounded (docs/security.md): at most
+:data:`MAX_STREAMS_PER_SESSION` streams (an open past it is reset and never
+reaches the PB port), at most :data:`MAX_PENDING_BYTES` held for a PB connection
+that is still being made, and while the link is down its PB legs are not read
+(their data waits in Buildbot's socket, not in our memory).
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ from bbenroll.tunnel.adapter import TunnelAdapter
 from bbenroll.tunnel.core import Settings
 
 log = Logger(namespace="bbenroll")
+
+# buildbot-worker keeps one PB connection at a time; the others allow a reconnect
+# to overlap the close of the previous connection
+MAX_STREAMS_PER_SESSION = 4
+# bytes from the worker held for a stream whose PB connection is not made yet
+# (a PB login is a few hundred bytes)
+MAX_PENDING_BYTES = 1024 * 1024
+# what the core may queue per stream before it resets it: the leg is paused at the
+# high-water mark (8 MiB), so only a leg that ignores the pause gets here
+MASTER_MAX_BUFFER = 2 * Settings().high_water
+
+# why a stream was reset (the Closed event's reason; never sent to the worker)
+TOO_MANY_STREAMS = "too many streams in this session"
+TOO_MUCH_PENDING = "too much data before the PB connection was made"
 
 
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
@@ -44,6 +64,11 @@ def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
     raise ValueError(f"cannot connect to PB endpoint {server_endpoint!r}")
 
 
+def master_settings(resume_deadline: float) -> Settings:
+    """The core settings of a master session: the defaults, bounded by :data:`MASTER_MAX_BUFFER`."""
+    return Settings(resume_deadline=resume_deadline, max_buffer=MASTER_MAX_BUFFER)
+
+
 class PBLeg(protocol.Protocol):
     """The master-side TCP connection of one stream, to Buildbot's PB port."""
 
@@ -51,6 +76,18 @@ class PBLeg(protocol.Protocol):
         self.session = session
         self.stream = stream
         self.closed_by_tunnel = False
+        self.window_full = False  # the core asked to pause this stream (flow control)
+        self.reading = True  # whether we read from Buildbot's end
+
+    def read_while(self, link_up: bool) -> None:
+        """Read from Buildbot only while the link is up and the stream's window has room."""
+        want = link_up and not self.window_full
+        if want != self.reading and self.transport is not None:
+            self.reading = want
+            if want:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
 
     def connectionMade(self) -> None:
         # PB's many small request/answer messages must not wait for Nagle's
@@ -67,6 +104,11 @@ class PBLeg(protocol.Protocol):
 
 
 class MasterSession(TunnelAdapter):
+    """The master's end of one worker's tunnel session; its bounds are attributes."""
+
+    max_streams: int = MAX_STREAMS_PER_SESSION
+    max_pending: int = MAX_PENDING_BYTES
+
     def __init__(
         self,
         *,
@@ -82,7 +124,8 @@ class MasterSession(TunnelAdapter):
         self.session_id = session_id
         self.pb_endpoint = pb_endpoint
         self.legs: dict[int, PBLeg] = {}
-        self.pending: dict[int, list[bytes]] = {}  # data that arrived before the PB connection
+        self.pending: dict[int, bytearray] = {}  # data that arrived before the PB connection
+        self.refused_streams = 0  # opens past max_streams (logged once)
         self.expired_callback = on_expired
         self.link_dead_callback = on_link_dead
         self.closed = False
@@ -100,6 +143,7 @@ class MasterSession(TunnelAdapter):
         self.peer = peer
         self.core.link_up(self.clock.seconds(), worker_received)
         self.flush()
+        self._link_changed()
         return ours
 
     def detach(self, peer: Any) -> None:
@@ -107,6 +151,17 @@ class MasterSession(TunnelAdapter):
             self.peer = None
             self.core.link_down(self.clock.seconds())
             self.flush()
+            self._link_changed()
+
+    @property
+    def link_up(self) -> bool:
+        return self.peer is not None and self.core.link
+
+    def _link_changed(self) -> None:
+        """Stop (or start again) reading the PB legs: a down link must not fill our memory."""
+        link_up = self.link_up
+        for leg in list(self.legs.values()):
+            leg.read_while(link_up)
 
     def receive(self, frame: frames.Frame) -> None:
         if not self.closed:
@@ -116,6 +171,7 @@ class MasterSession(TunnelAdapter):
         log.warn(
             "bbenroll: worker {worker!r}: tunnel protocol error: {error}", worker=self.worker, error=error
         )
+        self._link_changed()
         self.link_dead_callback(self)
 
     # -- PB legs --------------------------------------------------------------------
@@ -128,7 +184,7 @@ class MasterSession(TunnelAdapter):
 
     def _connect_leg(self, stream: int) -> None:
         leg = PBLeg(self, stream)
-        self.pending[stream] = []
+        self.pending[stream] = bytearray()
         d = self.pb_endpoint.connect(protocol.Factory.forProtocol(lambda: leg))
 
         def connected(proto: PBLeg) -> None:
@@ -137,8 +193,10 @@ class MasterSession(TunnelAdapter):
                 proto.transport.loseConnection()
                 return
             self.legs[stream] = proto
-            for data in self.pending.pop(stream):
-                proto.transport.write(data)
+            early = self.pending.pop(stream)
+            if early:
+                proto.transport.write(bytes(early))
+            proto.read_while(self.link_up)
 
         def failed(failure: Any) -> None:
             self.pending.pop(stream, None)
@@ -149,8 +207,7 @@ class MasterSession(TunnelAdapter):
                 worker=self.worker,
                 error=failure.getErrorMessage(),
             )
-            self.core.reset(stream, self.clock.seconds(), "PB port unreachable")
-            self.flush()
+            self._reset(stream, "PB port unreachable")
 
         d.addCallbacks(connected, failed)
 
@@ -168,28 +225,53 @@ class MasterSession(TunnelAdapter):
         if leg is not None:
             leg.transport.write(event.data)
         elif event.stream in self.pending:
-            self.pending[event.stream].append(event.data)
+            early = self.pending[event.stream]
+            early += event.data
+            if len(early) > self.max_pending:
+                self._reset(event.stream, TOO_MUCH_PENDING)
 
     def on_opened(self, event: frames.Opened) -> None:
+        if len(self.core.streams) > self.max_streams:  # the new stream is counted
+            self._refuse_stream(event.stream)
+            return
         self._connect_leg(event.stream)
+
+    def _refuse_stream(self, stream: int) -> None:
+        """An open past the cap: reset it, never connect it; warn once per session."""
+        self.refused_streams += 1
+        if self.refused_streams == 1:
+            log.warn(
+                "bbenroll: worker {worker!r}: more than {cap} streams in one tunnel session;"
+                " resetting the extra ones (further ones are not logged)",
+                worker=self.worker,
+                cap=self.max_streams,
+            )
+        self._reset(stream, TOO_MANY_STREAMS)
+
+    def _reset(self, stream: int, reason: str) -> None:
+        self.core.reset(stream, self.clock.seconds(), reason)
+        self.flush()
 
     def on_closed(self, event: frames.Closed) -> None:
         self._close_leg(event.stream)
 
     def on_pause(self, event: frames.Pause) -> None:
-        leg = self.legs.get(event.stream)
-        if leg is not None:
-            leg.transport.pauseProducing()
+        self._window(event.stream, full=True)
 
     def on_resume(self, event: frames.Resume) -> None:
-        leg = self.legs.get(event.stream)
+        self._window(event.stream, full=False)
+
+    def _window(self, stream: int, full: bool) -> None:
+        leg = self.legs.get(stream)
         if leg is not None:
-            leg.transport.resumeProducing()
+            leg.window_full = full
+            leg.read_while(self.link_up)
 
     def on_link_dead(self, event: frames.LinkDead) -> None:
         log.info(
             "bbenroll: worker {worker!r}: tunnel link dead ({why})", worker=self.worker, why=event.reason
         )
+        self._link_changed()
         self.link_dead_callback(self)
 
     def on_expired(self, event: frames.Expired) -> None:

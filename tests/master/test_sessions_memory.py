@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bbenroll.master import sessions
-from bbenroll.master.sessions import MAX_SESSIONS_PER_WORKER
-from bbenroll.tunnel.core import Settings, clamp_resume_deadline
+from bbenroll.master.sessions import MASTER_MAX_RESUME_DEADLINE, MAX_SESSIONS_PER_WORKER
+from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT, RESUME_DEADLINE_MAX, Settings, clamp_resume_deadline
+from bbenroll.tunnel.master_side import MAX_STREAMS_PER_SESSION
 from tests.master.memory import Receiver
 
 
@@ -26,7 +27,7 @@ def test_new_resume_and_unknown(world):
     w1 = world.add("w1")
     world.start()
     first, _, _, answer = attach(world, w1, "s1")
-    assert answer == {"status": "new", "received": {}}
+    assert answer == {"status": "new", "received": {}, "deadline": RESUME_DEADLINE_DEFAULT}
     assert attach(world, w1, "s2", resume=True)[3] == {"status": "unknown", "received": {}}
     session = table(world).sessions[("w1", "s1")]
     first.close()
@@ -140,3 +141,63 @@ def test_stopping_the_service_ends_every_session(world):
     session = table(world).sessions[("w1", "s1")]
     world.finish()
     assert session.closed and table(world).sessions == {}
+
+
+def test_the_master_grants_no_longer_a_resume_deadline_than_its_own_maximum(world):
+    w1 = world.add("w1")
+    world.start()
+    assert RESUME_DEADLINE_MAX > MASTER_MAX_RESUME_DEADLINE  # what a worker may ask is more
+    link, _, _, answer = attach(world, w1, "s1", deadline=RESUME_DEADLINE_MAX)
+    assert answer["deadline"] == MASTER_MAX_RESUME_DEADLINE  # the worker is told what it got
+    session = table(world).sessions[("w1", "s1")]
+    link.close()
+    world.advance(MASTER_MAX_RESUME_DEADLINE - 1)
+    assert ("w1", "s1") in table(world).sessions
+    world.advance(1)
+    assert table(world).sessions == {} and session.closed  # its PB connections with it
+    resumed = attach(world, w1, "s1", resume=True)[3]
+    assert resumed["status"] == "unknown"
+    world.finish()
+
+
+def test_a_resume_answers_the_deadline_the_session_was_granted(world):
+    w1 = world.add("w1")
+    world.start()
+    attach(world, w1, "s1", deadline=60)
+    answer = attach(world, w1, "s1", resume=True, deadline=RESUME_DEADLINE_MAX)[3]
+    assert answer["status"] == "resumed" and answer["deadline"] == 60  # a resume does not extend it
+    world.finish()
+
+
+def test_no_path_gives_a_worker_more_sessions_than_the_cap(world):
+    w1 = world.add("w1")
+    world.start()
+    ref = world.accepted(w1)[1]
+    for i in range(3 * MAX_SESSIONS_PER_WORKER):  # new sessions, one after another, on one connection
+        world.call(ref, "open_session", f"one-{i}", Receiver(), {}, False, 600)
+        assert len(table(world).sessions) <= MAX_SESSIONS_PER_WORKER
+    for i in range(3 * MAX_SESSIONS_PER_WORKER):  # resumes of sessions that do not exist
+        assert attach(world, w1, f"ghost-{i}", resume=True)[3]["status"] == "unknown"
+    for _ in range(3):  # take-overs of the sessions that do
+        for _, session_id in list(table(world).sessions):
+            assert attach(world, w1, session_id, resume=True)[3]["status"] == "resumed"
+    assert len(table(world).sessions) == MAX_SESSIONS_PER_WORKER
+    world.finish()
+
+
+def test_a_worker_opens_at_most_sessions_times_streams_pb_connections(world):
+    w1 = world.add("w1")
+    world.start()
+    for i in range(MAX_SESSIONS_PER_WORKER + 2):
+        link, ref = world.accepted(w1)
+        world.call(ref, "open_session", f"s{i}", Receiver(), {}, False, 600)
+        for stream in range(1, 201):
+            ref.callRemoteOnly("frame_open", stream)
+        world.advance(0)
+        link.close()  # idle: the next new session may replace it
+    pb_connections = len(world.clock.tcpClients)
+    assert pb_connections == (MAX_SESSIONS_PER_WORKER + 2) * MAX_STREAMS_PER_SESSION  # not 200 each
+    live = sum(len(s.legs) + len(s.pending) for s in table(world).sessions.values())
+    assert live <= MAX_SESSIONS_PER_WORKER * MAX_STREAMS_PER_SESSION
+    assert len(world.logged("more than {cap} streams")) == MAX_SESSIONS_PER_WORKER + 2  # once each
+    world.finish()

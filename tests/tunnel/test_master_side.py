@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from foolscap.api import DeadReferenceError
 from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
 
-from bbenroll.tunnel.core import Settings
 from bbenroll.tunnel.frames import Ack, Close, Data, Open, Ping
-from bbenroll.tunnel.master_side import MasterSession
+from bbenroll.tunnel.master_side import (
+    MASTER_MAX_BUFFER,
+    MAX_PENDING_BYTES,
+    MAX_STREAMS_PER_SESSION,
+    MasterSession,
+    master_settings,
+)
 
 
 class FakePeer:
@@ -41,7 +49,7 @@ def make_session(clock, deadline=30.0):
     endpoint = FakePBEndpoint()
     session = MasterSession(
         worker="w1", session_id="s1", pb_endpoint=endpoint, clock=clock,
-        settings=Settings(resume_deadline=deadline, ack_delay=0.01),
+        settings=dataclasses.replace(master_settings(deadline), ack_delay=0.01),
         on_expired=ended.append, on_link_dead=dead.append,
     )
     return session, endpoint, ended, dead
@@ -117,16 +125,26 @@ def test_protocol_error_drops_the_link_but_keeps_the_session():
     assert clock.getDelayedCalls() == []
 
 
-def test_backpressure_pauses_and_resumes_the_pb_leg():
-    clock = task.Clock()
-    session, endpoint, _, _ = make_session(clock)
+def with_one_stream(clock, deadline=30.0):
+    """A session whose worker is attached and opened stream 1: (session, peer, its PB transport, dead)."""
+    session, endpoint, _, dead = make_session(clock, deadline)
     peer = FakePeer()
     session.attach(peer, {})
     session.receive(Open(1))
     (pb,) = endpoint.transports
-    session.legs[1].dataReceived(b"x" * (session.core.settings.high_water + 1))
+    return session, peer, pb, dead
+
+
+def test_backpressure_pauses_and_resumes_the_pb_leg_even_across_an_outage():
+    clock = task.Clock()
+    session, peer, pb, _ = with_one_stream(clock)
+    high = session.core.settings.high_water
+    session.legs[1].dataReceived(b"x" * (high + 1))  # the worker acknowledges nothing
     assert pb.producerState == "paused"
-    session.receive(Ack(1, session.core.settings.high_water + 1))
+    session.detach(peer)
+    session.attach(FakePeer(), {1: 0})  # back, but the window is still full
+    assert pb.producerState == "paused"
+    session.receive(Ack(1, high + 1))
     assert pb.producerState == "producing"
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
@@ -188,5 +206,151 @@ def test_frames_to_a_dead_reference_are_resent_on_resume():
     peer = FakePeer()
     session.attach(peer, {1: 0})
     assert ("frame_data", 1, 0, b"lost on the way") in peer.calls
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+def warnings_during(action):
+    """Run ``action``; the formats of the warnings it logged."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        action()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return [e["log_format"] for e in events if e.get("log_level") is LogLevel.warn]
+
+
+def test_opens_past_the_stream_cap_are_reset_never_connected_and_warned_once():
+    clock = task.Clock()
+    session, endpoint, ended, dead = make_session(clock)
+    peer = FakePeer()
+    session.attach(peer, {})
+    warned = warnings_during(lambda: [session.receive(Open(i)) for i in range(1, 201)])
+    assert len(endpoint.transports) == MAX_STREAMS_PER_SESSION  # no PB connection past the cap
+    resets = [call[1] for call in peer.calls if call[0] == "frame_reset"]
+    assert resets == list(range(MAX_STREAMS_PER_SESSION + 1, 201))
+    assert len(warned) == 1 and session.refused_streams == 200 - MAX_STREAMS_PER_SESSION
+    assert set(session.core.streams) == set(range(1, MAX_STREAMS_PER_SESSION + 1))
+    assert not ended and not dead  # the session itself goes on
+    # the cap is on streams at once: one that ends makes room for the next
+    session.receive(Close(1, 0))
+    session.receive(Ack(1, 1))
+    assert 1 not in session.core.streams
+    session.receive(Open(201))
+    assert len(endpoint.transports) == MAX_STREAMS_PER_SESSION + 1 and 201 in session.legs
+    session.terminate("test over")
+    assert all(t.disconnecting for t in endpoint.transports)
+    assert clock.getDelayedCalls() == []
+
+
+class SlowPBEndpoint:
+    """Buildbot's PB port accepts only when the test says so."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def connect(self, factory):
+        d = defer.Deferred()
+        self.waiting.append((factory, d))
+        return d
+
+    def accept(self):
+        factory, d = self.waiting.pop(0)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        d.callback(protocol)
+        return transport
+
+
+def test_data_held_for_a_pb_connection_being_made_is_bounded():
+    clock = task.Clock()
+    session, _, _, _ = make_session(clock)
+    session.pb_endpoint = slow = SlowPBEndpoint()
+    peer = FakePeer()
+    session.attach(peer, {})
+    session.receive(Open(1))
+    chunk = b"x" * (256 * 1024)
+    offset = 0
+    while ("frame_reset", 1) not in peer.calls:
+        assert offset <= MAX_PENDING_BYTES, "the data before the PB connection was never bounded"
+        session.receive(Data(1, offset, chunk))
+        offset += len(chunk)
+    assert offset > MAX_PENDING_BYTES and session.pending == {} and session.core.streams == {}
+    late = slow.accept()  # the PB connection made after the reset is closed at once
+    assert late.disconnecting and late.value() == b""
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+class KeepsProducing:
+    """Buildbot's end of a PB leg: sends ``chunk`` bytes every ``every`` seconds unless paused."""
+
+    def __init__(self, clock, leg, chunk=64 * 1024, every=0.1):
+        self.leg = leg
+        self.chunk = b"p" * chunk
+        self.sent = 0
+        self.loop = task.LoopingCall(self._send)
+        self.loop.clock = clock
+        self.loop.start(every, now=False)
+
+    def _send(self):
+        if self.leg.transport.producerState == "producing":
+            self.leg.dataReceived(self.chunk)
+            self.sent += len(self.chunk)
+
+    def stop(self):
+        self.loop.stop()
+
+
+def queued(session, stream):
+    return len(session.core.streams[stream].send_buffer)
+
+
+def test_a_down_link_stops_reading_the_pb_legs_until_it_is_back():
+    clock = task.Clock()
+    session, peer, pb, _ = with_one_stream(clock, deadline=600)
+    buildbot = KeepsProducing(clock, session.legs[1])
+    clock.advance(1)
+    session.receive(Ack(1, buildbot.sent))  # the worker keeps up while the link is up
+    assert buildbot.sent > 0 and queued(session, 1) == 0
+    session.detach(peer)
+    assert pb.producerState == "paused"
+    sent_before = buildbot.sent
+    clock.advance(300)  # a long outage: Buildbot's data stays in its socket, not in our memory
+    assert buildbot.sent == sent_before and queued(session, 1) == 0
+    peer2 = FakePeer()
+    session.attach(peer2, {1: 0})
+    assert pb.producerState == "producing"
+    clock.advance(1)
+    assert buildbot.sent > sent_before and any(c[0] == "frame_data" for c in peer2.calls)
+    buildbot.stop()
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_dead_link_or_a_protocol_error_stops_reading_too():
+    clock = task.Clock()
+    session, _, pb, dead = with_one_stream(clock)
+    clock.advance(session.core.settings.dead_after)  # silence: the core declares the link dead
+    assert dead == [session] and pb.producerState == "paused"
+    session.attach(FakePeer(), {1: 0})
+    assert pb.producerState == "producing"
+    session.receive(Data(1, 99, b"gap"))
+    assert dead == [session, session] and pb.producerState == "paused"
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_leg_that_ignores_the_pause_is_reset_past_the_master_buffer():
+    clock = task.Clock()
+    session, peer, pb, _ = with_one_stream(clock)
+    session.detach(peer)
+    leg = session.legs[1]
+    chunk = b"x" * (1024 * 1024)
+    for _ in range(MASTER_MAX_BUFFER // len(chunk) + 1):  # a StringTransport ignores pauseProducing
+        leg.dataReceived(chunk)
+    assert 1 not in session.core.streams and pb.disconnecting
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
