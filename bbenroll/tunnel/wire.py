@@ -92,6 +92,8 @@ class RIEnrolledWorker(RITunnelPeer):
         Returns ``{"status": "new"|"resumed"|"unknown", "received": {stream: offset}}``;
         "unknown" means the master does not know the session (it restarted, or the
         session expired): the worker must drop its streams and start a new session.
+        Masters that cap the resume deadline add ``"deadline": SECONDS``, what they
+        grant (at most what was asked); the worker keeps its streams no longer.
         """
         return DictOf(UnicodeConstraint(maxLength=16), Any(), maxKeys=8)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from foolscap.api import Referenceable
@@ -208,6 +209,11 @@ class WorkerTunnel(TunnelAdapter):
         self.last_error = None
         self.peer = ref
         ref.notifyOnDisconnect(self._lost, ref)
+        granted = answer.get("deadline")  # masters that cap the resume deadline say what they grant
+        if isinstance(granted, int) and 0 < granted < self.core.settings.resume_deadline:
+            # past it the master has forgotten the session: keeping streams longer would only
+            # delay the "unknown session" restart
+            self.core.settings = replace(self.core.settings, resume_deadline=float(granted))
         received = {int(k): int(v) for k, v in answer.get("received", {}).items()}
         try:
             self.core.link_up(self.clock.seconds(), received)

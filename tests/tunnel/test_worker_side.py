@@ -196,6 +196,24 @@ def test_a_resume_answer_that_cannot_be_true_starts_a_new_session():
     assert clock.getDelayedCalls() == []
 
 
+def test_the_worker_keeps_its_streams_only_as_long_as_the_master_granted():
+    clock = task.Clock()
+    ref = FakeRef([{"status": "new", "received": {}, "deadline": 20}])
+    tunnel = make_tunnel(clock, [ref])  # asks for 60 s
+    tunnel._connect()
+    assert ref.sessions[0]["deadline"] == 60
+    app = Recorder()
+    tunnel.open_stream(app)
+    tunnel.backoff = (1000.0,)  # no reconnect within the test: the link stays down
+    ref.disconnect()
+    clock.advance(19)
+    assert app.lost is None
+    clock.advance(2)  # past the 20 s the master granted (not the 60 s asked for)
+    assert app.lost is not None
+    tunnel.stop()
+    assert clock.getDelayedCalls() == []
+
+
 def test_stop_fails_waiting_connects_and_leaves_no_timers():
     clock = task.Clock()
     tunnel = make_tunnel(clock, [error.ConnectionRefusedError()])
