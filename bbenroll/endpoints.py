@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from bbenroll.errors import BBEnrollError
+from bbenroll.furl import is_ascii_decimal
 
 
 def endpoint_parts(text: str) -> list[str]:
@@ -37,7 +38,7 @@ def listen_port(listen: str) -> int | None:
         port = parts[0]
     else:
         return None
-    return int(port) if port.isdigit() and 0 < int(port) < 65536 else None
+    return int(port) if is_ascii_decimal(port) and len(port) <= 5 and 0 < int(port) < 65536 else None
 
 
 def check_listen_endpoint(text: str) -> str:
@@ -68,11 +69,13 @@ def check_loopback_endpoint(endpoint: str) -> str:
             f"master.pb {text!r}: TLS on the loopback PB port is not needed (the tunnel is encrypted) "
             "and the tunnel cannot connect to it; use 'tcp:9990:interface=127.0.0.1'"
         )
-    if text.isdigit() or kind in ("tcp", "tcp6"):
+    if is_ascii_decimal(text) or kind in ("tcp", "tcp6"):
         interface = None
         for part in rest:
             if part.startswith("interface="):
                 interface = part.split("=", 1)[1]
+        if listen_port(text) is None:
+            raise BBEnrollError(f"master.pb {text!r}: the port must be a number 1-65535 (digits 0-9)")
         if interface is None:
             raise BBEnrollError(
                 f"master.pb {text!r} listens on every interface; workers must arrive only through "

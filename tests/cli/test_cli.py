@@ -54,8 +54,8 @@ def test_init_rejects_bad_location(tmp_path):
     result = run_cli(["--registry", str(tmp_path / "workers.toml"), "init", "--location", "buildbot:9989"])
     assert result.code == 1
     assert result.err == (
-        "error: --location: connection hint 'buildbot:9989' is not TYPE:ADDRESS "
-        "(for TCP write tcp:HOST:PORT)\n"
+        "error: --location: connection hint 'buildbot:9989' has no type: "
+        "for TCP write tcp:buildbot:9989\n"
     )
     assert list(tmp_path.iterdir()) == []
 

@@ -1,0 +1,165 @@
+"""Hostile input to every parser: ASCII-only grammar, a reason for each refusal, nothing else raised.
+
+Finding 5 of the hardening issue: ``str.isdigit()``, ``\\d`` and ``int()`` all
+take other scripts' digits (``١٩٩٨٩``, Arabic-Indic), which Foolscap and
+Twisted then cannot use; hints of other kinds were refused with an empty
+reason; non-UTF-8 input was an internal error.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint, listen_port
+from bbenroll.errors import BBEnrollError
+from bbenroll.furl import check_hint, check_swissnum, check_tubid, is_ascii_decimal, parse_furl
+from bbenroll.registry.model import check_worker_name
+from bbenroll.times import parse_date, parse_duration, parse_when
+from tests.helpers.cli import run_cli
+
+NOW = datetime(2026, 11, 29, 6, 0, 0, tzinfo=UTC)
+TUBID, SWISSNUM = "a" * 32, "b" * 32
+ARABIC_PORT = "\u0661\u0669\u0669\u0668\u0669"  # 19989 in Arabic-Indic digits: int() reads it
+OTHER_DIGITS = ["\u0661", "\u06f1", "\u0967", "\uff11", "\U0001d7cf", "\u00b9"]  # what isdigit() takes
+
+
+def furl_with(hint: str) -> str:
+    return f"pb://{TUBID}@{hint}/{SWISSNUM}"
+
+
+# --- ASCII digits only --------------------------------------------------------
+
+
+@pytest.mark.parametrize("digit", OTHER_DIGITS)
+def test_is_ascii_decimal_takes_0_to_9_only(digit: str) -> None:
+    assert is_ascii_decimal("0123456789")
+    assert not is_ascii_decimal(digit) and not is_ascii_decimal(f"99{digit}")
+    assert not is_ascii_decimal("") and not is_ascii_decimal("9 ") and not is_ascii_decimal("9_9")
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [f"tcp:127.0.0.1:{ARABIC_PORT}", "tcp:\u0661\u0662\u0667.0.0.1:80", "tor:abc.onion:\u0668\u0660",
+     "i2p:\u0430bc.i2p", "tcp:h\u200b.example.org:80"],
+)
+def test_hints_are_ascii_only(hint: str) -> None:
+    with pytest.raises(BBEnrollError, match="printable ASCII only"):
+        check_hint(hint)
+    with pytest.raises(BBEnrollError, match="printable ASCII only"):
+        parse_furl(furl_with(hint))
+
+
+@pytest.mark.parametrize("endpoint", [f"tcp:{ARABIC_PORT}", ARABIC_PORT, f"tcp:port={ARABIC_PORT}"])
+def test_listen_ports_are_ascii_only(endpoint: str) -> None:
+    assert listen_port(endpoint) is None
+    with pytest.raises(BBEnrollError, match="not a Twisted server endpoint"):
+        check_listen_endpoint(endpoint)
+
+
+def test_the_loopback_pb_port_is_ascii_only() -> None:
+    assert check_loopback_endpoint("tcp:9990:interface=127.0.0.1")
+    with pytest.raises(BBEnrollError, match="port must be a number 1-65535"):
+        check_loopback_endpoint(f"tcp:{ARABIC_PORT}:interface=127.0.0.1")
+
+
+def test_a_huge_port_is_a_refusal_not_a_value_error() -> None:
+    assert listen_port("tcp:" + "9" * 5000) is None  # int() of > 4300 digits raises ValueError
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0662h", "1\u0662h", "1\u2003h", "\u20031h"])
+def test_durations_are_ascii_only(text: str) -> None:
+    with pytest.raises(BBEnrollError, match="not understood"):
+        parse_duration(text)
+    with pytest.raises(BBEnrollError, match="not understood"):
+        parse_when(text, NOW)
+
+
+def test_init_refuses_a_location_with_other_digits(tmp_path) -> None:
+    registry = tmp_path / "workers.toml"
+    result = run_cli(["--registry", str(registry), "init", "--location", f"tcp:127.0.0.1:{ARABIC_PORT}"])
+    assert result.code == 1
+    assert result.err.startswith("error: --location: connection hint 'tcp:127.0.0.1:")
+    assert "printable ASCII only" in result.err and result.err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- a reason for every refusal -------------------------------------------------
+
+REFUSED_HINTS = ["tor:", "i2p:", "tor", ":", "tcp:", "tcp:h", "tcp:h:0", "tcp:h:65536", "tcp:h:x",
+                 "host:9989", "tor:a b", "tor:a/b", "-:x", "tcp:[zz]:80", "tcp:h:1\n", "\n"]
+
+
+@pytest.mark.parametrize("hint", REFUSED_HINTS)
+def test_every_refused_hint_says_which_and_why(hint: str) -> None:
+    with pytest.raises(BBEnrollError) as refused:
+        check_hint(hint)
+    message = str(refused.value)
+    assert repr(hint) in message and len(message) > len(repr(hint)) + 20
+    assert "\n" not in message
+
+
+# --- random text to every parser: only the project's own errors ----------------
+
+# text near the grammar: digits of several scripts, separators, prefixes
+NEAR_GRAMMAR = st.lists(
+    st.sampled_from([
+        *"0123456789:.,/@[]%=- \t\n", *OTHER_DIGITS, "\u200b", "\u202e", "\u0430", "tcp:", "tor:",
+        "pb://", TUBID, SWISSNUM, "127.0.0.1", "interface=", "port=", "smhdw", "T", "Z",
+    ]),
+    max_size=12,
+).map("".join)
+HOSTILE_TEXT = st.one_of(st.text(), NEAR_GRAMMAR)
+
+PARSERS = {
+    "parse_furl": parse_furl,
+    "check_hint": check_hint,
+    "check_tubid": check_tubid,
+    "check_swissnum": check_swissnum,
+    "parse_duration": parse_duration,
+    "parse_date": parse_date,
+    "parse_when": lambda text: parse_when(text, NOW),
+    "check_worker_name": check_worker_name,
+    "check_listen_endpoint": check_listen_endpoint,
+    "check_loopback_endpoint": check_loopback_endpoint,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_random_text_is_accepted_or_refused_with_a_project_error(name: str) -> None:
+    parse = PARSERS[name]
+
+    @settings(max_examples=400, deadline=None)
+    @given(HOSTILE_TEXT)
+    @example(f"tcp:127.0.0.1:{ARABIC_PORT}")
+    @example("9" * 5000)
+    @example("tcp:" + "9" * 5000)
+    def check(text: str) -> None:
+        try:
+            parse(text)
+        except BBEnrollError as e:
+            assert str(e) and "\n" not in str(e).strip()
+
+    check()
+
+
+@settings(max_examples=500)
+@given(HOSTILE_TEXT)
+def test_what_the_hint_and_port_parsers_accept_is_ascii(text: str) -> None:
+    try:
+        check_hint(text)
+    except BBEnrollError:
+        pass
+    else:
+        assert text.isascii()
+    port = listen_port(text)
+    assert port is None or (1 <= port <= 65535 and text.isascii())
+    try:
+        parse_duration(text)
+    except BBEnrollError:
+        pass
+    else:
+        assert text.strip(" \t\r\n").isascii()
