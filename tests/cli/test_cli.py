@@ -486,7 +486,7 @@ def test_worker_create_bad_arguments(tmp_path):
     bad = tmp_path / "bad.furl"
     bad.write_bytes(b"\xff\xfe")
     result = run_cli(["worker", "create", str(tmp_path / "w"), "--furl-file", str(bad)])
-    assert (result.code, result.err) == (1, f"error: {bad}: cannot read the FURL file: not UTF-8 text\n")
+    assert (result.code, result.err) == (1, f"error: {bad}: not UTF-8 text (byte 1); a FURL is ASCII text\n")
     result = run_cli(["worker", "create", str(tmp_path / "w"), "--timeout", "nan", "pb://x"])
     assert result.code == 2 and "--timeout" in result.err
     assert not (tmp_path / "w").exists()

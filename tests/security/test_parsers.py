@@ -8,17 +8,20 @@ reason; non-UTF-8 input was an internal error.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from bbenroll.cli.worker import ARGV_WARNING, MAX_FURL_BYTES
 from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint, listen_port
 from bbenroll.errors import BBEnrollError
 from bbenroll.furl import check_hint, check_swissnum, check_tubid, is_ascii_decimal, parse_furl
 from bbenroll.registry.model import check_worker_name
 from bbenroll.times import parse_date, parse_duration, parse_when
+from tests.helpers.buildbot import BIN, run
 from tests.helpers.cli import run_cli
 
 NOW = datetime(2026, 11, 29, 6, 0, 0, tzinfo=UTC)
@@ -163,3 +166,50 @@ def test_what_the_hint_and_port_parsers_accept_is_ascii(text: str) -> None:
         pass
     else:
         assert text.strip(" \t\r\n").isascii()
+
+
+# --- worker create: what it reads ------------------------------------------------
+
+
+def test_non_utf8_on_stdin_is_a_one_line_error(tmp_path) -> None:
+    result = run_cli(["worker", "create", str(tmp_path / "w"), "-"], input=b"pb://\xff\xfe\n")  # type: ignore[arg-type]
+    message = "error: standard input: not UTF-8 text (byte 6); a FURL is ASCII text\n"
+    assert (result.code, result.err) == (1, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("source", ["stdin", "file"])
+def test_an_endless_furl_source_is_refused_after_a_bounded_read(tmp_path, source: str) -> None:
+    endless = "pb://" + "a" * (MAX_FURL_BYTES + 10)  # as if /dev/zero or a log were given
+    args = ["worker", "create", str(tmp_path / "w")]
+    if source == "file":
+        (tmp_path / "big").write_text(endless)
+        result = run_cli([*args, "--furl-file", str(tmp_path / "big")])
+    else:
+        result = run_cli([*args, "-"], input=endless)
+    assert result.code == 1 and f"more than {MAX_FURL_BYTES} bytes, which is not a FURL" in result.err
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_furl_without_usable_hints_says_why(tmp_path) -> None:
+    """Foolscap's NoLocationHintsError has no message: this was ``connection to the master failed: ``."""
+    furl = furl_with("tor:abcdefghijklmnop.onion:9989,i2p:abc.i2p")
+    proc = run(BIN / "bbenroll", "worker", "create", "--timeout", "5", tmp_path / "w", "-", check=False,
+               input_text=furl, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "error: none of the FURL's connection hints (i2p:, tor:) can be used here: "
+        "bbenroll connects over tcp:HOST:PORT hints only\n"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_furl_on_the_command_line_is_warned_about(tmp_path) -> None:
+    result = run_cli(["--json", "worker", "create", str(tmp_path / "w"), furl_with("tcp:h:1\u0661")])
+    assert result.code == 1 and json.loads(result.out)["exit"] == 1  # stdout stays one JSON document
+    warning, error = result.err.splitlines()
+    assert warning == f"warning: {ARGV_WARNING}"
+    assert "/proc/PID/cmdline" in warning and "'-'" in warning and "--furl-file" in warning
+    assert error.startswith("error: connection hint")
+    result = run_cli(["worker", "create", str(tmp_path / "w"), "-"], input=furl_with("tcp:h:1\u0661"))
+    assert "warning" not in result.err
