@@ -501,3 +501,28 @@ def test_no_command_prints_the_help_on_stderr(args, usage):
     assert (result.code, result.out) == (2, "")
     assert result.err.startswith(usage)
     assert "error:" not in result.err
+
+
+@pytest.mark.parametrize("name", ["wa\u200b", "w\u202eab", "w\u0430", "--help", "-w", "wo\u0308rker"])
+def test_add_refuses_look_alike_invisible_and_option_like_names(cli, reg_path, name):
+    """All of these are Buildbot identifiers; none may be a new worker's name."""
+    before = reg_path.read_bytes()
+    result = cli("add", "--", name)
+    assert (result.code, result.out) == (1, "")
+    assert result.err.startswith(f"error: worker name {name!r} ") and result.err.count("\n") == 1
+    assert reg_path.read_bytes() == before
+
+
+def test_a_registry_holding_an_unsafe_name_loads_and_check_warns(cli, reg_path):
+    assert cli("add", "wa").code == 0
+    reg_path.write_text(reg_path.read_text().replace("[workers.wa]", '[workers."w\u0430"]'))  # Cyrillic a
+    assert cli("show", "w\u0430").code == 0 and cli("rotate", "w\u0430").code == 0
+    result = cli("check")
+    warning = (
+        f"warning: {reg_path}: worker name 'w\u0430' holds '\u0430' (U+0430); new names use ASCII or "
+        "Latin-1 letters (À-ÿ), digits, '_' and '-', starting with a letter or '_' (no look-alike, "
+        "invisible or reordering characters)"
+    )
+    assert (result.code, result.err.splitlines()) == (0, [warning, f"{reg_path}: OK (1 worker)"])
+    checked = json.loads(cli("check", "--json").out)
+    assert checked["ok"] is True and checked["warnings"] == [warning.removeprefix("warning: ")]
