@@ -95,6 +95,8 @@ def create(
         except OSError as e:
             raise BBEnrollError(f"{furl_file}: cannot read the FURL file: {e.strerror}") from None
     elif furl is None or furl == "-":
+        if sys.stdin is None:  # started with stdin closed (<&-)
+            raise BBEnrollError("no FURL given (standard input is closed): use --furl-file")
         if furl is None and sys.stdin.isatty():
             furl = click.prompt("FURL", hide_input=True, err=True)
         else:

@@ -9,6 +9,7 @@ reason; non-UTF-8 input was an internal error.
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import UTC, datetime
 
 import pytest
@@ -213,3 +214,23 @@ def test_a_furl_on_the_command_line_is_warned_about(tmp_path) -> None:
     assert error.startswith("error: connection hint")
     result = run_cli(["worker", "create", str(tmp_path / "w"), "-"], input=furl_with("tcp:h:1\u0661"))
     assert "warning" not in result.err
+
+
+@pytest.mark.parametrize("args", [["-"], []])
+def test_a_closed_stdin_is_a_one_line_error(tmp_path, args: list[str]) -> None:
+    script = f'exec "$0" worker create "$1" {" ".join(args)} <&-'  # the shell closes stdin
+    proc = subprocess.run(["/bin/sh", "-c", script, BIN / "bbenroll", tmp_path / "w"],
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (
+        1, "error: no FURL given (standard input is closed): use --furl-file\n"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_registry_location_with_other_digits_is_a_problem(reg_path) -> None:
+    text = reg_path.read_text().replace("tcp:buildbot.example.org:9989", f"tcp:127.0.0.1:{ARABIC_PORT}")
+    reg_path.write_text(text)
+    result = run_cli(["--registry", str(reg_path), "check"])
+    assert result.code == 1
+    assert "master.location[0]: connection hint 'tcp:127.0.0.1:" in result.err
+    assert "printable ASCII only" in result.err
