@@ -107,6 +107,8 @@ def fetch_worker_config(
 def check_basedir(basedir: Path, force: bool) -> None:
     """Refuse early (before contacting the master) to overwrite a worker."""
     tac = Path(basedir) / "buildbot.tac"
+    if tac.is_symlink():  # buildbot-worker would write the PB password to wherever it points
+        raise WorkerSetupError(f"{tac} is a symbolic link; refusing to write the worker's password to it")
     if tac.exists() and not force:
         raise WorkerSetupError(f"{tac} already exists; use --force to replace it")
     if Path(basedir).exists() and not Path(basedir).is_dir():

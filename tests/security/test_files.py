@@ -150,3 +150,16 @@ def test_temp_files_never_open_an_existing_name_or_a_symlink(tmp_path: Path, mon
     assert (tmp_path / "secret").read_bytes() == b"s3cret"
     assert victim.read_text() == "precious\n" and (tmp_path / "planted.tmp").is_symlink()
     assert not (tmp_path / "fresh.tmp").exists()  # renamed into place
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_symlink_planted_as_buildbot_tac_is_refused(tmp_path: Path, force: bool) -> None:
+    """buildbot-worker writes buildbot.tac with open(..., "w"): a dangling symlink would get the password."""
+    basedir = tmp_path / "w"
+    basedir.mkdir()
+    target = tmp_path / "collected"
+    (basedir / "buildbot.tac").symlink_to(target)
+    with pytest.raises(BBEnrollError, match="is a symbolic link; refusing to write the worker's password"):
+        create(basedir, force=force)
+    assert not target.exists()
+    assert sorted(p.name for p in basedir.iterdir()) == ["buildbot.tac"]
