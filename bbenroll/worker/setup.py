@@ -184,26 +184,30 @@ def create_worker_dir(
 
 class _Undo:
     """What :func:`create_worker_dir` must take back if it fails: the entries
-    it added to ``basedir`` (or ``basedir`` itself), and a replaced tac."""
+    it added to ``basedir`` (or the directories it made for it), and a replaced tac."""
 
     ASIDE = ".buildbot.tac.bbenroll-old"
 
     def __init__(self, basedir: Path) -> None:
         self.basedir = basedir
-        self.made_basedir = not basedir.exists()
-        self.before = set() if self.made_basedir else set(os.listdir(basedir))
+        self.made: Path | None = None  # the topmost directory this call makes
+        if not basedir.exists():
+            self.made = basedir
+            while not self.made.parent.exists():
+                self.made = self.made.parent
+        self.before = set() if self.made else set(os.listdir(basedir))
         self.aside: tuple[Path, Path] | None = None
 
     def set_aside(self, path: Path) -> None:
-        if path.exists():
+        if path.exists() or path.is_symlink():
             self.aside = (path, path.with_name(self.ASIDE))
             os.replace(*self.aside)
             self.before.discard(path.name)
 
     def roll_back(self) -> None:
         with contextlib.suppress(OSError):
-            if self.made_basedir:
-                shutil.rmtree(self.basedir)
+            if self.made is not None:
+                shutil.rmtree(self.made)
                 return
             for name in set(os.listdir(self.basedir)) - self.before:
                 entry = self.basedir / name
