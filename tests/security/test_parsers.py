@@ -20,6 +20,7 @@ from bbenroll.cli.worker import ARGV_WARNING, MAX_FURL_BYTES
 from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint, listen_port
 from bbenroll.errors import BBEnrollError
 from bbenroll.furl import check_hint, check_swissnum, check_tubid, is_ascii_decimal, parse_furl
+from bbenroll.registry import store
 from bbenroll.registry.model import check_worker_name
 from bbenroll.times import parse_date, parse_duration, parse_when
 from tests.helpers.buildbot import BIN, run
@@ -234,3 +235,35 @@ def test_a_registry_location_with_other_digits_is_a_problem(reg_path) -> None:
     assert result.code == 1
     assert "master.location[0]: connection hint 'tcp:127.0.0.1:" in result.err
     assert "printable ASCII only" in result.err
+
+
+# --- random registry files ----------------------------------------------------------
+
+TOML_PIECES = st.lists(
+    st.sampled_from([
+        "version = 1\n", "[master]\n", "[workers.w1]\n", '[workers."wа"]\n', "identity = 'master.pem'\n",
+        f"tubid = '{TUBID}'\n", f"location = ['tcp:h:{ARABIC_PORT}']\n", "location = ['tor:']\n",
+        "listen = 'tcp:9989'\n", f"swissnum = '{SWISSNUM}'\n", "password = 'p'\n",
+        "created = 2026-01-01T00:00:00Z\n", "rotated = 1979-05-27\n", "expires = 'soon'\n", "tags = [1]\n",
+        "[workers.w1.previous]\n", "until = 9999-12-31T23:59:59-23:59\n", "= \n", '"""', "\xff", "\n",
+    ]),
+    max_size=14,
+).map("".join)
+
+
+def test_random_registry_files_are_problems_not_crashes(tmp_path_factory) -> None:
+    directory = tmp_path_factory.mktemp("random-registry")
+    path = directory / "workers.toml"
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(TOML_PIECES, st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
+    def check(text: str) -> None:
+        path.write_bytes(text.encode("utf-8", "surrogateescape").replace(b"\xc3\xbf", b"\xff"))
+        problems = store.check(path)
+        assert all(isinstance(p, str) and p for p in problems)
+        try:
+            store.load(path)
+        except BBEnrollError as e:
+            assert str(e) and "\n" not in str(e)
+
+    check()
