@@ -126,7 +126,7 @@ MASTER_FIELDS = (
         HINTS,
         "Connection hints written into every FURL, tried in turn by workers. `tcp:HOST:PORT` with a DNS "
         "name, IPv4 address or `[IPv6]` address; other Foolscap hint types (`tor:...`) are accepted if "
-        "they follow Foolscap's `TYPE:ADDRESS` rule.",
+        "they follow Foolscap's `TYPE:ADDRESS` rule. Printable ASCII only (a port's digits are `0`-`9`).",
         required=True,
     ),
     Field(
