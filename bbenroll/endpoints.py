@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from bbenroll.errors import BBEnrollError
+from bbenroll.furl import is_ascii_decimal
 
 
 def endpoint_parts(text: str) -> list[str]:
@@ -30,7 +31,7 @@ TCP_KINDS = ("tcp", "tcp6")
 
 def _ascii_port(text: str) -> int | None:
     # str.isdigit() also takes other scripts' digits, which int() reads: ASCII only
-    if text.isascii() and text.isdigit() and 0 < int(text) < 65536:
+    if is_ascii_decimal(text) and len(text) <= 5 and 0 < int(text) < 65536:
         return int(text)
     return None
 
@@ -100,7 +101,9 @@ def check_loopback_endpoint(endpoint: str) -> str:
     if tcp is not None:
         _, port, interface = tcp
         if port is None:
-            raise BBEnrollError(f"master.pb {text!r} has no port 1-65535; use 'tcp:9990:interface=127.0.0.1'")
+            raise BBEnrollError(
+                f"master.pb {text!r} has no port 1-65535 (digits 0-9); use 'tcp:9990:interface=127.0.0.1'"
+            )
         if interface is None:
             raise BBEnrollError(
                 f"master.pb {text!r} listens on every interface; workers must arrive only through "

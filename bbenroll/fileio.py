@@ -41,9 +41,7 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
             raise FileExistsError(errno.EEXIST, "File exists", str(path))
         mode = stat.S_IMODE(st.st_mode) & PRIVATE_MODE or PRIVATE_MODE
         owner = (st.st_uid, st.st_gid)
-    import tempfile  # only writes need it
-
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(directory, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -62,6 +60,31 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
             os.unlink(tmp)
         raise
     fsync_directory(directory)
+
+
+# Files bbenroll creates are never opened through a symlink an attacker planted:
+# O_NOFOLLOW refuses a symlink as the last component, O_EXCL one at a new name.
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_BINARY", 0)
+LOCK_FLAGS = os.O_RDWR | os.O_CREAT | NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+
+
+def temp_name(name: str) -> str:
+    """A fresh, unguessable name for a temp file beside ``name``."""
+    import secrets  # only writes need it
+
+    return f".{name}.{secrets.token_hex(8)}.tmp"
+
+
+def _create_temp(directory: Path, name: str) -> tuple[int, str]:
+    """A new 0600 temp file in ``directory``: never an existing file, never through a symlink."""
+    for _ in range(100):
+        tmp = os.path.join(directory, temp_name(name))
+        try:
+            return os.open(tmp, TEMP_FLAGS, PRIVATE_MODE), tmp
+        except FileExistsError:
+            continue  # taken (or planted): draw another name
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(directory))
 
 
 def keep_owner(target: int | str, owner: tuple[int, int] | None) -> None:
@@ -137,14 +160,21 @@ def exclusive_lock(
     out of every later edit.
     """
     owner = owner_of(owned_like) if owned_like is not None else None
-    flags = os.O_RDWR | os.O_CREAT
     try:
-        fd = os.open(path, flags, PRIVATE_MODE)
+        fd = os.open(path, LOCK_FLAGS, PRIVATE_MODE)
     except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise BBEnrollError(
+                f"{path}: the lock file is a symbolic link; refusing to follow it (bbenroll never makes "
+                f"one: check who planted it, then remove it: rm {path})"
+            ) from None
         hint = _lock_owner_hint(path, owner)
         raise BBEnrollError(f"{path}: cannot open lock file: {e.strerror}{hint}") from None
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise BBEnrollError(f"{path}: the lock file is not a regular file; remove it: rm {path}")
         if owner is not None and (st.st_uid, st.st_gid) != owner:
             keep_owner(fd, owner)
     except OSError as e:

@@ -22,11 +22,16 @@ MIN_SWISSNUM_LENGTH = 32  # 32 base32 characters carry 160 bits
 _BASE32_RE = re.compile(r"^[a-z2-7]+\Z")
 _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _DNS_NAME = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?"
-_IPV4 = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
+# ASCII only, everywhere: ``\d`` and ``str.isdigit()`` also accept other scripts
+# digits (``١٩٩٨٩``), which ``int()`` reads but Foolscap and Twisted cannot use.
+_DIGIT = "[0-9]"
+_IPV4 = rf"{_DIGIT}{{1,3}}\.{_DIGIT}{{1,3}}\.{_DIGIT}{{1,3}}\.{_DIGIT}{{1,3}}"
 _IPV6 = r"\[[A-Fa-f0-9:.]+(?:%[a-zA-Z0-9.]+)?\]"
 _TCP_HINT_RE = re.compile(rf"^tcp:({_IPV4}|{_IPV6}|{_DNS_NAME}):(\d{{1,5}})\Z")
-# Foolscap's generic rule: "TYPE:" then anything but "," and "/".
-_GENERIC_HINT_RE = re.compile(r"^[A-Za-z0-9]+:[^,/\s]+\Z")
+# Foolscap's generic rule: "TYPE:" then anything but "," and "/" (here: printable ASCII).
+_GENERIC_HINT_RE = re.compile(r"^[A-Za-z0-9]+:[!-+\-.0-~]+\Z")
+_PORT_ONLY_RE = re.compile(rf"[A-Za-z0-9.\-]+:{_DIGIT}{{1,5}}")  # "host:port": a tcp hint missing its "tcp:"
+_ASCII_DECIMAL_RE = re.compile(rf"{_DIGIT}+")
 _FURL_RE = re.compile(r"^pb://([^@/]*)@([^/]*)/([^/]*)\Z")
 
 
@@ -78,14 +83,26 @@ def check_swissnum(swissnum: str) -> str:
     return swissnum
 
 
+def is_ascii_decimal(text: str) -> bool:
+    """``text`` is one or more of the digits 0-9 (``str.isdigit()`` takes ``١٩٩٨٩`` too)."""
+    return _ASCII_DECIMAL_RE.fullmatch(text) is not None
+
+
 def check_hint(hint: str) -> str:
     """Validate one connection hint; returns it unchanged.
 
     ``tcp:HOST:PORT`` is checked strictly (host name/IPv4/[IPv6], port 1-65535);
     other hint types (``tor:``, ``i2p:`` ...) must follow Foolscap's generic rule.
+    Hints are printable ASCII; every refusal says why.
     """
     if not isinstance(hint, str) or not hint:
         raise FurlError("a connection hint may not be empty")
+    odd = next((char for char in hint if not "!" <= char <= "~"), None)
+    if odd is not None:
+        raise FurlError(
+            f"connection hint {hint!r} holds {odd!r}: hints are printable ASCII only "
+            "(no spaces, digits 0-9 only)"
+        )
     if hint.startswith("tcp:"):
         mo = _TCP_HINT_RE.match(hint)
         if not mo:
@@ -94,8 +111,12 @@ def check_hint(hint: str) -> str:
         if not 1 <= port <= 65535:
             raise FurlError(f"connection hint {hint!r}: port must be 1-65535")
         return hint
-    if not _GENERIC_HINT_RE.match(hint) or re.fullmatch(r"[^:]+:\d{1,5}", hint):
-        raise FurlError(f"connection hint {hint!r} is not TYPE:ADDRESS (for TCP write tcp:HOST:PORT)")
+    if _PORT_ONLY_RE.fullmatch(hint):
+        raise FurlError(f"connection hint {hint!r} has no type: for TCP write tcp:{hint}")
+    if not _GENERIC_HINT_RE.match(hint):
+        raise FurlError(
+            f"connection hint {hint!r} is not TYPE:ADDRESS (like tcp:HOST:PORT or tor:ADDRESS.onion:PORT)"
+        )
     return hint
 
 

@@ -37,7 +37,8 @@ def command(app: App) -> Result:
         failed = CheckFailed(f"{path}: {plural(len(problems), 'problem')} found")
         return Result(document, show_problems, failed)
     registry = store.load(path).registry
-    notes = [f"{path}: {note}" for note in (model.location_mismatch(registry.master),) if note]
+    found = [model.location_mismatch(registry.master), *map(model.unsafe_name_reason, registry.workers)]
+    notes = [f"{path}: {note}" for note in found if note]
     document["warnings"] = notes
 
     def show_ok(out: Output) -> None:

@@ -22,6 +22,22 @@ from bbenroll.worker.setup import (
     fetch_worker_config,
 )
 
+MAX_FURL_BYTES = 16 * 1024  # far above any real FURL; stops reading /dev/zero or a log by mistake
+ARGV_WARNING = (
+    "a FURL on the command line can be read by other local users (ps, /proc/PID/cmdline) and stays "
+    "in shell history; pass '-' to read it from standard input, or use --furl-file"
+)
+
+
+def decode_furl_text(raw: bytes, source: str) -> str:
+    """The text of a FURL read from ``source``: at most MAX_FURL_BYTES, UTF-8."""
+    if len(raw) > MAX_FURL_BYTES:
+        raise BBEnrollError(f"{source}: more than {MAX_FURL_BYTES} bytes, which is not a FURL")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BBEnrollError(f"{source}: not UTF-8 text (byte {e.start + 1}); a FURL is ASCII text") from None
+
 
 @click.group("worker")
 def command() -> None:
@@ -74,15 +90,19 @@ def create(
         raise click.UsageError("give the FURL as an argument or with --furl-file, not both")
     if furl_file is not None:
         try:
-            furl = furl_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-            raise BBEnrollError(f"{furl_file}: cannot read the FURL file: {why}") from None
+            with open(furl_file, "rb") as f:
+                furl = decode_furl_text(f.read(MAX_FURL_BYTES + 1), str(furl_file))
+        except OSError as e:
+            raise BBEnrollError(f"{furl_file}: cannot read the FURL file: {e.strerror}") from None
     elif furl is None or furl == "-":
+        if sys.stdin is None:  # started with stdin closed (<&-)
+            raise BBEnrollError("no FURL given (standard input is closed): use --furl-file")
         if furl is None and sys.stdin.isatty():
             furl = click.prompt("FURL", hide_input=True, err=True)
         else:
-            furl = sys.stdin.readline()
+            furl = decode_furl_text(sys.stdin.buffer.readline(MAX_FURL_BYTES + 1), "standard input")
+    else:
+        app.out.warn(ARGV_WARNING)
     furl = (furl or "").strip()
     if not furl:
         raise BBEnrollError("no FURL given")

@@ -28,9 +28,17 @@ WORKER_NAME_MAX = 50
 DEFAULT_EXPIRING_WITHIN = timedelta(days=7)
 
 # Buildbot's own identifier rule (buildbot.util.identifiers.ident_re), which it
-# applies to worker names with a maximum length of 50.
+# applies to worker names with a maximum length of 50: what a registry may hold.
 _IDENT_PATTERN = "[a-zA-Z\u00a0-\U0010ffff_-][a-zA-Z0-9\u00a0-\U0010ffff_-]*"
 _ASCII_IDENT_RE = re.compile(r"[a-zA-Z_-][a-zA-Z0-9_-]*")
+# New names (``bbenroll add``) keep to a safe part of it: ASCII and Latin-1
+# letters (À-ÿ, none of which looks like another letter of the set), so no
+# look-alikes from other scripts (Cyrillic ``а``), no invisible (``\u200b``),
+# combining or reordering (``\u202e``) characters, and no leading ``-`` that a
+# command line reads as an option.
+SAFE_NAME_CHARACTERS = "ASCII or Latin-1 letters (À-ÿ), digits, '_' and '-', starting with a letter or '_'"
+_LATIN1_LETTERS = "\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff"  # without × and ÷
+_SAFE_NAME_RE = re.compile(rf"[A-Za-z_{_LATIN1_LETTERS}][A-Za-z0-9_\-{_LATIN1_LETTERS}]*")
 
 
 @functools.cache
@@ -39,11 +47,56 @@ def _ident_re() -> re.Pattern[str]:
 
 
 def is_worker_name(name: str) -> bool:
+    """Buildbot accepts ``name`` as a worker name (a registry may hold it)."""
     if not name or len(name) > WORKER_NAME_MAX:
         return False
     if name.isascii():
         return _ASCII_IDENT_RE.fullmatch(name) is not None
     return _ident_re().fullmatch(name) is not None
+
+
+def _check_length(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidName("a worker name may not be empty")
+    if len(name) > WORKER_NAME_MAX:
+        raise InvalidName(
+            f"worker name {name!r} is {len(name)} characters long; Buildbot allows at most {WORKER_NAME_MAX}"
+        )
+
+
+def check_buildbot_name(name: str) -> str:
+    """The rule for names a registry holds: Buildbot's own (any script)."""
+    _check_length(name)
+    if not is_worker_name(name):
+        raise InvalidName(
+            f"worker name {name!r} is not a Buildbot identifier: use letters, digits, '_' and "
+            "'-', not starting with a digit"
+        )
+    return name
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why a (Buildbot-valid) name is outside the safe set for new names, or None."""
+    if _SAFE_NAME_RE.fullmatch(name):
+        return None
+    odd = next((char for char in name if not _SAFE_NAME_RE.fullmatch("a" + char)), None)
+    if odd is not None and not odd.isascii():
+        return (
+            f"worker name {name!r} holds {odd!r} (U+{ord(odd):04X}); new names use {SAFE_NAME_CHARACTERS} "
+            "(no look-alike, invisible or reordering characters)"
+        )
+    if name.startswith("-"):
+        return f"worker name {name!r} starts with '-', which a command line reads as an option"
+    return f"worker name {name!r} is not made of {SAFE_NAME_CHARACTERS}"
+
+
+def check_worker_name(name: str) -> str:
+    """The rule for a new worker's name: Buildbot's rule, within the safe set."""
+    check_buildbot_name(name)
+    reason = unsafe_name_reason(name)
+    if reason is not None:
+        raise InvalidName(reason)
+    return name
 
 
 class State(StrEnum):
@@ -63,21 +116,6 @@ class State(StrEnum):
 STATES = tuple(state.value for state in State)
 # the states in which the master refuses a worker (and Buildbot does not know it)
 REFUSED_STATES = frozenset({State.REVOKED, State.EXPIRED})
-
-
-def check_worker_name(name: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise InvalidName("a worker name may not be empty")
-    if len(name) > WORKER_NAME_MAX:
-        raise InvalidName(
-            f"worker name {name!r} is {len(name)} characters long; Buildbot allows at most {WORKER_NAME_MAX}"
-        )
-    if not is_worker_name(name):
-        raise InvalidName(
-            f"worker name {name!r} is not a Buildbot identifier: use letters, digits, '_' and "
-            "'-', not starting with a digit"
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -188,7 +226,7 @@ def new_worker(
     tags: Iterable[str] = (),
     note: str | None = None,
 ) -> Worker:
-    check_worker_name(name)
+    check_buildbot_name(name)  # the registry's rule; ``add`` applies check_worker_name's stricter one first
     now = to_utc(now)
     if expires is not None and expires <= now:
         raise WrongState(f"expiry {format_time(expires)} is in the past")

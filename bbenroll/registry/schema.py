@@ -45,7 +45,7 @@ from bbenroll.registry.model import (
     Previous,
     Registry,
     Worker,
-    check_worker_name,
+    check_buildbot_name,
 )
 
 
@@ -126,7 +126,7 @@ MASTER_FIELDS = (
         HINTS,
         "Connection hints written into every FURL, tried in turn by workers. `tcp:HOST:PORT` with a DNS "
         "name, IPv4 address or `[IPv6]` address; other Foolscap hint types (`tor:...`) are accepted if "
-        "they follow Foolscap's `TYPE:ADDRESS` rule.",
+        "they follow Foolscap's `TYPE:ADDRESS` rule. Printable ASCII only (a port's digits are `0`-`9`).",
         required=True,
     ),
     Field(
@@ -240,7 +240,7 @@ def worker_from_data(name: str, data: Any, problems: Problems) -> Worker | None:
         return f"workers.{key_path(name)}"
 
     try:
-        check_worker_name(name)
+        check_buildbot_name(name)  # not the stricter rule of new names: existing registries still load
     except InvalidName as e:
         problems.add(where(), str(e))
         _table_values(WORKER_FIELDS, data, where, problems)  # and every other problem

@@ -205,15 +205,16 @@ class Inspection:
     warnings: list[str]  # what is wrong but does not stop a command (permissions)
 
 
-def inspect(path: Path, *, strict: bool = False) -> Inspection:
+def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> Inspection:
     """Read ``path`` and check all of it: syntax, schema, identity, permissions.
 
     With ``strict`` (``bbenroll check``), unknown or mistyped Buildbot options
     are problems too; editing commands stay tolerant of options a newer
-    Buildbot may have added.
+    Buildbot may have added. ``real``: read the text from that file (the one
+    :func:`edit` resolved and locked); messages and the identity still go by ``path``.
     """
     try:
-        text = read_text(path)
+        text = read_text(real or path)
     except RegistryError as e:
         return Inspection(path, "", None, [Problem(e.where, e.message)], [])
     data, registry, problems = _examine_text(path, text)
@@ -232,10 +233,10 @@ def inspect(path: Path, *, strict: bool = False) -> Inspection:
     return Inspection(path, text, None if problems else registry, problems, warnings)
 
 
-def load(path: Path | None = None) -> LoadedRegistry:
+def load(path: Path | None = None, *, real: Path | None = None) -> LoadedRegistry:
     """Read and check the registry and its identity. Raises RegistryError."""
     path = Path(path) if path is not None else default_path()
-    inspection = inspect(path)
+    inspection = inspect(path, real=real)
     if inspection.problems or inspection.registry is None:
         raise _first_as_error(inspection.problems)
     return LoadedRegistry(path, inspection.registry, inspection.text, inspection.warnings)
@@ -338,15 +339,26 @@ def create(
 
 
 def lock_path(path: Path) -> Path:
+    """The sidecar lock of the registry file ``path`` (pass the real file: see :func:`real_path`)."""
     return path.parent / f".{path.name}.lock"
+
+
+def real_path(path: Path) -> Path:
+    """The file a registry path names, all symlinks resolved: what an edit locks and replaces.
+
+    Replacing the symlink itself would leave the master reading an unchanged
+    real file, and two paths to one file would take two different locks.
+    """
+    return Path(os.path.realpath(path))
 
 
 class Editor:
     """Changes to one registry, made into text by :func:`tomledit.apply` on :meth:`save`."""
 
-    def __init__(self, loaded: LoadedRegistry) -> None:
+    def __init__(self, loaded: LoadedRegistry, target: Path | None = None) -> None:
         self.loaded = loaded
-        self.path = loaded.path
+        self.path = loaded.path  # as the user named it: for messages
+        self.target = target or real_path(loaded.path)  # the file that save() replaces
         self.workers = dict(loaded.registry.workers)
         self._changed: dict[str, Worker | None] = {}  # None: removed
         self._added: list[str] = []
@@ -402,18 +414,23 @@ class Editor:
             return
         text = self.render()
         try:
-            atomic_write(self.path, text.encode("utf-8"))
+            atomic_write(self.target, text.encode("utf-8"))
         except OSError as e:
             raise RegistryError(str(self.path), f"cannot write: {e.strerror}") from None
 
 
 @contextlib.contextmanager
 def edit(path: Path | None = None, timeout: float = 30.0) -> Iterator[Editor]:
-    """Lock, load, let the caller change things, save atomically if it returns."""
+    """Lock, load, let the caller change things, save atomically if it returns.
+
+    The path is resolved once, here: the lock, the read and the write all go
+    to that one real file, whatever a symlink on the way points to later.
+    """
     path = Path(path) if path is not None else default_path()
     if not path.exists():
         read_text(path)  # raises the friendly "not found"
-    with exclusive_lock(lock_path(path), timeout=timeout, owned_like=path):
-        editor = Editor(load(path))
+    real = real_path(path)
+    with exclusive_lock(lock_path(real), timeout=timeout, owned_like=real):
+        editor = Editor(load(path, real=real), real)
         yield editor
         editor.save()

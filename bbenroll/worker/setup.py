@@ -9,7 +9,10 @@ basedir whose ``connection_string`` goes through bbenroll's tunnel. The stock
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ def fetch_worker_config(
     each step, for a terminal that wants to show it. The reactor is the
     caller's: the CLI runs this with ``task.react``.
     """
+    from foolscap.tokens import NoLocationHintsError
     from twisted.internet import defer
 
     from bbenroll.tunnel.failures import classify
@@ -69,6 +73,12 @@ def fetch_worker_config(
         if failure.check(defer.TimeoutError, defer.CancelledError):
             raise WorkerSetupError(
                 f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
+            )
+        if failure.check(NoLocationHintsError):  # Foolscap's own message is empty
+            kinds = sorted({hint.split(":", 1)[0] + ":" for hint in parse_furl(furl).hints})
+            raise WorkerSetupError(
+                f"none of the FURL's connection hints ({', '.join(kinds)}) can be used here: "
+                "bbenroll connects over tcp:HOST:PORT hints only"
             )
         raise WorkerSetupError(classify(failure).message)
 
@@ -97,6 +107,8 @@ def fetch_worker_config(
 def check_basedir(basedir: Path, force: bool) -> None:
     """Refuse early (before contacting the master) to overwrite a worker."""
     tac = Path(basedir) / "buildbot.tac"
+    if tac.is_symlink():  # buildbot-worker would write the PB password to wherever it points
+        raise WorkerSetupError(f"{tac} is a symbolic link; refusing to write the worker's password to it")
     if tac.exists() and not force:
         raise WorkerSetupError(f"{tac} already exists; use --force to replace it")
     if Path(basedir).exists() and not Path(basedir).is_dir():
@@ -106,7 +118,12 @@ def check_basedir(basedir: Path, force: bool) -> None:
 def create_worker_dir(
     basedir: Path, furl: str, config: dict[str, Any], *, resume: int, force: bool = False
 ) -> dict[str, Any]:
-    """Write the buildbot-worker basedir. Secrets (tac, FURL) are mode 0600."""
+    """Write the buildbot-worker basedir. Secrets (tac, FURL) are mode 0600.
+
+    All or nothing: when any step fails, what this call wrote is removed (and
+    a basedir it made), and a ``--force``'d old ``buildbot.tac`` is put back,
+    so that a rerun starts from where the admin was.
+    """
     try:
         from buildbot_worker.scripts.create_worker import createWorker
         from buildbot_worker.scripts.runner import CreateWorkerOptions
@@ -114,40 +131,95 @@ def create_worker_dir(
         raise WorkerSetupError(
             "buildbot-worker is not installed here: pip install 'bbenroll[worker]'"
         ) from None
+    master = parse_furl(furl).redacted()  # everything is checked before anything is written
     basedir = Path(basedir).absolute()
     check_basedir(basedir, force)
     tac = basedir / "buildbot.tac"
-    basedir.mkdir(parents=True, exist_ok=True)
-    if force:
-        # buildbot-worker would write buildbot.tac.new beside a different old one,
-        # leaving the worker on its old password
-        tac.unlink(missing_ok=True)
-        (basedir / "buildbot.tac.new").unlink(missing_ok=True)
-    if os.name == "posix":
-        os.chmod(basedir, 0o700)  # builds and secrets live here
     furl_file = basedir / FURL_FILE
-    options = CreateWorkerOptions()
-    options.parseOptions(
-        [
-            "--quiet",
-            "--force",
-            "--connection-string",
-            connection_string(furl_file, resume),
-            str(basedir),
-            "unused:9989",
-            config["name"],
-            config["password"],
-        ]
-    )
-    if createWorker(options) != 0:
-        raise WorkerSetupError(f"buildbot-worker could not create {basedir}")
-    atomic_write(furl_file, (furl.strip() + "\n").encode("ascii"))  # the secret: only once all else worked
-    if os.name == "posix":
-        os.chmod(tac, 0o600)  # it holds the PB password
+    undo = _Undo(basedir)
+    try:
+        basedir.mkdir(parents=True, exist_ok=True)
+        if force:
+            # buildbot-worker would write buildbot.tac.new beside a different old one,
+            # leaving the worker on its old password
+            undo.set_aside(tac)
+            (basedir / "buildbot.tac.new").unlink(missing_ok=True)
+        if os.name == "posix":
+            os.chmod(basedir, 0o700)  # builds and secrets live here
+        options = CreateWorkerOptions()
+        options.parseOptions(
+            [
+                "--quiet",
+                "--force",
+                "--connection-string",
+                connection_string(furl_file, resume),
+                str(basedir),
+                "unused:9989",
+                config["name"],
+                config["password"],
+            ]
+        )
+        with contextlib.redirect_stdout(io.StringIO()) as said:  # its one-line reason, not on our stdout
+            created = createWorker(options)
+        if created != 0:
+            reason = said.getvalue().strip().splitlines()[:1]
+            raise WorkerSetupError(f"buildbot-worker could not create {basedir}: {' '.join(reason)}")
+        atomic_write(furl_file, (furl.strip() + "\n").encode("ascii"))  # the secret: once all else worked
+        if os.name == "posix":
+            os.chmod(tac, 0o600)  # it holds the PB password
+    except BaseException as e:
+        undo.roll_back()
+        if isinstance(e, OSError):
+            raise WorkerSetupError(f"cannot write {e.filename or basedir}: {e.strerror}") from None
+        raise
+    undo.commit()
     return {
         "basedir": str(basedir),
         "name": config["name"],
         "furl_file": str(furl_file),
         "tac": str(tac),
-        "master": parse_furl(furl).redacted(),
+        "master": master,
     }
+
+
+class _Undo:
+    """What :func:`create_worker_dir` must take back if it fails: the entries
+    it added to ``basedir`` (or the directories it made for it), and a replaced tac."""
+
+    ASIDE = ".buildbot.tac.bbenroll-old"
+
+    def __init__(self, basedir: Path) -> None:
+        self.basedir = basedir
+        self.made: Path | None = None  # the topmost directory this call makes
+        if not basedir.exists():
+            self.made = basedir
+            while not self.made.parent.exists():
+                self.made = self.made.parent
+        self.before = set() if self.made else set(os.listdir(basedir))
+        self.aside: tuple[Path, Path] | None = None
+
+    def set_aside(self, path: Path) -> None:
+        if path.exists() or path.is_symlink():
+            self.aside = (path, path.with_name(self.ASIDE))
+            os.replace(*self.aside)
+            self.before.discard(path.name)
+
+    def roll_back(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.made is not None:
+                shutil.rmtree(self.made)
+                return
+            for name in set(os.listdir(self.basedir)) - self.before:
+                entry = self.basedir / name
+                if self.aside is not None and entry == self.aside[1]:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            if self.aside is not None:
+                os.replace(self.aside[1], self.aside[0])
+
+    def commit(self) -> None:
+        if self.aside is not None:
+            self.aside[1].unlink(missing_ok=True)

@@ -54,8 +54,8 @@ def test_init_rejects_bad_location(tmp_path):
     result = run_cli(["--registry", str(tmp_path / "workers.toml"), "init", "--location", "buildbot:9989"])
     assert result.code == 1
     assert result.err == (
-        "error: --location: connection hint 'buildbot:9989' is not TYPE:ADDRESS "
-        "(for TCP write tcp:HOST:PORT)\n"
+        "error: --location: connection hint 'buildbot:9989' has no type: "
+        "for TCP write tcp:buildbot:9989\n"
     )
     assert list(tmp_path.iterdir()) == []
 
@@ -486,7 +486,7 @@ def test_worker_create_bad_arguments(tmp_path):
     bad = tmp_path / "bad.furl"
     bad.write_bytes(b"\xff\xfe")
     result = run_cli(["worker", "create", str(tmp_path / "w"), "--furl-file", str(bad)])
-    assert (result.code, result.err) == (1, f"error: {bad}: cannot read the FURL file: not UTF-8 text\n")
+    assert (result.code, result.err) == (1, f"error: {bad}: not UTF-8 text (byte 1); a FURL is ASCII text\n")
     result = run_cli(["worker", "create", str(tmp_path / "w"), "--timeout", "nan", "pb://x"])
     assert result.code == 2 and "--timeout" in result.err
     assert not (tmp_path / "w").exists()
@@ -501,3 +501,28 @@ def test_no_command_prints_the_help_on_stderr(args, usage):
     assert (result.code, result.out) == (2, "")
     assert result.err.startswith(usage)
     assert "error:" not in result.err
+
+
+@pytest.mark.parametrize("name", ["wa\u200b", "w\u202eab", "w\u0430", "--help", "-w", "wo\u0308rker"])
+def test_add_refuses_look_alike_invisible_and_option_like_names(cli, reg_path, name):
+    """All of these are Buildbot identifiers; none may be a new worker's name."""
+    before = reg_path.read_bytes()
+    result = cli("add", "--", name)
+    assert (result.code, result.out) == (1, "")
+    assert result.err.startswith(f"error: worker name {name!r} ") and result.err.count("\n") == 1
+    assert reg_path.read_bytes() == before
+
+
+def test_a_registry_holding_an_unsafe_name_loads_and_check_warns(cli, reg_path):
+    assert cli("add", "wa").code == 0
+    reg_path.write_text(reg_path.read_text().replace("[workers.wa]", '[workers."w\u0430"]'))  # Cyrillic a
+    assert cli("show", "w\u0430").code == 0 and cli("rotate", "w\u0430").code == 0
+    result = cli("check")
+    warning = (
+        f"warning: {reg_path}: worker name 'w\u0430' holds '\u0430' (U+0430); new names use ASCII or "
+        "Latin-1 letters (À-ÿ), digits, '_' and '-', starting with a letter or '_' (no look-alike, "
+        "invisible or reordering characters)"
+    )
+    assert (result.code, result.err.splitlines()) == (0, [warning, f"{reg_path}: OK (1 worker)"])
+    checked = json.loads(cli("check", "--json").out)
+    assert checked["ok"] is True and checked["warnings"] == [warning.removeprefix("warning: ")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -54,15 +55,37 @@ def test_rotation_without_grace_drops_previous():
     assert model.rotate(w, NOW).previous is None
 
 
-@pytest.mark.parametrize("name", ["w", "worker-1", "_x", "-x", "wörker", "日本語", "a" * 50])
+@pytest.mark.parametrize("name", ["w", "worker-1", "_x", "wörker", "Ærø_2", "a" * 50])
 def test_valid_names(name):
     assert model.check_worker_name(name) == name
+    assert model.unsafe_name_reason(name) is None
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("-x", "starts with '-'"),
+        ("--help", "starts with '-'"),
+        ("wa\u200b", "holds '\\u200b' (U+200B)"),  # zero-width space: looks like "wa"
+        ("w\u202eab", "(U+202E)"),  # right-to-left override: shows as "wba"
+        ("w\u0430", "(U+0430)"),  # Cyrillic a
+        ("wo\u0308rker", "(U+0308)"),  # a combining diaeresis: looks like "wörker"
+        ("日本語", "(U+65E5)"),
+        ("a×b", "(U+00D7)"),
+    ],
+)
+def test_names_buildbot_takes_but_new_workers_may_not_have(name, why):
+    assert model.check_buildbot_name(name) == name  # a registry holding it still loads
+    with pytest.raises(InvalidName, match=re.escape(why)):
+        model.check_worker_name(name)
+    assert why in model.unsafe_name_reason(name)
 
 
 @pytest.mark.parametrize("name", ["", "1w", "a b", "a.b", "a/b", "a" * 51, "tab\t", "é\n"])
 def test_invalid_names(name):
-    with pytest.raises(InvalidName):
-        model.check_worker_name(name)
+    for check in (model.check_worker_name, model.check_buildbot_name):
+        with pytest.raises(InvalidName):
+            check(name)
 
 
 def test_data_round_trip():

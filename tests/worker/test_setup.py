@@ -92,7 +92,7 @@ def test_distinct_errors_for_unreachable_wrong_identity_and_refused(master, tmp_
     gone = bbenroll(master, "show", "gone")
     cases["revoked"] = (gone, "error: the master refused this FURL: worker revoked")
     for name, (bad, message) in cases.items():
-        proc = create(tmp_path / name, "--timeout", "20", bad)
+        proc = create(tmp_path / name, "--timeout", "20", "-", furl=bad)
         assert proc.returncode == 1, (name, proc.stderr)
         assert proc.stderr.startswith(message), (name, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -173,7 +173,7 @@ def test_furl_file_and_bad_furls(master, tmp_path):
     furl_file = tmp_path / "furl.txt"
     furl_file.write_text(furl + "\n")
     assert create(tmp_path / "w1", "--furl-file", str(furl_file)).returncode == 0
-    proc = create(tmp_path / "w2", "pb://nonsense")
+    proc = create(tmp_path / "w2", "-", furl="pb://nonsense")
     assert (proc.returncode, proc.stderr) == (1, "error: a FURL has the form pb://TUBID@HINT[,HINT...]/SWISSNUM\n")
 
 
