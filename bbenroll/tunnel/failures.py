@@ -44,10 +44,14 @@ WRONG_MASTER_MESSAGE = (
     "differs): the FURL may be outdated, or someone is impersonating the master"
 )
 
+NO_USABLE_HINTS_MESSAGE = (
+    "none of the FURL's connection hints can be used here: bbenroll connects over tcp:HOST:PORT hints only"
+)
+
 
 def classify(failure: Any) -> ConnectFailure:
     """Classify a Twisted Failure from ``Tub.getReference``/``callRemote``."""
-    from foolscap.tokens import BananaError, NegotiationError, RemoteException
+    from foolscap.tokens import BananaError, NegotiationError, NoLocationHintsError, RemoteException
     from twisted.internet import defer, error
 
     from bbenroll.tunnel.wire import REFUSED_TYPE_NAMES
@@ -60,6 +64,8 @@ def classify(failure: Any) -> ConnectFailure:
         return ConnectFailure(FailureKind.FAILED, f"the master failed ({copied.type.__name__}); see its log")
     if failure.check(BananaError):
         return ConnectFailure(FailureKind.WRONG_MASTER, WRONG_MASTER_MESSAGE)
+    if failure.check(NoLocationHintsError):  # Foolscap's own message is empty
+        return ConnectFailure(FailureKind.UNREACHABLE, NO_USABLE_HINTS_MESSAGE)
     if failure.check(
         error.ConnectError,
         error.DNSLookupError,

@@ -53,7 +53,6 @@ def fetch_worker_config(
     each step, for a terminal that wants to show it. The reactor is the
     caller's: the CLI runs this with ``task.react``.
     """
-    from foolscap.tokens import NoLocationHintsError
     from twisted.internet import defer
 
     from bbenroll.tunnel.failures import classify
@@ -73,12 +72,6 @@ def fetch_worker_config(
         if failure.check(defer.TimeoutError, defer.CancelledError):
             raise WorkerSetupError(
                 f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
-            )
-        if failure.check(NoLocationHintsError):  # Foolscap's own message is empty
-            kinds = sorted({hint.split(":", 1)[0] + ":" for hint in parse_furl(furl).hints})
-            raise WorkerSetupError(
-                f"none of the FURL's connection hints ({', '.join(kinds)}) can be used here: "
-                "bbenroll connects over tcp:HOST:PORT hints only"
             )
         raise WorkerSetupError(classify(failure).message)
 

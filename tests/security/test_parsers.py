@@ -200,10 +200,22 @@ def test_a_furl_without_usable_hints_says_why(tmp_path) -> None:
                input_text=furl, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == (
-        "error: none of the FURL's connection hints (i2p:, tor:) can be used here: "
+        "error: none of the FURL's connection hints can be used here: "
         "bbenroll connects over tcp:HOST:PORT hints only\n"
     )
     assert not (tmp_path / "w").exists()
+
+
+def test_the_tunnel_says_why_too():
+    """The same classification serves the tunnel's log line (it used to end in an empty reason)."""
+    from foolscap.tokens import NoLocationHintsError
+    from twisted.python.failure import Failure
+
+    from bbenroll.tunnel.failures import FailureKind, classify
+
+    why = classify(Failure(NoLocationHintsError()))
+    assert why.kind is FailureKind.UNREACHABLE
+    assert why.message.startswith("none of the FURL's connection hints can be used here")
 
 
 def test_a_furl_on_the_command_line_is_warned_about(tmp_path) -> None:
