@@ -52,6 +52,7 @@ def test_failures_of_an_address_are_answered_later_and_later():
     delays = [guard.refused("10.0.0.1", gate.UNKNOWN, now=100.0 + n).delay for n in range(10)]
     assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
     assert (FIRST_FAILURE_DELAY, MAX_FAILURE_DELAY) == (0.1, 5.0)
+    assert MAX_FAILURE_DELAY <= AUTH_TIMEOUT / 2  # a slow refusal still arrives before the deadline
     assert guard.refused("10.0.0.2", gate.UNKNOWN, now=110.0).delay == 0.0  # not another address
     assert guard.delay_for("10.0.0.1") == MAX_FAILURE_DELAY and guard.delay_for("10.0.0.9") == 0.0
     # quiet for FAILURE_MEMORY (once its counts are logged): forgotten, answered at once again
