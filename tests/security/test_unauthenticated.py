@@ -25,6 +25,7 @@ from twisted.internet import defer, reactor, task
 from bbenroll.master import gate
 from bbenroll.master.guard import AUTH_TIMEOUT, MAX_UNAUTHENTICATED_PER_ADDRESS
 from bbenroll.master.service import EnrollmentService
+from bbenroll.tunnel.wire import start_client_tub
 from tests.helpers.cli import run_cli
 
 pytestmark = pytest.mark.network
@@ -57,7 +58,7 @@ def closed_by_peer(sock: socket.socket) -> bool:
 
 
 class Served:
-    """A real EnrollmentService with short timeouts, and client Tubs to stop afterwards."""
+    """A real EnrollmentService with short timeouts, and the client Tubs made for it."""
 
     def __init__(self, path) -> None:
         self.path = path
@@ -82,28 +83,23 @@ class Served:
         return self.service.tub.doorkeeper.waiting()
 
     def client(self) -> Tub:
-        tub = Tub()
-        tub.setOption("expose-remote-exception-types", False)
-        tub.startService()
-        self.clients.append(tub)
-        return tub
+        """A Tub as the worker's (its options), stopped with the master."""
+        self.clients.append(start_client_tub())
+        return self.clients[-1]
 
     async def broker(self, furl: str) -> Any:
         """A TLS-negotiated Foolscap connection to the master that looks nothing up."""
         return await self.client().getBrokerForTubRef(SturdyRef(furl).getTubRef())
 
-    async def stop(self) -> None:
-        for tub in self.clients:
-            await tub.stopService()
-        if self.service.running:
-            await self.service.stopService()
 
-
-@pytest.fixture
-def served(served_reg_path):
+@pytest_twisted.async_yield_fixture
+async def served(served_reg_path):
+    """A Served master; afterwards its client Tubs and the service are stopped."""
     s = Served(served_reg_path)
     yield s
-    pytest_twisted.blockon(defer.ensureDeferred(s.stop()))
+    await defer.gatherResults([tub.stopService() for tub in s.clients])
+    if s.service.running:
+        await s.service.stopService()
 
 
 @pytest_twisted.ensureDeferred
