@@ -134,6 +134,14 @@ class Doorkeeper:
         """How many connections are open without an accepted secret."""
         return len(self._waiting)
 
+    def drop_all(self) -> None:
+        """Abort every waiting connection (the Tub stops: Foolscap would leave
+        those still negotiating open)."""
+        for transport in list(self._waiting):
+            self.settled(transport)
+            with contextlib.suppress(Exception):  # already gone
+                transport.abortConnection()
+
     def _drop(self, transport: Any, reason: str) -> None:
         entry = self._waiting.get(transport)
         address = entry[0] if entry is not None else address_of(transport)
@@ -150,13 +158,13 @@ def _doorkeeper(tub: Any) -> Doorkeeper | None:
 class EnrollmentNegotiation(Negotiation):
     """Foolscap's server-side negotiation, counted and timed by the Tub's :class:`Doorkeeper`."""
 
-    # Foolscap's own negotiation timeout (120 s) runs on the global reactor; the
-    # Doorkeeper's shorter one runs on the Tub's clock instead. 0 turns Foolscap's off.
-    SERVER_TIMEOUT = 0
-
     def connectionMadeServer(self) -> None:
-        Negotiation.connectionMadeServer(self)
         keeper = _doorkeeper(getattr(self.listener, "_tub", None))
+        if keeper is not None:
+            # Foolscap's own negotiation timeout (120 s) runs on the global reactor;
+            # the Doorkeeper's shorter one runs on the Tub's clock instead. 0: off.
+            self.SERVER_TIMEOUT = 0
+        Negotiation.connectionMadeServer(self)
         if keeper is not None:
             keeper.arrived(self.transport, keeper.negotiation_timeout)
 
@@ -271,6 +279,11 @@ class EnrollmentTub(Tub):
     enrollment: EnrollmentService | None = None
     clock: IReactorTime | None = None  # for the brokers' shutdown abort and the Doorkeeper
     doorkeeper: Doorkeeper | None = None
+
+    def stopService(self) -> Any:
+        if self.doorkeeper is not None:
+            self.doorkeeper.drop_all()
+        return Tub.stopService(self)
 
 
 def make_tub(

@@ -28,7 +28,7 @@ from bbenroll.master.guard import (
     address_key,
 )
 from bbenroll.master.tub import EnrollmentNegotiation
-from tests.helpers.foolscap import MemoryLink, pump
+from tests.helpers.foolscap import MemoryLink, pump, resolve
 
 # -- the pure policy ----------------------------------------------------------------
 
@@ -159,7 +159,7 @@ def test_a_connection_without_a_secret_is_dropped_after_the_timeout(world):
     tub = world.service.tub
     assert (tub.doorkeeper.auth_timeout, tub.doorkeeper.negotiation_timeout) == (10.0, 30.0)
     assert (AUTH_TIMEOUT, NEGOTIATION_TIMEOUT) == (10.0, 30.0)
-    assert tub.negotiationClass is EnrollmentNegotiation and EnrollmentNegotiation.SERVER_TIMEOUT == 0
+    assert tub.negotiationClass is EnrollmentNegotiation
     assert tub.doorkeeper.clock is world.clock
     link = world.connect()
     world.advance(AUTH_TIMEOUT - 0.1)
@@ -167,6 +167,18 @@ def test_a_connection_without_a_secret_is_dropped_after_the_timeout(world):
     world.advance(0.1)
     assert link.server.transport.aborted and not link.connected
     assert tub.doorkeeper.waiting() == 0
+    world.finish()
+
+
+def test_stopping_aborts_the_connections_still_waiting(world):
+    swissnum = world.add("w1")
+    world.start()
+    waiting = world.connect()
+    accepted, _ref = world.accepted(swissnum)
+    resolve(world.clock, world.service.stopService())
+    world.advance(0)
+    assert waiting.server.transport.aborted and not waiting.connected
+    assert not accepted.server.transport.aborted  # not the Doorkeeper's to drop
     world.finish()
 
 

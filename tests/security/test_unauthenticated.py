@@ -115,6 +115,8 @@ async def test_silent_tcp_connections_are_capped_and_timed_out(served):
             socks.append(sock)
         await until(lambda: served.waiting() == MAX_UNAUTHENTICATED_PER_ADDRESS
                     and sum(map(closed_by_peer, socks)) >= 50 - MAX_UNAUTHENTICATED_PER_ADDRESS, within=3)
+        # Foolscap's own 120 s negotiation timer (on the global reactor) is not used
+        assert not [c for c in reactor.getDelayedCalls() if "negotiationTimedOut" in repr(c.func)]
         # the master holds at most the cap: ours are 50, its own at most 8 (+1 for slack)
         assert open_fds() <= before + 50 + MAX_UNAUTHENTICATED_PER_ADDRESS + 1
         started = time.monotonic()
