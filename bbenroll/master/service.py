@@ -302,7 +302,11 @@ class EnrollmentService(service.MultiService):
     # -- bounds on what peers may cost ------------------------------------------------
 
     def _raise_open_files_limit(self) -> None:
-        raised = raise_open_files_limit()
+        try:
+            raised = raise_open_files_limit()
+        except (OSError, ValueError) as e:
+            log.warn("bbenroll: cannot raise the open-files limit: {error}", error=str(e))
+            return
         if raised is not None:
             log.info("bbenroll: raised the open-files limit from {old} to {new}", old=raised[0],
                      new=raised[1])

@@ -356,7 +356,8 @@ def raise_open_files_limit() -> tuple[int, int] | None:
     """Raise the soft RLIMIT_NOFILE as far as allowed (POSIX); ``(old, new)`` if it changed.
 
     Each connection costs a file descriptor, and 1024 (a common default) is
-    little for a master that many peers can reach.
+    little for a master that many peers can reach. Raises OSError or ValueError
+    if the system refuses.
     """
     try:
         import resource
@@ -366,10 +367,7 @@ def raise_open_files_limit() -> tuple[int, int] | None:
     target = guardmod.open_files_target(soft, hard, resource.RLIM_INFINITY)
     if target is None:
         return None
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        return None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return soft, target
 
 

@@ -135,6 +135,26 @@ print(json.dumps([low, hard, resource.RLIM_INFINITY, raised, resource.getrlimit(
 # -- the service applying it ----------------------------------------------------------
 
 
+def test_the_start_says_what_it_did_to_the_open_files_limit(world, monkeypatch):
+    monkeypatch.setattr(service_module, "raise_open_files_limit", lambda: (1024, 524288))
+    world.start()
+    (raised,) = world.logged("raised the open-files limit")
+    assert (raised["old"], raised["new"]) == (1024, 524288)
+    world.finish()
+
+
+def test_a_limit_that_cannot_be_raised_is_one_warning(world, monkeypatch):
+    def refused() -> None:
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(service_module, "raise_open_files_limit", refused)
+    world.start()  # still serves
+    (cannot,) = world.logged("cannot raise the open-files limit")
+    assert cannot["error"] == "not allowed" and world.service.running
+    world.finish()
+
+
+
 def reason_of(failure: Failure) -> str:
     """What the master told the client (a RemoteException around its CopiedFailure)."""
     return str(failure.value.failure.value)
