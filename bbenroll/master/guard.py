@@ -79,6 +79,7 @@ class Summary:
 
     address: str
     counts: dict[str, int]  # by reason
+    seconds: float  # since the address's previous line (or its first failure)
 
     @property
     def total(self) -> int:
@@ -175,18 +176,21 @@ class Guard:
         """How many failing addresses are remembered."""
         return len(self._failing)
 
-    def summaries(self, now: float) -> list[Summary]:
-        """The lines due at ``now`` (their counts start again), forgetting quiet addresses."""
+    def summaries(self, now: float, *, all_due: bool = False) -> list[Summary]:
+        """The lines due at ``now`` (their counts start again), forgetting quiet addresses.
+
+        ``all_due``: every address with counts not logged yet (the master stops).
+        """
         due = []
         for address, record in list(self._failing.items()):
-            if record.unlogged and now - record.logged >= self.summary_interval:
-                due.append(Summary(address, dict(record.unlogged)))
+            if record.unlogged and (all_due or now - record.logged >= self.summary_interval):
+                due.append(Summary(address, dict(record.unlogged), now - record.logged))
                 record.unlogged.clear()
                 record.logged = now
             if not record.unlogged and now - record.last >= self.failure_memory:
                 del self._failing[address]
         if self._forgotten:
-            due.append(Summary(OTHER_ADDRESSES, dict(self._forgotten)))
+            due.append(Summary(OTHER_ADDRESSES, dict(self._forgotten), self.summary_interval))
             self._forgotten.clear()
         return due
 

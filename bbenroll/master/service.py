@@ -197,6 +197,7 @@ class EnrollmentService(service.MultiService):
             self._loop.stop()
         self._loop = None
         self.sessions.end_all("master shutting down")
+        self._log_refusals(all_due=True)
         d = super().stopService()
         if write_status:
             self._write_status(force=True, running=False)
@@ -311,17 +312,21 @@ class EnrollmentService(service.MultiService):
             log.info("bbenroll: raised the open-files limit from {old} to {new}", old=raised[0],
                      new=raised[1])
 
-    def _log_guard(self) -> None:
-        """Refusal summaries that are due, and whether open files near their limit."""
-        for summary in self.guard.summaries(self.clock.seconds()):
+    def _log_refusals(self, *, all_due: bool = False) -> None:
+        """The refusal summaries that are due (``all_due``: all that were not logged yet)."""
+        for summary in self.guard.summaries(self.clock.seconds(), all_due=all_due):
             log.info(
                 "refused or dropped {total} connections from {address} "
-                "in the last {interval:.0f} s: {counts}",
+                "in the last {seconds:.0f} s: {counts}",
                 total=summary.total,
                 address=summary.address,
-                interval=self.guard.summary_interval,
+                seconds=summary.seconds,
                 counts=summary.describe(),
             )
+
+    def _log_guard(self) -> None:
+        """Refusal summaries that are due, and whether open files near their limit."""
+        self._log_refusals()
         files = open_files()
         near = files is not None and guardmod.near_open_files_limit(*files)
         if near and not self._near_open_files_limit:

@@ -69,7 +69,7 @@ def test_refusals_are_summarized_per_address_per_interval():
     guard.dropped("10.0.0.1", guardmod.TIMED_OUT, now=8.0)
     assert guard.summaries(now=SUMMARY_INTERVAL - 1) == []  # not due yet
     (line,) = guard.summaries(now=SUMMARY_INTERVAL)
-    assert line.address == "10.0.0.1" and line.total == 7
+    assert (line.address, line.total, line.seconds) == ("10.0.0.1", 7, SUMMARY_INTERVAL)
     assert line.counts == {gate.UNKNOWN: 5, gate.REVOKED: 1, guardmod.TIMED_OUT: 1}
     assert line.describe() == (
         "no accepted secret in time x1, unknown secret x5, worker revoked x1"
@@ -319,8 +319,13 @@ def test_refusals_are_logged_once_then_summarized(world):
     (summary,) = world.logged("refused or dropped")
     assert (summary["address"], summary["total"]) == ("127.0.0.1", 5)
     assert summary["counts"] == "no accepted secret in time x1, unknown secret x4"
-    world.advance(SUMMARY_INTERVAL)
-    assert len(world.logged("refused or dropped")) == 1  # nothing new: no line
+    lookup(world, world.connect(), "f" * 32)
+    world.advance(MAX_FAILURE_DELAY)  # answered (in steps: one clock jump would reorder timers)
+    world.advance(SUMMARY_INTERVAL / 2)
+    assert len(world.logged("refused or dropped")) == 1  # one line per interval at most ...
+    resolve(world.clock, world.service.stopService())  # ... but all is logged when the master stops
+    lines = world.logged("refused or dropped")
+    assert (len(lines), lines[-1]["total"], lines[-1]["counts"]) == (2, 1, "unknown secret x1")
     world.finish()
 
 
