@@ -252,9 +252,10 @@ class EnrollmentService(service.MultiService):
 
     def _refuse(self, broker: EnrollmentBroker, decision: gatemod.Decision) -> defer.Deferred[Any]:
         broker.refusals += 1
-        refusal = self.guard.refused(address_of(broker.transport), decision.reason, self.clock.seconds())
+        why = decision.describe()  # counted by worker and reason: which stale FURL keeps trying
+        refusal = self.guard.refused(address_of(broker.transport), why, self.clock.seconds())
         if refusal.log_now:  # later ones go into the address's summary line
-            log.info("refused connection from {peer}: {why}", peer=peer_of(broker), why=decision.describe())
+            log.info("refused connection from {peer}: {why}", peer=peer_of(broker), why=why)
         answer: defer.Deferred[Any] = defer.Deferred()
 
         def send() -> None:

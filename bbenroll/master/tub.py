@@ -180,7 +180,7 @@ class EnrollmentBroker(Broker):
     """A Broker that lets the service see which connection a lookup arrives on,
     bounds what a peer may buffer, and really closes the socket on shutdown."""
 
-    authenticated = False  # set by authenticated() once this connection presented an accepted secret
+    authenticated = False  # set by mark_authenticated() once this connection presented an accepted secret
     refusals = 0  # lookups refused on this connection
     _abort_scheduled = False
     _answers: set[Any] | None = None  # delayed answers (DelayedCalls) still to send

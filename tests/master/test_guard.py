@@ -329,6 +329,22 @@ def test_refusals_are_logged_once_then_summarized(world):
     world.finish()
 
 
+def test_summaries_name_the_worker_of_a_known_secret(world):
+    revoked = world.add("w2")
+    world.cli("revoke", "w2")
+    world.start()
+    answers = []
+    for _ in range(3):
+        answers.append(lookup(world, world.connect(), revoked))
+        world.advance(MAX_FAILURE_DELAY)
+    assert [reason_of(a) for (a,) in answers] == [gate.REVOKED] * 3
+    world.advance(SUMMARY_INTERVAL)
+    (summary,) = world.logged("refused or dropped")
+    assert summary["counts"] == "worker 'w2': worker revoked x2"
+    assert revoked not in json.dumps([str(e) for e in world.events])  # never the secret
+    world.finish()
+
+
 def test_open_files_near_the_limit_are_warned_about_once(world, monkeypatch):
     world.start()
     count = [100]
