@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 from foolscap.api import DeadReferenceError
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from bbenroll.master import gate
@@ -199,6 +202,30 @@ def test_stopping_aborts_the_connections_still_waiting(world):
     world.advance(0)
     assert waiting.server.transport.aborted and not waiting.connected
     assert not accepted.server.transport.aborted  # not the Doorkeeper's to drop
+    world.finish()
+
+
+def test_a_silent_tcp_connection_is_timed_out_in_negotiation_on_the_tub_clock(world):
+    """Before any Broker: the Listener's own protocol (Foolscap's negotiation), on a StringTransport."""
+    world.start()
+    (_port, listener, _backlog, _interface) = world.clock.tcpServers[0]
+    transports = []
+    for n in range(MAX_UNAUTHENTICATED_PER_ADDRESS + 1):
+        peer = IPv4Address("TCP", "198.51.100.7", 50000 + n)
+        protocol = listener.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        transports.append((protocol, transport))
+    assert isinstance(transports[0][0], EnrollmentNegotiation)
+    assert transports[0][1].disconnected and not any(t.disconnected for _p, t in transports[1:])  # the cap
+    assert transports[1][0].negotiationTimer is None  # Foolscap's 120 s one (global reactor): off
+    world.advance(NEGOTIATION_TIMEOUT - 0.1)
+    assert not any(t.disconnected for _p, t in transports[1:])
+    world.advance(0.1)
+    assert all(t.disconnected for _p, t in transports)
+    for protocol, _t in transports:  # what the reactor would do after an abort
+        protocol.connectionLost(Failure(ConnectionLost()))
+    assert world.service.tub.doorkeeper.waiting() == 0
     world.finish()
 
 
