@@ -4,6 +4,7 @@ This module is the lifecycle and the wiring; each concern has its own room:
 
 - :mod:`~bbenroll.master.tub`: the Tub, its options, the bounded Broker, listening;
 - :mod:`~bbenroll.master.gate`: who may connect (pure);
+- :mod:`~bbenroll.master.guard`: bounds on unauthenticated connections and guessing (pure);
 - :mod:`~bbenroll.master.sessions`: tunnel sessions and their connections;
 - :mod:`~bbenroll.master.reloader`: following the registry file;
 - :mod:`~bbenroll.master.status`: the status book and its file.
@@ -36,17 +37,22 @@ from zope.interface import implementer
 
 from bbenroll.identity import load_identity
 from bbenroll.master import gate as gatemod
+from bbenroll.master import guard as guardmod
 from bbenroll.master.reloader import POLL_INTERVAL, RegistryReloader
 from bbenroll.master.sessions import SessionTable
 from bbenroll.master.status import StatusBook, StatusWriter, status_path
 from bbenroll.master.tub import (
     KEEPALIVE,
     MAX_SWISSNUM_LENGTH,
+    EnrollmentBroker,
     EnrollmentTub,
     ListenError,
+    address_of,
     listen,
     make_tub,
+    open_files,
     peer_of,
+    raise_open_files_limit,
 )
 from bbenroll.registry.store import LoadedRegistry
 from bbenroll.tunnel.core import Frame
@@ -127,6 +133,8 @@ class EnrollmentService(service.MultiService):
         self._loop: task.LoopingCall | None = None
         self.reloader = RegistryReloader(self.registry_path)  # a broken registry fails loudly here
         self.gate = gatemod.Gate(self.loaded.registry)
+        self.guard = guardmod.Guard()
+        self._near_open_files_limit = False
         self.sessions = SessionTable(self.reactor, self.clock, self._pb_endpoint)
         self._announced = self._buildbot_view(self.gate.usable_workers(self.now()))
 
@@ -149,8 +157,9 @@ class EnrollmentService(service.MultiService):
         """
         self._reload()  # it may have changed since the constructor read it
         self.reloader.started()
+        self._raise_open_files_limit()
         master = self.loaded.registry.master
-        tub = make_tub(load_identity(self.loaded.identity_path).pem, self, self.clock)
+        tub = make_tub(load_identity(self.loaded.identity_path).pem, self, self.clock, self.guard)
         listening = listen(tub, self.reactor, master.listen)
         tub.setLocation(*master.location)
         tub.setServiceParent(self)
@@ -188,6 +197,7 @@ class EnrollmentService(service.MultiService):
             self._loop.stop()
         self._loop = None
         self.sessions.end_all("master shutting down")
+        self._log_refusals(all_due=True)
         d = super().stopService()
         if write_status:
             self._write_status(force=True, running=False)
@@ -196,9 +206,17 @@ class EnrollmentService(service.MultiService):
 
     # -- the lookup -------------------------------------------------------------
 
-    def lookup(self, swissnum: str, broker: Broker) -> EnrolledWorker:
-        """Resolve a FURL's swissnum arriving on ``broker`` (raises :class:`Refused`)."""
+    def lookup(self, swissnum: str, broker: EnrollmentBroker) -> EnrolledWorker | defer.Deferred[Any]:
+        """Resolve a FURL's swissnum arriving on ``broker``.
+
+        An accepted secret gets its object at once, whatever its address did
+        before. A refusal is a Deferred failing with :class:`Refused`, as late as
+        the guard says; then the connection ends, unless an accepted secret
+        arrived on it before (then only after a few refusals).
+        """
         peer = peer_of(broker)
+        if broker.refusals >= self.guard.max_refusals_per_connection:
+            return defer.fail(Refused(guardmod.TOO_MANY_REFUSALS))  # it is being dropped
         if len(swissnum) > MAX_SWISSNUM_LENGTH:
             decision = gatemod.Decision(False, gatemod.UNKNOWN)
         else:
@@ -209,15 +227,14 @@ class EnrollmentService(service.MultiService):
                 self._reload()
                 decision = self.gate.decide(swissnum, self.now())
         if not decision.accepted:
-            log.info("refused connection from {peer}: {why}", peer=peer, why=decision.describe())
-            raise Refused(decision.reason)
+            return self._refuse(broker, decision)
         assert decision.worker is not None
         key = (id(broker), swissnum)
         existing = self.connections.get(key)
         if existing is not None:
             return existing
         obj = EnrolledWorker(self, decision.worker, swissnum, broker)
-        broker.authenticated = True
+        broker.mark_authenticated()
         self.connections[key] = obj
         assert self.tub is not None
         # its sturdy ref must be the worker's own FURL, not a fresh random name
@@ -232,6 +249,22 @@ class EnrollmentService(service.MultiService):
         )
         self._write_status()
         return obj
+
+    def _refuse(self, broker: EnrollmentBroker, decision: gatemod.Decision) -> defer.Deferred[Any]:
+        broker.refusals += 1
+        why = decision.describe()  # counted by worker and reason: which stale FURL keeps trying
+        refusal = self.guard.refused(address_of(broker.transport), why, self.clock.seconds())
+        if refusal.log_now:  # later ones go into the address's summary line
+            log.info("refused connection from {peer}: {why}", peer=peer_of(broker), why=why)
+        answer: defer.Deferred[Any] = defer.Deferred()
+
+        def send() -> None:
+            answer.errback(Failure(Refused(decision.reason)))
+            if not broker.authenticated or broker.refusals >= self.guard.max_refusals_per_connection:
+                broker.end_after_answers(Failure(DeadReferenceError(decision.reason)))
+
+        broker.answer_later(refusal.delay, send)
+        return answer
 
     def worker_for(self, obj: EnrolledWorker) -> Any:
         """The registry entry for a live connection; refuses if it lost its right."""
@@ -268,6 +301,46 @@ class EnrollmentService(service.MultiService):
         else:
             obj.broker.transport.abortConnection()
 
+    # -- bounds on what peers may cost ------------------------------------------------
+
+    def _raise_open_files_limit(self) -> None:
+        try:
+            raised = raise_open_files_limit()
+        except (OSError, ValueError) as e:
+            log.warn("bbenroll: cannot raise the open-files limit: {error}", error=str(e))
+            return
+        if raised is not None:
+            log.info("bbenroll: raised the open-files limit from {old} to {new}", old=raised[0],
+                     new=raised[1])
+
+    def _log_refusals(self, *, all_due: bool = False) -> None:
+        """The refusal summaries that are due (``all_due``: all that were not logged yet)."""
+        for summary in self.guard.summaries(self.clock.seconds(), all_due=all_due):
+            log.info(
+                "refused or dropped {total} connections from {address} "
+                "in the last {seconds:.0f} s: {counts}",
+                total=summary.total,
+                address=summary.address,
+                seconds=summary.seconds,
+                counts=summary.describe(),
+            )
+
+    def _log_guard(self) -> None:
+        """Refusal summaries that are due, and whether open files near their limit."""
+        self._log_refusals()
+        files = open_files()
+        near = files is not None and guardmod.near_open_files_limit(*files)
+        if near and not self._near_open_files_limit:
+            assert files is not None
+            log.warn(
+                "bbenroll: {count} open files, near the limit of {limit} "
+                "({waiting} connections without an accepted secret)",
+                count=files[0],
+                limit=files[1],
+                waiting=self.tub.doorkeeper.waiting() if self.tub and self.tub.doorkeeper else 0,
+            )
+        self._near_open_files_limit = near
+
     # -- the loop -----------------------------------------------------------------
 
     def tick(self) -> None:
@@ -287,6 +360,7 @@ class EnrollmentService(service.MultiService):
                 if self.on_workers_changed is not None:
                     self.on_workers_changed(usable)
             self._write_status()
+            self._log_guard()
         except Exception:
             log.failure("bbenroll: unexpected error in the registry loop")
 

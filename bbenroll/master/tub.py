@@ -3,7 +3,10 @@
 :class:`EnrollmentBroker` lets the service see which connection a lookup
 arrives on, bounds what a peer may make us buffer, and really closes the
 socket on shutdown (after :data:`SHUTDOWN_GRACE` seconds on the Tub's injected
-clock). :func:`make_tub` builds the Tub with :data:`TUB_OPTIONS`;
+clock). :class:`Doorkeeper` applies :mod:`bbenroll.master.guard`'s bounds to
+connections that have not authenticated yet, from the TCP accept on
+(:class:`EnrollmentNegotiation`), with deadlines on the same clock.
+:func:`make_tub` builds the Tub with :data:`TUB_OPTIONS`;
 :func:`listen` binds its port and reports the outcome, so the service can say
 "serving" only once the port is really bound, and a taken port is one
 :class:`ListenError` naming it.
@@ -12,10 +15,13 @@ clock). :func:`make_tub` builds the Tub with :data:`TUB_OPTIONS`;
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from foolscap.api import Tub
 from foolscap.broker import Broker
+from foolscap.negotiate import Negotiation
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -25,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bbenroll.errors import BBEnrollError
+from bbenroll.master import guard as guardmod
 
 if TYPE_CHECKING:
     from bbenroll.master.service import EnrollmentService
@@ -72,12 +79,161 @@ def peer_of(broker: Broker) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def address_of(transport: Any) -> str:
+    """The address a connection counts against (:func:`~bbenroll.master.guard.address_key`)."""
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return "unknown peer"
+    return guardmod.address_key(str(getattr(peer, "host", peer)))
+
+
+class Doorkeeper:
+    """The connections of one Tub that have not presented an accepted secret yet.
+
+    Each has a deadline on ``clock`` (:data:`~bbenroll.master.guard.NEGOTIATION_TIMEOUT`
+    from the TCP accept, then :data:`~bbenroll.master.guard.AUTH_TIMEOUT` from the
+    Broker's start) and counts against its address's cap in ``guard``; past either,
+    it is aborted. Connections are named by their transport, which Foolscap keeps
+    from the negotiation to the Broker.
+    """
+
+    negotiation_timeout = guardmod.NEGOTIATION_TIMEOUT
+    auth_timeout = guardmod.AUTH_TIMEOUT
+
+    def __init__(self, guard: guardmod.Guard, clock: IReactorTime) -> None:
+        self.guard = guard
+        self.clock = clock
+        self._waiting: dict[Any, tuple[str, Any]] = {}  # transport -> (address, its deadline's call)
+
+    def arrived(self, transport: Any, timeout: float) -> None:
+        """A connection (or the next phase of one) starts: it has ``timeout`` seconds."""
+        entry = self._waiting.get(transport)
+        if entry is not None:  # negotiated: the deadline for a secret starts now
+            address, deadline = entry
+            if deadline.active():
+                deadline.cancel()
+        else:
+            address = address_of(transport)
+            for oldest in self.guard.arrived(address, transport):
+                self._drop(oldest, guardmod.OVER_CAP)
+        deadline = self.clock.callLater(timeout, self._drop, transport, guardmod.TIMED_OUT)
+        self._waiting[transport] = (address, deadline)
+
+    def settled(self, transport: Any) -> None:
+        """The connection authenticated or closed: no deadline, no longer counted."""
+        entry = self._waiting.pop(transport, None)
+        if entry is None:
+            return
+        address, deadline = entry
+        if deadline.active():
+            deadline.cancel()
+        self.guard.settled(address, transport)
+
+    def waiting(self) -> int:
+        """How many connections are open without an accepted secret."""
+        return len(self._waiting)
+
+    def drop_all(self) -> None:
+        """Abort every waiting connection (the Tub stops: Foolscap would leave
+        those still negotiating open)."""
+        for transport in list(self._waiting):
+            self.settled(transport)
+            with contextlib.suppress(Exception):  # already gone
+                transport.abortConnection()
+
+    def _drop(self, transport: Any, reason: str) -> None:
+        entry = self._waiting.get(transport)
+        address = entry[0] if entry is not None else address_of(transport)
+        self.settled(transport)
+        self.guard.dropped(address, reason, self.clock.seconds())
+        with contextlib.suppress(Exception):  # already gone
+            transport.abortConnection()
+
+
+def _doorkeeper(tub: Any) -> Doorkeeper | None:
+    return getattr(tub, "doorkeeper", None)
+
+
+class EnrollmentNegotiation(Negotiation):
+    """Foolscap's server-side negotiation, counted and timed by the Tub's :class:`Doorkeeper`."""
+
+    def connectionMadeServer(self) -> None:
+        keeper = _doorkeeper(getattr(self.listener, "_tub", None))
+        if keeper is not None:
+            # Foolscap's own negotiation timeout (120 s) runs on the global reactor;
+            # the Doorkeeper's shorter one runs on the Tub's clock instead. 0: off.
+            self.SERVER_TIMEOUT = 0
+        Negotiation.connectionMadeServer(self)
+        if keeper is not None:
+            keeper.arrived(self.transport, keeper.negotiation_timeout)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # only during negotiation: afterwards Foolscap routes this to the Broker's
+        keeper = _doorkeeper(getattr(getattr(self, "listener", None), "_tub", None))
+        if keeper is not None:
+            keeper.settled(self.transport)
+        Negotiation.connectionLost(self, reason)
+
+
 class EnrollmentBroker(Broker):
     """A Broker that lets the service see which connection a lookup arrives on,
     bounds what a peer may buffer, and really closes the socket on shutdown."""
 
-    authenticated = False  # set by the service once this connection presented an accepted secret
+    authenticated = False  # set by mark_authenticated() once this connection presented an accepted secret
+    refusals = 0  # lookups refused on this connection
     _abort_scheduled = False
+    _answers: set[Any] | None = None  # delayed answers (DelayedCalls) still to send
+
+    def connectionMade(self) -> None:
+        Broker.connectionMade(self)
+        keeper = _doorkeeper(self.tub)
+        if keeper is not None:
+            keeper.arrived(self.transport, keeper.auth_timeout)
+
+    def connectionLost(self, why: Failure) -> None:
+        keeper = _doorkeeper(self.tub)
+        if keeper is not None:
+            keeper.settled(self.transport)
+        Broker.connectionLost(self, why)
+
+    def finish(self, why: Failure) -> None:
+        for answer in self._answers or ():
+            if answer.active():
+                answer.cancel()
+        self._answers = None
+        Broker.finish(self, why)
+
+    def mark_authenticated(self) -> None:
+        """This connection presented an accepted secret: no deadline, no cap, larger buffer."""
+        self.authenticated = True
+        keeper = _doorkeeper(self.tub)
+        if keeper is not None:
+            keeper.settled(self.transport)
+
+    def answer_later(self, delay: float, answer: Callable[[], None]) -> None:
+        """Call ``answer`` after ``delay`` seconds on the Tub's clock, unless the connection ends first."""
+        if self.disconnected:
+            return
+        if self._answers is None:
+            self._answers = set()
+        answers = self._answers
+
+        def fire() -> None:
+            answers.discard(call)
+            answer()
+
+        call = self.tub.clock.callLater(delay, fire)
+        answers.add(call)
+
+    def end_after_answers(self, why: Failure) -> None:
+        """Shut the connection down once what was just sent has left (on the next turn)."""
+
+        def end() -> None:
+            if not self.disconnected:
+                self.shutdown(why)
+
+        self.answer_later(0, end)
 
     def remote_getReferenceByName(self, name: Any) -> Any:
         enrollment = getattr(self.tub, "enrollment", None)
@@ -119,15 +275,26 @@ class EnrollmentBroker(Broker):
 
 class EnrollmentTub(Tub):
     brokerClass = EnrollmentBroker
+    negotiationClass = EnrollmentNegotiation
     enrollment: EnrollmentService | None = None
-    clock: IReactorTime | None = None  # for the brokers' shutdown abort
+    clock: IReactorTime | None = None  # for the brokers' shutdown abort and the Doorkeeper
+    doorkeeper: Doorkeeper | None = None
+
+    def stopService(self) -> Any:
+        if self.doorkeeper is not None:
+            self.doorkeeper.drop_all()
+        return Tub.stopService(self)
 
 
-def make_tub(cert_pem: bytes, enrollment: EnrollmentService, clock: IReactorTime) -> EnrollmentTub:
-    """The master's Tub with :data:`TUB_OPTIONS`, resolving names through ``enrollment``."""
+def make_tub(
+    cert_pem: bytes, enrollment: EnrollmentService, clock: IReactorTime, guard: guardmod.Guard | None = None
+) -> EnrollmentTub:
+    """The master's Tub with :data:`TUB_OPTIONS`, resolving names through ``enrollment``,
+    its unauthenticated connections bounded by ``guard``."""
     tub = EnrollmentTub(certData=cert_pem)
     tub.enrollment = enrollment
     tub.clock = clock
+    tub.doorkeeper = Doorkeeper(guard if guard is not None else guardmod.Guard(), clock)
     tub.unsafeTracebacks = False  # clients never see server tracebacks
     for name, value in TUB_OPTIONS.items():
         tub.setOption(name, value)
@@ -180,3 +347,40 @@ def listen(tub: Tub, reactor: Any, description: str) -> defer.Deferred[Any]:
     reporting = _ReportingEndpoint(endpoint, description)
     tub.listenOn(reporting)
     return reporting.listening
+
+
+# -- open files -----------------------------------------------------------------------
+
+
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise the soft RLIMIT_NOFILE as far as allowed (POSIX); ``(old, new)`` if it changed.
+
+    Each connection costs a file descriptor, and 1024 (a common default) is
+    little for a master that many peers can reach. Raises OSError or ValueError
+    if the system refuses.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = guardmod.open_files_target(soft, hard, resource.RLIM_INFINITY)
+    if target is None:
+        return None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return soft, target
+
+
+def open_files() -> tuple[int, int, int] | None:
+    """``(open file descriptors, soft limit, the platform's "unlimited")``, where it can be known."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            count = len(os.listdir(directory))
+        except OSError:
+            continue
+        return count, resource.getrlimit(resource.RLIMIT_NOFILE)[0], resource.RLIM_INFINITY
+    return None

@@ -107,7 +107,7 @@ class MemoryTransport:
 class MemoryLink:
     """A worker's Foolscap connection to the service's Tub, in memory."""
 
-    def __init__(self, tub: Any, clock: Clock) -> None:
+    def __init__(self, tub: Any, clock: Clock, host: str = "127.0.0.1") -> None:
         self.clock = clock
         self.server = EnrollmentBroker(TubRef("worker"))
         self.server.setTub(tub)
@@ -115,10 +115,10 @@ class MemoryLink:
         self.client._expose_remote_exception_types = False  # as the worker's Tub: RemoteException
         port = next(_ports)
         self.server.transport = MemoryTransport(self.server, IPv4Address("TCP", "127.0.0.1", 9989))
-        self.client.transport = MemoryTransport(self.client, IPv4Address("TCP", "127.0.0.1", port))
+        self.client.transport = MemoryTransport(self.client, IPv4Address("TCP", host, port))
         self.server.transport.peer = self.client.transport
         self.client.transport.peer = self.server.transport
-        self.peer = f"127.0.0.1:{port}"  # how the master's log names this connection
+        self.peer = f"{host}:{port}"  # how the master's log names this connection
         self.server.connectionMade()
         self.client.connectionMade()
 
