@@ -8,23 +8,33 @@ take effect on connections that are already open.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-from bbenroll.registry.model import Registry, Worker, usable
+from bbenroll.registry.model import Registry, State, Worker, usable
 
-# What a refused client is told. Deliberately short: it never says which
-# worker a secret belonged to, and never echoes the secret.
-UNKNOWN = "unknown secret"
-REVOKED = "worker revoked"
-EXPIRED = "worker enrollment expired"
-RETIRED = "secret retired by rotation"
+
+class Reason(enum.StrEnum):
+    """Why a secret is let in or refused. The code compares members; the value is
+    what a refused client is told: deliberately short, it never says which worker a
+    secret belonged to, and never echoes the secret."""
+
+    CURRENT = "current"  # accepted: the worker's current secret
+    PREVIOUS = "previous"  # accepted: the secret a rotation replaced, within its grace
+    UNKNOWN = "unknown secret"
+    REVOKED = "worker revoked"
+    EXPIRED = "worker enrollment expired"
+    RETIRED = "secret retired by rotation"
+
+
+UNKNOWN, REVOKED, EXPIRED, RETIRED = Reason.UNKNOWN, Reason.REVOKED, Reason.EXPIRED, Reason.RETIRED
 
 
 @dataclass(frozen=True)
 class Decision:
     accepted: bool
-    reason: str  # for a refusal: one of the constants above; else "current" / "previous"
+    reason: Reason
     worker: str | None = None  # the worker's name, when the secret is known
 
     def describe(self) -> str:
@@ -45,19 +55,19 @@ class Gate:
 
     def decide(self, swissnum: str, now: datetime) -> Decision:
         name = self._current.get(swissnum)
-        which = "current"
+        which = Reason.CURRENT
         if name is None:
             name = self._previous.get(swissnum)
-            which = "previous"
+            which = Reason.PREVIOUS
         if name is None:
             return Decision(False, UNKNOWN)
         worker = self.registry.workers[name]
         state = worker.state(now)
-        if state == "revoked":
+        if state is State.REVOKED:
             return Decision(False, REVOKED, name)
-        if state == "expired":
+        if state is State.EXPIRED:
             return Decision(False, EXPIRED, name)
-        if which == "previous" and not worker.accepts(swissnum, now):
+        if which is Reason.PREVIOUS and not worker.accepts(swissnum, now):
             return Decision(False, RETIRED, name)
         return Decision(True, which, name)
 

@@ -221,7 +221,7 @@ class EnrollmentService(service.MultiService):
             decision = gatemod.Decision(False, gatemod.UNKNOWN)
         else:
             decision = self.gate.decide(swissnum, self.now())
-            if decision.reason == gatemod.UNKNOWN:
+            if decision.reason is gatemod.Reason.UNKNOWN:
                 # `bbenroll add` then at once `worker create`: the worker may be newer than
                 # our last poll. Re-reading costs a stat() unless the file really changed.
                 self._reload()
