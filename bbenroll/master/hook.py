@@ -198,11 +198,9 @@ class EnrollmentMasterService(bbservice.BuildbotService):
 
     def _start_enrollment(self) -> defer.Deferred[None]:
         """Start the Foolscap service; fails (after one log line) if its port is taken."""
-        from twisted.internet import reactor
-
         self.enrollment = EnrollmentService(
             self.registry_path,
-            reactor=getattr(self.master, "reactor", None) or reactor,
+            reactor=self.master.reactor,  # Buildbot's own: the one the master runs on
             poll_interval=self.poll_interval,
             on_workers_changed=self._workers_changed,
         )

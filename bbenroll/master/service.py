@@ -110,16 +110,12 @@ class EnrollmentService(service.MultiService):
         self,
         registry_path: Path | str,
         *,
-        reactor: Any = None,
+        reactor: Any,
         clock: IReactorTime | None = None,
         poll_interval: float = POLL_INTERVAL,
         on_workers_changed: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.registry_path = Path(registry_path)

@@ -183,6 +183,7 @@ class EnrollmentBroker(Broker):
     authenticated = False  # set by mark_authenticated() once this connection presented an accepted secret
     refusals = 0  # lookups refused on this connection
     _abort_scheduled = False
+    _abort_call: Any = None  # the DelayedCall of the shutdown abort, while pending
     _answers: set[Any] | None = None  # delayed answers (DelayedCalls) still to send
 
     def connectionMade(self) -> None:
@@ -195,6 +196,9 @@ class EnrollmentBroker(Broker):
         keeper = _doorkeeper(self.tub)
         if keeper is not None:
             keeper.settled(self.transport)
+        abort, self._abort_call = self._abort_call, None
+        if abort is not None and abort.active():
+            abort.cancel()  # closed by itself: nothing left to abort
         Broker.connectionLost(self, why)
 
     def finish(self, why: Failure) -> None:
@@ -267,10 +271,11 @@ class EnrollmentBroker(Broker):
         self._abort_scheduled = True
 
         def abort_if_still_open() -> None:
+            self._abort_call = None
             with contextlib.suppress(Exception):  # nothing left to abort
                 abort()  # a no-op once the connection is gone
 
-        clock.callLater(SHUTDOWN_GRACE, abort_if_still_open)
+        self._abort_call = clock.callLater(SHUTDOWN_GRACE, abort_if_still_open)
 
 
 class EnrollmentTub(Tub):

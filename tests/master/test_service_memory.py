@@ -110,6 +110,18 @@ def test_revoking_a_connected_worker_drops_it_on_the_next_tick(world):
     world.finish()
 
 
+def test_a_peer_that_closes_by_itself_leaves_no_abort_timer(world):
+    w1 = world.add("w1")
+    world.start()
+    link, _ref = world.accepted(w1)
+    world.cli("revoke", "w1")
+    world.advance(POLL_INTERVAL)  # the kick: the peer completes the close at once
+    assert not link.connected and not link.server.transport.aborted
+    pending = [getattr(call.func, "__name__", "") for call in world.clock.getDelayedCalls()]
+    assert "abort_if_still_open" not in pending  # cancelled when the connection closed
+    world.finish()
+
+
 def test_a_call_after_revocation_drops_the_connection_before_the_tick(world):
     w1 = world.add("w1")
     world.start()

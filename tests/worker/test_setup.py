@@ -26,7 +26,7 @@ SERVE = textwrap.dedent("""
     import sys
     from twisted.internet import reactor
     from bbenroll.master.service import EnrollmentService
-    service = EnrollmentService(sys.argv[1], poll_interval=0.2)
+    service = EnrollmentService(sys.argv[1], reactor=reactor, poll_interval=0.2)
     service.startService()
     print("ready", flush=True)
     reactor.run()
