@@ -204,7 +204,8 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             poll_interval=self.poll_interval,
             on_workers_changed=self._workers_changed,
         )
-        return self.enrollment.startService()
+        self.enrollment.startService()
+        return self.enrollment.when_listening()
 
     @defer.inlineCallbacks
     def _stop_enrollment(self) -> Any:

@@ -126,6 +126,8 @@ class EnrollmentService(service.MultiService):
         self.connections: dict[tuple[int, str], EnrolledWorker] = {}
         self.tub: EnrollmentTub | None = None
         self.port: Any = None  # the listening port, once bound
+        self._listen_outcome: Failure | bool | None = None  # None until the bind settled
+        self._listen_waiters: list[defer.Deferred[None]] = []
         self._loop: task.LoopingCall | None = None
         self.reloader = RegistryReloader(self.registry_path)  # a broken registry fails loudly here
         self.gate = gatemod.Gate(self.loaded.registry)
@@ -144,12 +146,13 @@ class EnrollmentService(service.MultiService):
 
     # -- lifecycle ------------------------------------------------------------
 
-    def startService(self) -> defer.Deferred[None]:
-        """Start listening on ``[master].listen``.
+    def startService(self) -> None:
+        """Start listening on ``[master].listen``; :meth:`when_listening` tells how it went.
 
-        Returns a Deferred that fires once the port is bound (only then is
-        "serving" logged and the registry polled), or fails with
-        :class:`ListenError` after one error line in the log.
+        Only once the port is bound is "serving" logged and the registry polled. A
+        port that cannot be bound is one error line in the log, and the service
+        stops. Nothing is returned: a failed Deferred that a caller ignores (the
+        service run on its own) would add an "Unhandled error" traceback.
         """
         self._reload()  # it may have changed since the constructor read it
         self.reloader.started()
@@ -161,12 +164,32 @@ class EnrollmentService(service.MultiService):
         tub.setServiceParent(self)
         self.tub = tub
         super().startService()
-        return listening.addCallbacks(self._listening, self._cannot_listen)
+        listening.addCallbacks(self._listening, self._cannot_listen)
 
-    def _listening(self, port: Any) -> None:
+    def when_listening(self) -> defer.Deferred[None]:
+        """Fires once the port is bound; fails with :class:`ListenError` if it cannot be."""
+        if self._listen_outcome is None:
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._listen_waiters.append(waiter)
+            return waiter
+        if isinstance(self._listen_outcome, Failure):
+            return defer.fail(self._listen_outcome)
+        return defer.succeed(None)
+
+    def _listen_settled(self, outcome: Failure | bool) -> None:
+        self._listen_outcome = outcome
+        waiters, self._listen_waiters = self._listen_waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(None)
+
+    def _listening(self, port: Any) -> Any:
         self.port = port
-        if not self.running:  # stopped before the port was bound
-            return
+        if not self.running:  # stopped before the port was bound: Foolscap's Listener missed it
+            self._listen_settled(True)
+            return port.stopListening()
         master = self.loaded.registry.master
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = self.clock
@@ -179,14 +202,16 @@ class EnrollmentService(service.MultiService):
             location=",".join(master.location),
         )
         self._write_status(force=True)
+        self._listen_settled(True)
+        return None
 
-    def _cannot_listen(self, failure: Failure) -> Failure:
+    def _cannot_listen(self, failure: Failure) -> None:
         failure.trap(ListenError)
         log.error("bbenroll: {error}", error=str(failure.value))
         if self.running:
             d = self.stopService(write_status=False)
             d.addErrback(lambda f: log.failure("bbenroll: while stopping", f))
-        return failure
+        self._listen_settled(failure)  # told to those who wait; nobody waiting is fine
 
     def stopService(self, *, write_status: bool = True) -> Any:
         if self._loop is not None and self._loop.running:

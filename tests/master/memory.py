@@ -57,7 +57,8 @@ class World:
 
     def start(self, **options: Any) -> EnrollmentService:
         self.service = EnrollmentService(self.path, reactor=self.clock, clock=self.clock, **options)
-        resolve(self.clock, self.service.startService())
+        self.service.startService()
+        resolve(self.clock, self.service.when_listening())
         return self.service
 
     def connect(self) -> MemoryLink:

@@ -198,7 +198,8 @@ async def test_a_taken_port_is_one_clear_error(served_reg_path):
             taken.listen()
             service = EnrollmentService(served_reg_path, reactor=reactor)
             with pytest.raises(ListenError) as info:
-                await service.startService()
+                service.startService()
+                await service.when_listening()
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert info.value.endpoint == listen

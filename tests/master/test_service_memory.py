@@ -265,6 +265,36 @@ def test_stopping_before_the_port_is_bound_starts_nothing(world, monkeypatch):
     monkeypatch.setattr(service_module, "listen", lambda tub, reactor, description: pending)
     world.service.startService()  # the bind has not finished yet
     resolve(world.clock, world.service.stopService())
-    pending.callback(None)
+
+    class Port:
+        closed = False
+
+        def stopListening(self):
+            self.closed = True
+
+    port = Port()
+    pending.callback(port)
     assert world.logged("bbenroll: serving") == [] and world.service._loop is None
+    assert port.closed  # a port bound after the stop is closed, not leaked
+    world.finish()
+
+
+def test_a_port_that_cannot_be_bound_is_told_to_waiters_and_to_no_one_else(world, monkeypatch):
+    """Run on its own, nobody waits: no 'Unhandled error in Deferred' on top of the one line."""
+    from twisted.python.failure import Failure
+
+    from bbenroll.master.tub import ListenError
+
+    world.add("w1")
+    world.service = EnrollmentService(world.path, reactor=world.clock, clock=world.clock)
+    pending = defer.Deferred()
+    monkeypatch.setattr(service_module, "listen", lambda tub, reactor, description: pending)
+    assert world.service.startService() is None
+    early = world.service.when_listening()
+    pending.errback(Failure(ListenError("tcp:9989", "Address already in use")))
+    failures = []
+    early.addErrback(failures.append)
+    world.service.when_listening().addErrback(failures.append)  # asked after the fact
+    assert [f.type for f in failures] == [ListenError, ListenError]
+    assert not world.service.running
     world.finish()

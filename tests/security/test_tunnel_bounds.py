@@ -75,7 +75,8 @@ async def test_opens_past_the_cap_never_reach_the_pb_port_and_fds_come_back(serv
     pb_endpoint = tomllib.loads(served_reg_path.read_text())["master"]["pb"]
     listening = reactor.listenTCP(listen_port(pb_endpoint), pb, interface="127.0.0.1")
     service = EnrollmentService(served_reg_path, reactor=reactor, clock=reactor, poll_interval=0.1)
-    await service.startService()
+    service.startService()
+    await service.when_listening()
     tub = Tub()
     try:
         baseline = open_fds()

@@ -71,7 +71,8 @@ class Served:
         return result.out.strip()
 
     async def start(self, timeout: float = TIMEOUT) -> None:
-        await self.service.startService()
+        self.service.startService()
+        await self.service.when_listening()
         keeper = self.service.tub.doorkeeper
         keeper.negotiation_timeout = keeper.auth_timeout = timeout
 
