@@ -27,6 +27,7 @@ def endpoint_parts(text: str) -> list[str]:
 
 
 TCP_KINDS = ("tcp", "tcp6")
+BLANKS = " \t\r\n"  # stripped around an endpoint; other scripts' spaces are not blanks here
 
 
 def _ascii_port(text: str) -> int | None:
@@ -43,7 +44,7 @@ def tcp_server(text: str) -> tuple[str, int | None, str | None] | None:
     name, in any order with ``interface=`` and ``backlog=``; a bare number is
     ``tcp:N``. The port is None when there is none, or it is not 1-65535.
     """
-    parts = endpoint_parts(str(text).strip())
+    parts = endpoint_parts(str(text).strip(BLANKS))
     if len(parts) == 1:
         return ("tcp", _ascii_port(parts[0]), None) if parts[0] else None
     kind, arguments = parts[0], parts[1:]
@@ -71,7 +72,7 @@ def listen_port(listen: str) -> int | None:
 
 def check_listen_endpoint(text: str) -> str:
     """A plausible server endpoint for the master's Foolscap service (``tcp:9989`` ...)."""
-    parts = endpoint_parts(str(text).strip())
+    parts = endpoint_parts(str(text).strip(BLANKS))
     kind = parts[0]
     if kind == "ssl":
         raise BBEnrollError(
@@ -89,7 +90,7 @@ def check_listen_endpoint(text: str) -> str:
 
 def check_loopback_endpoint(endpoint: str) -> str:
     """Refuse a PB port that other machines could reach: workers must use the FURL."""
-    text = str(endpoint).strip()
+    text = str(endpoint).strip(BLANKS)
     parts = endpoint_parts(text)
     kind, rest = parts[0], parts[1:]
     if kind == "ssl":
