@@ -32,14 +32,14 @@ from zope.interface import implementer
 
 from bbenroll.errors import BBEnrollError
 from bbenroll.master import guard as guardmod
+from bbenroll.tunnel.wire import KEEPALIVE
 
 if TYPE_CHECKING:
     from bbenroll.master.service import EnrollmentService
 
 log = Logger(namespace="bbenroll")
 
-KEEPALIVE = 15  # seconds: Foolscap pings an idle connection after this long ...
-DISCONNECT_TIMEOUT = 45  # ... and drops one that stayed silent this long
+DISCONNECT_TIMEOUT = 45  # seconds: a connection silent this long (after KEEPALIVE pings) is dropped
 SHUTDOWN_GRACE = 1.0  # seconds a dropped peer gets to receive our last frames
 PREAUTH_BUFFER_LIMIT = 16 * 1024  # bytes a peer may have pending before any secret was accepted
 BUFFER_LIMIT = 2 * 1024 * 1024  # afterwards (must exceed the largest legitimate token)

@@ -141,12 +141,15 @@ class FrameSink:
         self.receive_frame(Ping())
 
 
+# seconds: Foolscap pings an idle connection after this long; both ends use it
+KEEPALIVE = 15
+
 # The worker's client Tub, for `worker create` and for the tunnel alike.
 CLIENT_TUB_OPTIONS: Mapping[str, AnyValue] = MappingProxyType({
     # a refusal arrives as RemoteException(CopiedFailure), checked by type (failures.py),
     # never as a local exception made from the master's class name
     "expose-remote-exception-types": False,
-    "keepaliveTimeout": 15,  # seconds: Foolscap's own keepalive on an idle connection
+    "keepaliveTimeout": KEEPALIVE,
 })
 
 
