@@ -6,12 +6,12 @@ import pytest
 from twisted.logger import globalLogPublisher
 
 from tests.helpers.foolscap import eventual_queue_on
-from tests.master.memory import World
+from tests.helpers.master import World
 
 
 @pytest.fixture
 def world(reg_path, monkeypatch):
-    """A service on one MemoryReactorClock, with in-memory links (see memory.py)."""
+    """A service on one MemoryReactorClock, with in-memory links (see tests/helpers/master.py)."""
     w = World(reg_path)
     eventual_queue_on(w.clock, monkeypatch)
     yield w

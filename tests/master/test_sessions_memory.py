@@ -8,7 +8,7 @@ from bbenroll.master import sessions
 from bbenroll.master.sessions import MASTER_MAX_RESUME_DEADLINE, MAX_SESSIONS_PER_WORKER
 from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT, RESUME_DEADLINE_MAX, Settings, clamp_resume_deadline
 from bbenroll.tunnel.master_side import MAX_STREAMS_PER_SESSION
-from tests.master.memory import Receiver
+from tests.helpers.master import Receiver
 
 
 def attach(world, swissnum, session_id, *, resume=False, deadline=600):

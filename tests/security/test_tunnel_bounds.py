@@ -23,7 +23,7 @@ from bbenroll.master.service import EnrollmentService
 from bbenroll.tunnel.frames import Reset
 from bbenroll.tunnel.master_side import MAX_STREAMS_PER_SESSION
 from tests.helpers.cli import run_cli
-from tests.master.memory import Receiver
+from tests.helpers.master import Receiver
 
 pytestmark = pytest.mark.network
 
