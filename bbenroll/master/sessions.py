@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from bbenroll.tunnel.core import clamp_resume_deadline
 from bbenroll.tunnel.master_side import MasterSession, master_settings, pb_client_endpoint
-from bbenroll.tunnel.wire import Refused
+from bbenroll.tunnel.wire import Refused, abort_connection
 
 log = Logger(namespace="bbenroll")
 
@@ -166,9 +166,7 @@ class SessionTable:
         self._detach(session)
         if peer is not None:
             session.detach(peer)
-            broker = getattr(getattr(peer, "tracker", None), "broker", None)
-            if broker is not None and broker.transport is not None:
-                broker.transport.abortConnection()
+            abort_connection(peer)
 
     def _over(self, session: MasterSession) -> None:
         """A session ended (terminated or expired): forget it."""

@@ -116,6 +116,18 @@ def send_frame(remote: AnyValue, frame: Frame) -> None:
     remote.callRemoteOnly(method, *arguments(frame))
 
 
+def abort_connection(reference: object) -> None:
+    """Abort the Foolscap connection that carries ``reference`` (a RemoteReference), now.
+
+    For a link the tunnel declared dead: Foolscap's keepalive may take minutes to
+    notice, and ``loseConnection`` can wait forever on a stuck peer.
+    """
+    broker = getattr(getattr(reference, "tracker", None), "broker", None)
+    transport = getattr(broker, "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
 class FrameSink:
     """The ``remote_frame_*`` methods of :class:`RITunnelPeer`, turned back into frames."""
 

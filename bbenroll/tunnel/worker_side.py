@@ -28,7 +28,7 @@ from bbenroll.tunnel.core import Settings
 from bbenroll.tunnel.failures import FailureKind, classify
 from bbenroll.tunnel.frames import Closed, Deliver, Expired, Frame, LinkDead, ProtocolError, Role
 from bbenroll.tunnel.transport import StreamTransport, TunnelAddress
-from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, start_client_tub
+from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, abort_connection, start_client_tub
 
 log = Logger(namespace="bbenroll")
 
@@ -265,9 +265,7 @@ class WorkerTunnel(TunnelAdapter):
         remote, self.peer = self.peer, None
         self.core.link_down(self.clock.seconds())
         if remote is not None:
-            broker = getattr(getattr(remote, "tracker", None), "broker", None)
-            if broker is not None and broker.transport is not None:
-                broker.transport.abortConnection()
+            abort_connection(remote)
         if not self._stopped and (self._retry is None or not self._retry.active()):
             self._retry = self.clock.callLater(self.backoff[0], self._connect)
 
