@@ -8,7 +8,7 @@ import click
 
 from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
-from bbenroll.cli.params import output_options, show_furl
+from bbenroll.cli.params import output_options, seconds_option, show_furl
 from bbenroll.demo.limits import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT
 
 
@@ -41,12 +41,11 @@ class TerminalEvents:
 @click.command("demo")
 @output_options
 @click.option("--keep", is_flag=True, help="Keep the demo directory (processes are still stopped).")
-@click.option(
+@seconds_option(
     "--timeout",
     default=DEFAULT_TIMEOUT,
-    show_default=True,
-    metavar="SECONDS",
-    type=click.FloatRange(MIN_TIMEOUT, MAX_TIMEOUT),
+    low=MIN_TIMEOUT,
+    high=MAX_TIMEOUT,
     help="Give up (and clean up) if the whole demo takes longer.",
 )
 @click.pass_obj

@@ -150,3 +150,11 @@ def state_warning(name: str, state: str) -> str | None:
     if state == "expired":
         return f"worker {name!r} has expired: the master refuses this FURL"
     return None
+
+
+def seconds_option(
+    flag: str, *, default: float, low: float, high: float, help: str, whole: bool = False
+) -> Callable[..., Any]:
+    """An option taking SECONDS within ``low``..``high`` (whole seconds if ``whole``)."""
+    kind = click.IntRange(int(low), int(high)) if whole else click.FloatRange(low, high)
+    return click.option(flag, default=default, show_default=True, metavar="SECONDS", type=kind, help=help)

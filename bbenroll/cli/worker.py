@@ -10,7 +10,7 @@ import click
 
 from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
-from bbenroll.cli.params import output_options
+from bbenroll.cli.params import output_options, seconds_option
 from bbenroll.errors import BBEnrollError
 from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT, RESUME_DEADLINE_MAX, RESUME_DEADLINE_MIN
 from bbenroll.worker.setup import (
@@ -53,20 +53,19 @@ def command() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Read the FURL from this file (keeps it out of shell history).",
 )
-@click.option(
+@seconds_option(
     "--resume",
     default=RESUME_DEADLINE_DEFAULT,
-    show_default=True,
-    metavar="SECONDS",
-    type=click.IntRange(RESUME_DEADLINE_MIN, RESUME_DEADLINE_MAX),
+    low=RESUME_DEADLINE_MIN,
+    high=RESUME_DEADLINE_MAX,
+    whole=True,
     help="How long a build survives a lost network before Buildbot sees a disconnect.",
 )
-@click.option(
+@seconds_option(
     "--timeout",
     default=DEFAULT_TIMEOUT,
-    show_default=True,
-    metavar="SECONDS",
-    type=click.FloatRange(MIN_TIMEOUT, MAX_TIMEOUT),
+    low=MIN_TIMEOUT,
+    high=MAX_TIMEOUT,
     help="How long to try reaching the master.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing buildbot.tac.")
