@@ -186,10 +186,14 @@ def test_bytes_waiting_for_a_pb_connection_stay_within_max_pending(data):
     assert clock.getDelayedCalls() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ProtocolError,
-    reason="MasterSession.attach() does not catch the ProtocolError of core.link_up(): a worker whose"
+def known_bug(raises: type[BaseException], reason: str) -> pytest.MarkDecorator:
+    """A bug in bbenroll/ this test reproduces (the lead fixes it; the test then passes: strict)."""
+    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
+
+
+@known_bug(
+    ProtocolError,
+    "MasterSession.attach() does not catch the ProtocolError of core.link_up(): a worker whose"
     " open_session resume claims more than the master sent ({1: 10**9}) gets the exception back as the"
     " remote error, the session stays attached with core.link True, and on_link_dead is never called"
     " (bbenroll/tunnel/master_side.py attach; called from bbenroll/master/sessions.py SessionTable.open)",
@@ -308,10 +312,9 @@ def test_the_worker_tunnel_survives_hostile_frames_and_reconnects(steps):
     assert clock.getDelayedCalls() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="WorkerTunnel._session_opened converts the master's `received` with int() outside its"
+@known_bug(
+    AssertionError,
+    "WorkerTunnel._session_opened converts the master's `received` with int() outside its"
     " ProtocolError handling, after it set self.peer and registered notifyOnDisconnect: an ill-typed"
     " map ({'x': 1}, None, a list) raises ValueError/AttributeError into _connect_failed, which retries"
     " with a second connection while peer still names the first, never aborted; last_error then shows"
