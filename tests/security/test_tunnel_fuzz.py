@@ -18,8 +18,10 @@ import pytest
 from foolscap.api import Violation
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from twisted.internet import task
 
-from bbenroll.tunnel.core import TunnelCore
+from bbenroll.master.sessions import MASTER_MAX_RESUME_DEADLINE, SessionTable
+from bbenroll.tunnel.core import RESUME_DEADLINE_MIN, TunnelCore
 from bbenroll.tunnel.frames import (
     EVENT_TYPES,
     FRAME_TYPES,
@@ -33,6 +35,7 @@ from bbenroll.tunnel.frames import (
 )
 from bbenroll.tunnel.stream import SendState
 from bbenroll.tunnel.wire import MAX_PAYLOAD, FrameSink, Received, RIEnrolledWorker, RITunnelPeer
+from bbenroll.tunnel.worker_side import Receiver
 from tests.helpers.frames import frames, offsets, payloads, received_maps, stream_ids, wire_keys, wire_values
 from tests.tunnel.test_core import SMALL, Pair
 
@@ -291,3 +294,20 @@ def test_a_tick_at_the_wakeup_time_always_moves_the_wakeup_time(changed_at, dead
         core.tick(wake)
         core.take()
         assert core.next_wakeup() != wake, f"tick({wake!r}) left the wake-up time where it was"
+
+
+@FUZZ
+@example(deadline=2**31 - 1, resume=True)
+@example(deadline=-(2**31), resume=False)
+@given(deadline=st.one_of(wire_values, st.integers(-(2**31), 2**31 - 1)), resume=wire_values)
+def test_any_deadline_the_schema_accepts_is_granted_within_the_masters_bounds(deadline, resume):
+    arguments = {"session": "s", "received": {}, "resume": resume, "deadline": deadline,
+                 "receiver": Receiver(None)}
+    try:
+        # outbound: inbound, the receiver must be a RemoteReference; the other checks are the same
+        RIEnrolledWorker["open_session"].checkAllArgs((), arguments, False)
+    except Violation:
+        return
+    assert isinstance(deadline, int) and isinstance(resume, bool)
+    granted = SessionTable(None, task.Clock(), lambda: None).granted_deadline(deadline)
+    assert RESUME_DEADLINE_MIN <= granted <= MASTER_MAX_RESUME_DEADLINE
