@@ -209,13 +209,15 @@ class TunnelCore:
         if self.expired:
             return
         if not self.link:
-            if now - self.link_changed >= self.settings.resume_deadline:
+            # sums, as next_wakeup() computes them: a difference can round below the
+            # deadline at the very wake-up time, and the timer would spin at delay 0
+            if now >= self.link_changed + self.settings.resume_deadline:
                 self.expired = True
                 for stream in list(self.streams.values()):
                     self._drop(stream, "the link stayed down past the resume deadline")
                 self.events.append(Expired())
             return
-        if now - self.last_received >= self.settings.dead_after:
+        if now >= self.last_received + self.settings.dead_after:
             self.link = False
             self.link_changed = now
             self.events.append(LinkDead(f"nothing heard for {self.settings.dead_after:.0f}s"))
@@ -224,7 +226,7 @@ class TunnelCore:
             self._ack_due = None
             for stream in self.streams.values():
                 self._ack(stream)
-        if now - self.last_sent >= self.settings.ping_interval:
+        if now >= self.last_sent + self.settings.ping_interval:
             self._send(Ping(), now)
         self._pump(now)
 

@@ -141,7 +141,11 @@ class MasterSession(TunnelAdapter):
         """A (re)connected worker took over this session; returns what we have received."""
         ours = self.core.received()
         self.peer = peer
-        self.core.link_up(self.clock.seconds(), worker_received)
+        try:
+            self.core.link_up(self.clock.seconds(), worker_received)
+        except frames.ProtocolError as e:  # the worker claims bytes we never sent
+            self.core.link_down(self.clock.seconds())
+            self.on_protocol_error(e)  # drops the link; the session waits for a sane resume
         self.flush()
         self._link_changed()
         return ours

@@ -57,6 +57,18 @@ class Receiver(FrameSink, Referenceable):
         self.tunnel.receive(frame)
 
 
+def received_offsets(value: Any) -> dict[int, int]:
+    """The master's ``received`` map, checked: ``{stream: offset}`` of integers, else ProtocolError."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"the master's received map is a {type(value).__name__}, not a table")
+    offsets = {}
+    for stream, offset in value.items():
+        if type(stream) is not int or type(offset) is not int:
+            raise ProtocolError("the master's received map holds something other than integers")
+        offsets[stream] = offset
+    return offsets
+
+
 class WorkerTunnel(TunnelAdapter):
     """One Foolscap connection to the master, carrying every stream of this process.
 
@@ -214,11 +226,10 @@ class WorkerTunnel(TunnelAdapter):
             # past it the master has forgotten the session: keeping streams longer would only
             # delay the "unknown session" restart
             self.core.settings = replace(self.core.settings, resume_deadline=float(granted))
-        received = {int(k): int(v) for k, v in answer.get("received", {}).items()}
         try:
-            self.core.link_up(self.clock.seconds(), received)
+            self.core.link_up(self.clock.seconds(), received_offsets(answer.get("received", {})))
         except ProtocolError as e:
-            # the master claims bytes we never sent: its session and ours cannot be reconciled
+            # the master claims bytes we never sent (or sent nonsense): the sessions cannot be reconciled
             log.warn("bbenroll: tunnel protocol error on resume: {error}; starting a new session", error=e)
             self._drop_streams("the master's view of the session does not match ours")
             self._new_session()

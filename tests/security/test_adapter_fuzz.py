@@ -7,21 +7,21 @@ link (the master calls ``on_link_dead``; the worker's link is down and a
 reconnect is scheduled); what a session holds stays within its bounds
 (streams, PB connections, bytes waiting for a PB connection, bytes queued per
 stream); and once the session is terminated or the tunnel stopped, no timer is
-left (``clock.getDelayedCalls() == []``). Clock steps are multiples of 1/4 s:
-see the xfail test of ``next_wakeup`` in test_tunnel_fuzz.py for why.
+left (``clock.getDelayedCalls() == []``). Clock steps are multiples of 1/4 s,
+which keeps the examples readable (the core's wake-up rounding, which once made
+``task.Clock.advance`` spin, is tested in test_tunnel_fuzz.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 
 from bbenroll.tunnel.core import Settings
-from bbenroll.tunnel.frames import Data, Open, ProtocolError
+from bbenroll.tunnel.frames import Data, Open
 from bbenroll.tunnel.master_side import (
     MASTER_MAX_BUFFER,
     MAX_PENDING_BYTES,
@@ -186,18 +186,6 @@ def test_bytes_waiting_for_a_pb_connection_stay_within_max_pending(data):
     assert clock.getDelayedCalls() == []
 
 
-def known_bug(raises: type[BaseException], reason: str) -> pytest.MarkDecorator:
-    """A bug in bbenroll/ this test reproduces (the lead fixes it; the test then passes: strict)."""
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
-
-@known_bug(
-    ProtocolError,
-    "MasterSession.attach() does not catch the ProtocolError of core.link_up(): a worker whose"
-    " open_session resume claims more than the master sent ({1: 10**9}) gets the exception back as the"
-    " remote error, the session stays attached with core.link True, and on_link_dead is never called"
-    " (bbenroll/tunnel/master_side.py attach; called from bbenroll/master/sessions.py SessionTable.open)",
-)
 @settings(max_examples=20, deadline=None)
 @given(received=received_maps((1,)))
 def test_a_hostile_resume_drops_the_masters_link_instead_of_raising(received):
@@ -312,14 +300,6 @@ def test_the_worker_tunnel_survives_hostile_frames_and_reconnects(steps):
     assert clock.getDelayedCalls() == []
 
 
-@known_bug(
-    AssertionError,
-    "WorkerTunnel._session_opened converts the master's `received` with int() outside its"
-    " ProtocolError handling, after it set self.peer and registered notifyOnDisconnect: an ill-typed"
-    " map ({'x': 1}, None, a list) raises ValueError/AttributeError into _connect_failed, which retries"
-    " with a second connection while peer still names the first, never aborted; last_error then shows"
-    " Python's text ('invalid literal for int() ...') (bbenroll/tunnel/worker_side.py _session_opened)",
-)
 @settings(max_examples=30, deadline=None)
 @example(received={"x": 1})
 @given(received=wire_values)

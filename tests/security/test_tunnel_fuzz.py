@@ -266,15 +266,6 @@ def test_a_received_map_the_schema_accepts_resumes_or_is_a_protocol_error(receiv
     tracker.see(core)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="TunnelCore.tick() tests elapsed times (now - link_changed >= resume_deadline, and likewise"
-    " for dead_after and ping_interval) while next_wakeup() returns the sums (link_changed +"
-    " resume_deadline): with float rounding tick(next_wakeup()) can do nothing and next_wakeup()"
-    " names the same instant again, so the adapters' WakeupTimer re-arms at delay 0 (task.Clock"
-    " spins forever in advance(); a real reactor busy-loops until its clock passes the rounding)",
-)
 @FUZZ
 @example(changed_at=4.85248349761725, deadline=60.0, link_up=False)
 @given(changed_at=st.floats(0, 1e6), deadline=st.sampled_from([5.0, 60.0, 900.0]), link_up=st.booleans())
