@@ -44,7 +44,8 @@ def tcp_server(text: str) -> tuple[str, int | None, str | None] | None:
     name, in any order with ``interface=`` and ``backlog=``; a bare number is
     ``tcp:N``. The port is None when there is none, or it is not 1-65535.
     """
-    parts = endpoint_parts(str(text).strip(BLANKS))
+    text = str(text).strip(BLANKS)
+    parts = endpoint_parts(text)
     if len(parts) == 1:
         return ("tcp", _ascii_port(parts[0]), None) if parts[0] else None
     kind, arguments = parts[0], parts[1:]
@@ -61,6 +62,8 @@ def tcp_server(text: str) -> tuple[str, int | None, str | None] | None:
             interface = value
     if port is None and positional and not any(a.startswith("port=") for a in arguments):
         port = _ascii_port(positional[0])
+    if not text.isascii():  # the ASCII grammar: a non-ASCII option never reaches Twisted's parser
+        port = None
     return kind, port, interface
 
 

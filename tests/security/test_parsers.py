@@ -152,6 +152,8 @@ def test_random_text_is_accepted_or_refused_with_a_project_error(name: str) -> N
 
 
 @settings(max_examples=500)
+@example("tcp:1:\x80")  # found by this test: an option with a non-ASCII byte was taken
+@example("1\xa0")  # and a trailing no-break space
 @given(HOSTILE_TEXT)
 def test_what_the_hint_and_port_parsers_accept_is_ascii(text: str) -> None:
     try:
