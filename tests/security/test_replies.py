@@ -1,0 +1,126 @@
+"""Finding 7's last item: a call that breaks the schema is told why, and nothing of the master.
+
+Foolscap's own reply names the master's object (``obj=<bbenroll.master.service.
+EnrolledWorker object at 0x7f...>``) and often the repr of what broke the rule.
+A hostile client here is a RemoteReference whose interface is forgotten, so
+Foolscap sends whatever it is given, unchecked. The in-memory tests run on the
+World of tests/helpers/master.py (one clock, nothing left scheduled); one test
+makes a bad call over real TLS on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import pytest_twisted
+from foolscap.api import Referenceable
+from twisted.internet import reactor
+
+from bbenroll.master.service import EnrollmentService
+from bbenroll.tunnel.wire import MAX_PAYLOAD, start_client_tub
+from tests.helpers.cli import run_cli
+from tests.helpers.foolscap import eventual_queue_on, resolve
+from tests.helpers.master import Receiver, World
+
+# what must never reach a client: addresses, object reprs, our module paths
+LEAKS = ("0x", "object at", "bbenroll.master", "bbenroll.tunnel", "bbenroll.service")
+
+
+@contextmanager
+def world_on(reg_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    w = World(reg_path)
+    eventual_queue_on(w.clock, monkeypatch)
+    try:
+        yield w
+        w.finish()
+    finally:
+        if w.service is not None and w.service.running:  # failed half-way
+            resolve(w.clock, w.service.stopService())
+
+
+def hostile(ref: Any) -> Any:
+    """``ref``, sending any method and arguments unchecked (as a hostile client can)."""
+    ref.tracker.interface = None
+    return ref
+
+
+def reply_to(world: World, ref: Any, method: str, *args: Any, **kwargs: Any) -> str:
+    """The text the master answers a bad call with; checks nothing else of ours is in the reply."""
+    with pytest.raises(Exception) as info:  # RemoteException around the CopiedFailure
+        world.call(ref, method, *args, **kwargs)
+    copied = info.value.failure
+    text = str(copied.value)
+    for part in (text, copied.getTraceback(), *copied.parents):
+        assert not any(leak in part for leak in LEAKS), part
+    assert "<" not in text  # no repr of any kind
+    assert copied.check("foolscap.tokens.Violation")
+    return text
+
+
+BAD_CALLS = [
+    pytest.param(("frame_data", "one", 0, b"x"), "frame_data(): argument 'stream' must be a 32-bit integer",
+                 id="wrong-type"),
+    pytest.param(("frame_data", 1, 0, b"x" * (MAX_PAYLOAD + 1)),
+                 f"frame_data(): argument 'payload' must be bytes of at most {MAX_PAYLOAD}",
+                 id="bytes-too-long"),
+    pytest.param(("frame_ack", 1, 2**64),
+                 "frame_ack(): argument 'offset' must be an integer of at most 8 bytes",
+                 id="number-too-large"),
+    pytest.param(("open_session", "s" * 65, Receiver(), {}, False, 10),
+                 "open_session(): argument 'session' must be text of at most 64 characters",
+                 id="text-too-long"),
+    pytest.param(("open_session", "s", 5, {}, False, 10),
+                 "open_session(): argument 'receiver' must be a reference to a RITunnelPeer.bbenroll.v1",
+                 id="not-a-reference"),
+    pytest.param(("no_such_method",), "bad call: no such method in RIEnrolledWorker.bbenroll.v1",
+                 id="unknown-method"),
+    pytest.param(("frame_open", 1, 2), "frame_open(): takes 1 arguments", id="too-many-arguments"),
+    pytest.param(("frame_open",), "frame_open(): argument 'stream' is missing", id="missing-argument"),
+]
+
+
+@pytest.mark.parametrize(("call", "reason"), BAD_CALLS)
+def test_a_bad_call_is_told_which_argument_broke_which_rule(reg_path, monkeypatch, call, reason):
+    with world_on(reg_path, monkeypatch) as world:
+        swissnum = world.add("w1")
+        world.start()
+        _, ref = world.accepted(swissnum)
+        assert reason in reply_to(world, hostile(ref), *call)
+        assert world.call(ref, "get_worker_config")["name"] == "w1"  # the connection stays usable
+
+
+def test_too_many_keys_and_a_non_tunnel_reference_are_told_without_reprs(reg_path, monkeypatch):
+    with world_on(reg_path, monkeypatch) as world:
+        swissnum = world.add("w1")
+        world.start()
+        _, ref = world.accepted(swissnum)
+        ref = hostile(ref)
+        text = reply_to(world, ref, "open_session", "s", Receiver(), {i: 0 for i in range(4097)}, False, 10)
+        assert "argument 'received' must be a dict of at most 4096 keys" in text
+        # Foolscap's own text here is "'<RemoteReference at 0x...>' does not provide ..."
+        text = reply_to(world, ref, "open_session", "s", Referenceable(), {}, False, 10)
+        assert "argument 'receiver' must be a reference to a RITunnelPeer.bbenroll.v1" in text
+
+
+@pytest.mark.network
+@pytest_twisted.ensureDeferred
+async def test_a_bad_call_over_tls_shows_no_repr(served_reg_path):
+    result = run_cli(["--registry", str(served_reg_path), "add", "w1"])
+    assert result.code == 0, result.err
+    service = EnrollmentService(served_reg_path, reactor=reactor)
+    client = start_client_tub()
+    service.startService()
+    try:
+        await service.when_listening()
+        ref = hostile(await client.getReference(result.out.strip()))
+        with pytest.raises(Exception) as info:
+            await ref.callRemote("frame_data", "one", 0, b"x")
+        text = str(info.value.failure.value)
+        assert "frame_data(): argument 'stream' must be a 32-bit integer" in text
+        assert not any(leak in text for leak in ("0x", "object at", "bbenroll.master"))
+    finally:
+        await client.stopService()
+        await service.stopService()
