@@ -17,9 +17,19 @@ from typing import Any
 import pytest
 import pytest_twisted
 from foolscap.api import Referenceable
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, task
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 
 from bbenroll.master.service import EnrollmentService
+from bbenroll.tunnel.frames import Ack, Close, Open, Ping
+from bbenroll.tunnel.master_side import (
+    LOGIN_COOL_DOWN,
+    MAX_SHORT_LEGS,
+    SHORT_LEG,
+    MasterSession,
+    master_settings,
+)
 from bbenroll.tunnel.wire import MAX_PAYLOAD, start_client_tub
 from tests.helpers.cli import run_cli
 from tests.helpers.foolscap import eventual_queue_on, resolve
@@ -124,3 +134,82 @@ async def test_a_bad_call_over_tls_shows_no_repr(served_reg_path):
     finally:
         await client.stopService()
         await service.stopService()
+
+
+# -- wrong PB passwords through a tunnel ------------------------------------------------
+
+
+class RecordingPeer:
+    """The worker's end of the link: the frames the master sends it, by method."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def callRemoteOnly(self, method: str, *args: Any) -> None:
+        self.sent.append((method, *args))
+
+
+class LoopbackPB:
+    """Buildbot's PB port as the master's legs meet it: each connect gets a StringTransport."""
+
+    def __init__(self) -> None:
+        self.connections: list[StringTransport] = []
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        leg = factory.buildProtocol(None)
+        self.connections.append(StringTransport())
+        leg.makeConnection(self.connections[-1])
+        return defer.succeed(leg)
+
+
+def test_failed_logins_in_a_row_reset_the_sessions_next_streams_for_a_while():
+    """Each refused PB login costs Buildbot's log a traceback: a session whose PB
+    connections keep ending at once gets its new streams reset for a cool-down."""
+    clock = task.Clock()
+    pb = LoopbackPB()
+    session = MasterSession(worker="w1", session_id="s1", pb_endpoint=pb, clock=clock,
+                            settings=master_settings(30.0), on_expired=lambda s: None,
+                            on_link_dead=lambda s: None)
+    peer = RecordingPeer()
+    session.attach(peer, {})
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        def attempt(stream: int, lasts: float) -> bool:
+            """Open ``stream``; if it reaches the PB port, Buildbot ends it after ``lasts`` s."""
+            before = len(pb.connections)
+            session.receive(Open(stream))
+            if len(pb.connections) == before:
+                return False
+            clock.advance(lasts)
+            session.receive(Ping())
+            session.legs[stream].connectionLost(None)  # Buildbot (or the worker) closed it
+            session.receive(Close(stream, 0))  # the worker's end closes in turn,
+            session.receive(Ack(stream, 1))  # and acknowledges the master's close
+            return True
+
+        def wait(seconds: float) -> None:
+            """Let time pass on a live link (the worker pings every second)."""
+            for _ in range(int(seconds)):
+                clock.advance(1)
+                session.receive(Ping())
+
+        assert attempt(1, SHORT_LEG)  # a connection that lasted is no failed login
+        assert all(attempt(stream, 0.5) for stream in range(2, 2 + MAX_SHORT_LEGS))
+        warned = [e for e in events if "failed logins" in e.get("log_format", "")]
+        assert len(warned) == 1 and warned[0]["worker"] == "w1"
+        # now the next streams never reach the PB port, and are not logged one by one
+        assert not attempt(10, 0.5) and not attempt(11, 0.5)
+        assert ("frame_reset", 10) in peer.sent and ("frame_reset", 11) in peer.sent
+        assert len([e for e in events if "failed logins" in e.get("log_format", "")]) == 1
+        wait(LOGIN_COOL_DOWN)
+        assert attempt(12, 0.5)  # one more try after the cool-down; still failing: cool down again
+        assert not attempt(13, 0.5)
+        wait(LOGIN_COOL_DOWN)
+        assert attempt(14, SHORT_LEG)  # a connection that lasted: the count starts over
+        assert attempt(15, 0.5) and attempt(16, 0.5)
+        assert session.link_up
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
