@@ -8,7 +8,11 @@ The master answers instead with a reason made from the schema itself: which
 method, which argument, and what that argument must be
 (:func:`describe_violation`), sent by :class:`SchemaReplies`, the master's
 Broker's mixin. Nothing of the original text is kept, so no repr can slip
-through whatever constraint raised it.
+through whatever constraint raised it. Any other failure of a call but a
+:class:`~bbenroll.tunnel.wire.Refused` (whose type is the wire contract) is our
+fault: it is logged on the master with its traceback (Foolscap's own logging
+of local failures is off, ``logLocalFailures``) and the client is told only
+:data:`INTERNAL_ERROR`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ from foolscap.slicers.bool import BooleanConstraint
 from foolscap.slicers.dict import DictConstraint
 from foolscap.slicers.unicode import UnicodeConstraint
 from foolscap.tokens import Violation
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from bbenroll.tunnel.wire import Refused
+
+log = Logger(namespace="bbenroll")
+
+INTERNAL_ERROR = "internal error on the master (its log has the details)"
 
 
 def describe_constraint(rule: Any) -> str:
@@ -84,8 +95,9 @@ def _argument_in_delivery(schema: Any, args: Any, kwargs: Any) -> str | None:
     return None
 
 
-def describe_violation(receive_stack: list[Any] | None = None, delivery: Any = None) -> str:
-    """A reason for a Violation of an inbound call, from the schema only.
+def describe_violation(receive_stack: list[Any] | None = None, delivery: Any = None) -> str | None:
+    """A reason for a Violation of an inbound call, from the schema only; None if
+    the caller is not at fault (the call's arguments pass, so our answer broke the rule).
 
     ``receive_stack``: the Broker's unslicers when the call broke while arriving
     (the innermost last); ``delivery``: the complete call, when it broke the
@@ -96,7 +108,7 @@ def describe_violation(receive_stack: list[Any] | None = None, delivery: Any = N
         if schema is None:
             return "bad call: it breaks the schema"
         detail = _argument_in_delivery(schema, delivery.allargs.args, delivery.allargs.kwargs)
-        return f"bad call of {_method(schema)}: {detail or 'it breaks the schema'}"
+        return f"bad call of {_method(schema)}: {detail}" if detail is not None else None
     calls = [u for u in receive_stack or () if isinstance(u, call.CallUnslicer)]
     if not calls:
         return "bad call: it breaks the schema"
@@ -112,7 +124,8 @@ def describe_violation(receive_stack: list[Any] | None = None, delivery: Any = N
 
 class SchemaReplies:
     """A mixin for a :class:`~foolscap.broker.Broker`: a call's Violation is
-    answered with :func:`describe_violation`'s reason, as a plain Violation."""
+    answered with :func:`describe_violation`'s reason, as a plain Violation;
+    a failure that is neither that nor a Refused, with :data:`INTERNAL_ERROR`."""
 
     _receiving: list[Any] | None = None  # the receive stack while a Violation is being handled
 
@@ -125,6 +138,12 @@ class SchemaReplies:
             self._receiving = None
 
     def callFailed(self, f: Failure, reqID: int, delivery: Any = None) -> None:
-        if f.check(Violation):
-            f = Failure(Violation(describe_violation(self._receiving, delivery)))
+        if not f.check(Refused):  # a refusal is told as it is: its type is the wire contract
+            reason = describe_violation(self._receiving, delivery) if f.check(Violation) else None
+            if reason is not None:
+                f = Failure(Violation(reason))
+            else:
+                method = getattr(delivery, "methodname", None) or "?"
+                log.failure("bbenroll: internal error in a worker's call of {method}", f, method=method)
+                f = Failure(Exception(INTERNAL_ERROR))
         Broker.callFailed(self, f, reqID, delivery)

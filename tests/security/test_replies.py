@@ -21,6 +21,8 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
+from bbenroll.master import gate
+from bbenroll.master.replies import INTERNAL_ERROR
 from bbenroll.master.service import EnrollmentService
 from bbenroll.tunnel.frames import Ack, Close, Open, Ping
 from bbenroll.tunnel.master_side import (
@@ -30,7 +32,7 @@ from bbenroll.tunnel.master_side import (
     MasterSession,
     master_settings,
 )
-from bbenroll.tunnel.wire import MAX_PAYLOAD, start_client_tub
+from bbenroll.tunnel.wire import MAX_PAYLOAD, REFUSED_TYPE_NAMES, start_client_tub
 from tests.helpers.cli import run_cli
 from tests.helpers.foolscap import eventual_queue_on, resolve
 from tests.helpers.master import Receiver, World
@@ -213,3 +215,31 @@ def test_failed_logins_in_a_row_reset_the_sessions_next_streams_for_a_while():
         globalLogPublisher.removeObserver(events.append)
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
+
+
+class Leaky(Exception):
+    """An error of ours whose text holds a repr (as a KeyError of an object would)."""
+
+
+def test_an_internal_error_is_logged_on_the_master_and_told_as_one_line(reg_path, monkeypatch):
+    with world_on(reg_path, monkeypatch) as world:
+        swissnum = world.add("w1")
+        world.start()
+        _, ref = world.accepted(swissnum)
+
+        def broken(*args: Any) -> Any:  # a bug in a remote method, standing in for any
+            raise Leaky(f"no session for {world.service!r}")
+
+        monkeypatch.setattr(world.service.sessions, "open", broken)
+        with pytest.raises(Exception) as info:
+            world.call(ref, "open_session", "s", Receiver(), {}, False, 10)
+        copied = info.value.failure
+        assert str(copied.value) == INTERNAL_ERROR
+        assert not any(leak in part for part in (*copied.parents, copied.getTraceback()) for leak in LEAKS)
+        (logged,) = world.logged("internal error in a worker's call")
+        assert logged["method"] == "open_session" and logged["log_failure"].check(Leaky)
+        # a refusal (a lookup is a call too) keeps its type and reason: the worker decides on them
+        with pytest.raises(Exception) as info:
+            world.connect().reference("a" * 32)
+        refusal = info.value.failure
+        assert refusal.check(*REFUSED_TYPE_NAMES) and str(refusal.value) == gate.UNKNOWN
