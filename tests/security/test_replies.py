@@ -1,11 +1,14 @@
-"""Finding 7's last item: a call that breaks the schema is told why, and nothing of the master.
+"""What clients and logs see of bad calls (findings 7 and 4 of the hardening issue).
 
-Foolscap's own reply names the master's object (``obj=<bbenroll.master.service.
+A call that breaks the schema is told why, and nothing of the master: Foolscap's
+own reply names the master's object (``obj=<bbenroll.master.service.
 EnrolledWorker object at 0x7f...>``) and often the repr of what broke the rule.
 A hostile client here is a RemoteReference whose interface is forgotten, so
 Foolscap sends whatever it is given, unchecked. The in-memory tests run on the
 World of tests/helpers/master.py (one clock, nothing left scheduled); one test
-makes a bad call over real TLS on 127.0.0.1.
+makes a bad call over real TLS on 127.0.0.1. Wrong PB passwords through a
+tunnel (each a traceback in Buildbot's log) are bounded by the master side's
+cool-down, tested on a task.Clock.
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ LEAKS = ("0x", "object at", "bbenroll.master", "bbenroll.tunnel", "bbenroll.serv
 
 @contextmanager
 def world_on(reg_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """tests/master's ``world`` fixture, which tests/security has no conftest for."""
     w = World(reg_path)
     eventual_queue_on(w.clock, monkeypatch)
     try:
         yield w
         w.finish()
     finally:
+        globalLogPublisher.removeObserver(w.events.append)  # a no-op after finish()
         if w.service is not None and w.service.running:  # failed half-way
             resolve(w.clock, w.service.stopService())
 
@@ -115,6 +120,15 @@ def test_too_many_keys_and_a_non_tunnel_reference_are_told_without_reprs(reg_pat
         # Foolscap's own text here is "'<RemoteReference at 0x...>' does not provide ..."
         text = reply_to(world, ref, "open_session", "s", Referenceable(), {}, False, 10)
         assert "argument 'receiver' must be a reference to a RITunnelPeer.bbenroll.v1" in text
+
+
+def test_the_object_a_furl_resolves_to_names_its_worker_without_an_address(reg_path, monkeypatch):
+    with world_on(reg_path, monkeypatch) as world:
+        swissnum = world.add("w1")
+        world.start()
+        link, _ = world.accepted(swissnum)
+        (obj,) = world.service.connections.values()
+        assert repr(obj) == f"<EnrolledWorker 'w1' from {link.peer}>"
 
 
 @pytest.mark.network
