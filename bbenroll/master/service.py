@@ -91,6 +91,10 @@ class EnrolledWorker(FrameSink, Referenceable):
         self.service.worker_for(self)  # refuses a connection that lost its right meanwhile
         return self.service.sessions.open(self, session, receiver, received, resume, deadline)
 
+    def __repr__(self) -> str:
+        # Foolscap puts its objects' reprs in failure texts and logs: no address, no module path
+        return f"<EnrolledWorker {self.name!r} from {self.peer}>"
+
     # frames of the tunnel (FrameSink); ignored until a session is open
     def receive_frame(self, frame: Frame) -> None:
         if self.session is not None:

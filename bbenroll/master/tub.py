@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from bbenroll.errors import BBEnrollError
 from bbenroll.master import guard as guardmod
+from bbenroll.master.replies import SchemaReplies
 from bbenroll.tunnel.wire import KEEPALIVE
 
 if TYPE_CHECKING:
@@ -176,9 +177,10 @@ class EnrollmentNegotiation(Negotiation):
         Negotiation.connectionLost(self, reason)
 
 
-class EnrollmentBroker(Broker):
+class EnrollmentBroker(SchemaReplies, Broker):
     """A Broker that lets the service see which connection a lookup arrives on,
-    bounds what a peer may buffer, and really closes the socket on shutdown."""
+    bounds what a peer may buffer, really closes the socket on shutdown, and
+    tells a bad call why without our reprs (:class:`~bbenroll.master.replies.SchemaReplies`)."""
 
     authenticated = False  # set by mark_authenticated() once this connection presented an accepted secret
     refusals = 0  # lookups refused on this connection

@@ -8,7 +8,10 @@ What one session may cost the master is bounded (docs/security.md): at most
 :data:`MAX_STREAMS_PER_SESSION` streams (an open past it is reset and never
 reaches the PB port), at most :data:`MAX_PENDING_BYTES` held for a PB connection
 that is still being made, and while the link is down its PB legs are not read
-(their data waits in Buildbot's socket, not in our memory).
+(their data waits in Buildbot's socket, not in our memory). After
+:data:`MAX_SHORT_LEGS` PB connections in a row that each ended within
+:data:`SHORT_LEG` seconds (failed logins: Buildbot logs a traceback for each),
+the session's opens are reset for :data:`LOGIN_COOL_DOWN` seconds.
 """
 
 from __future__ import annotations
@@ -38,9 +41,18 @@ MAX_PENDING_BYTES = 1024 * 1024
 # high-water mark (8 MiB), so only a leg that ignores the pause gets here
 MASTER_MAX_BUFFER = 2 * Settings().high_water
 
+# A PB connection that ends this soon after it was made carried a login attempt
+# and little more (a wrong password, an unknown or already attached worker):
+# buildbot-worker's own connection lasts as long as the worker runs. Buildbot
+# logs each refused login with a traceback (about 640 bytes of twistd.log).
+SHORT_LEG = 10.0  # seconds
+MAX_SHORT_LEGS = 3  # short PB connections in a row; then opens are reset for a while
+LOGIN_COOL_DOWN = 60.0  # seconds during which a session's new streams are reset
+
 # why a stream was reset (the Closed event's reason; never sent to the worker)
 TOO_MANY_STREAMS = "too many streams in this session"
 TOO_MUCH_PENDING = "too much data before the PB connection was made"
+TOO_MANY_SHORT_LEGS = "too many short PB connections in a row (failed logins?)"
 
 
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
@@ -78,6 +90,7 @@ class PBLeg(protocol.Protocol):
         self.closed_by_tunnel = False
         self.window_full = False  # the core asked to pause this stream (flow control)
         self.reading = True  # whether we read from Buildbot's end
+        self.made_at: float | None = None  # when the PB connection was made (the session's clock)
 
     def read_while(self, link_up: bool) -> None:
         """Read from Buildbot only while the link is up and the stream's window has room."""
@@ -90,6 +103,7 @@ class PBLeg(protocol.Protocol):
                 self.transport.pauseProducing()
 
     def connectionMade(self) -> None:
+        self.made_at = self.session.clock.seconds()
         # PB's many small request/answer messages must not wait for Nagle's
         # algorithm on this loopback hop (measured: +10-20 ms per small build)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -108,6 +122,9 @@ class MasterSession(TunnelAdapter):
 
     max_streams: int = MAX_STREAMS_PER_SESSION
     max_pending: int = MAX_PENDING_BYTES
+    short_leg: float = SHORT_LEG
+    max_short_legs: int = MAX_SHORT_LEGS
+    login_cool_down: float = LOGIN_COOL_DOWN
 
     def __init__(
         self,
@@ -126,6 +143,8 @@ class MasterSession(TunnelAdapter):
         self.legs: dict[int, PBLeg] = {}
         self.pending: dict[int, bytearray] = {}  # data that arrived before the PB connection
         self.refused_streams = 0  # opens past max_streams (logged once)
+        self.short_legs = 0  # PB connections in a row that ended within short_leg seconds
+        self.cool_down_until: float | None = None  # opens before then are reset
         self.expired_callback = on_expired
         self.link_dead_callback = on_link_dead
         self.closed = False
@@ -183,6 +202,8 @@ class MasterSession(TunnelAdapter):
     def pb_lost(self, stream: int, leg: PBLeg) -> None:
         if self.legs.get(stream) is leg:
             del self.legs[stream]
+        if not self.closed and leg.made_at is not None:
+            self._count_leg(self.clock.seconds() - leg.made_at)
         if not leg.closed_by_tunnel and not self.closed:
             self.close(stream)
 
@@ -215,6 +236,23 @@ class MasterSession(TunnelAdapter):
 
         d.addCallbacks(connected, failed)
 
+    def _count_leg(self, lived: float) -> None:
+        """A PB connection ended after ``lived`` seconds: short ones in a row start a cool-down."""
+        if lived >= self.short_leg:
+            self.short_legs = 0
+            return
+        self.short_legs += 1
+        if self.short_legs >= self.max_short_legs:  # and again after each cool-down, at the next one
+            self.cool_down_until = self.clock.seconds() + self.login_cool_down
+            log.warn(
+                "bbenroll: worker {worker!r}: {count} PB connections in a row ended within {short:.0f} s"
+                " (failed logins?); resetting its new streams for {cool:.0f} s",
+                worker=self.worker,
+                count=self.short_legs,
+                short=self.short_leg,
+                cool=self.login_cool_down,
+            )
+
     def _close_leg(self, stream: int) -> None:
         self.pending.pop(stream, None)
         leg = self.legs.pop(stream, None)
@@ -237,6 +275,9 @@ class MasterSession(TunnelAdapter):
     def on_opened(self, event: frames.Opened) -> None:
         if len(self.core.streams) > self.max_streams:  # the new stream is counted
             self._refuse_stream(event.stream)
+            return
+        if self.cool_down_until is not None and self.clock.seconds() < self.cool_down_until:
+            self._reset(event.stream, TOO_MANY_SHORT_LEGS)  # logged when the cool-down began
             return
         self._connect_leg(event.stream)
 
