@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from bbenroll.errors import BBEnrollError
-from bbenroll.furl import is_ascii_decimal
+from bbenroll.furl import BLANKS, is_ascii_decimal
 
 
 def endpoint_parts(text: str) -> list[str]:
@@ -27,7 +27,6 @@ def endpoint_parts(text: str) -> list[str]:
 
 
 TCP_KINDS = ("tcp", "tcp6")
-BLANKS = " \t\r\n"  # stripped around an endpoint; other scripts' spaces are not blanks here
 
 
 def _ascii_port(text: str) -> int | None:

@@ -83,6 +83,10 @@ def check_swissnum(swissnum: str) -> str:
     return swissnum
 
 
+# what is stripped around a value users type; other scripts' spaces are not blanks here
+BLANKS = " \t\r\n"
+
+
 def is_ascii_decimal(text: str) -> bool:
     """``text`` is one or more of the digits 0-9 (``str.isdigit()`` takes ``١٩٩٨٩`` too)."""
     return _ASCII_DECIMAL_RE.fullmatch(text) is not None

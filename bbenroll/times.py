@@ -6,18 +6,18 @@ import re
 from datetime import UTC, date, datetime, timedelta
 
 from bbenroll.errors import TimeSpecError
+from bbenroll.furl import BLANKS
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # ASCII only: ``\d`` and ``\s`` would also take other scripts' digits and spaces
 _DURATION_RE = re.compile(r"([0-9]+)[ \t]*([smhdw])")
 _FULL_DURATION_RE = re.compile(r"(?:[ \t]*[0-9]+[ \t]*[smhdw][ \t]*)+")
 _MAX = timedelta(days=365 * 100)
-_BLANKS = " \t\r\n"  # stripped around a value; other scripts' spaces are not blanks here
 
 
 def parse_duration(text: str) -> timedelta:
     """``90m``, ``24h``, ``7d``, ``2w``, ``1d12h``: a positive duration."""
-    spec = text.strip(_BLANKS).lower()
+    spec = text.strip(BLANKS).lower()
     if not _FULL_DURATION_RE.fullmatch(spec):
         raise TimeSpecError(
             f"duration {text!r} not understood: use a number and a unit, like 90m, 24h, 7d or 2w"
@@ -35,7 +35,7 @@ def parse_duration(text: str) -> timedelta:
 
 def parse_date(text: str) -> datetime:
     """An ISO 8601 date or date-time; naive values are taken as UTC."""
-    spec = text.strip(_BLANKS)
+    spec = text.strip(BLANKS)
     try:
         if "T" in spec or " " in spec or ":" in spec:
             value = datetime.fromisoformat(spec.replace("z", "Z"))
@@ -55,7 +55,7 @@ def parse_date(text: str) -> datetime:
 
 def parse_when(text: str, now: datetime) -> datetime:
     """A point in time given as a duration from ``now`` or as a date."""
-    spec = text.strip(_BLANKS)
+    spec = text.strip(BLANKS)
     if _FULL_DURATION_RE.fullmatch(spec.lower()):
         return to_utc(now + parse_duration(spec))
     return parse_date(spec)

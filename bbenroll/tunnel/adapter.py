@@ -109,6 +109,11 @@ class TunnelAdapter:
         return TunnelCore(role=self.role, now=self.clock.seconds(), settings=self.settings)
 
     @property
+    def link_up(self) -> bool:
+        """A peer is attached and the core's link is up."""
+        return self.peer is not None and self.core.link
+
+    @property
     def ticking(self) -> bool:
         """Whether the core's timers still matter (False once the adapter is done)."""
         return True
@@ -132,6 +137,11 @@ class TunnelAdapter:
     def close(self, stream: int) -> None:
         """The application closed its end of ``stream``."""
         self.core.close(stream, self.clock.seconds())
+        self.flush()
+
+    def reset(self, stream: int, reason: str = "reset") -> None:
+        """Drop ``stream`` at once (the peer is told)."""
+        self.core.reset(stream, self.clock.seconds(), reason)
         self.flush()
 
     def on_protocol_error(self, error: ProtocolError) -> None:

@@ -149,7 +149,7 @@ class TunnelCore:
     def close(self, stream_id: int, now: float) -> None:
         """The application closed its end: send what is buffered, then close."""
         stream = self.streams.get(stream_id)
-        if stream is None or stream.sending is not SendState.OPEN:
+        if stream is None or stream.sending is not _SENDING:
             return
         stream.move_send(SendState.CLOSING)
         self._pump(now)

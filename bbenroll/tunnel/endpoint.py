@@ -20,7 +20,8 @@ from zope.interface import implementer
 
 from bbenroll.errors import BBEnrollError
 from bbenroll.furl import parse_furl
-from bbenroll.tunnel.worker_side import CONNECT_TIMEOUT, DEFAULT_RESUME_DEADLINE, WorkerTunnel
+from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT
+from bbenroll.tunnel.worker_side import CONNECT_TIMEOUT, WorkerTunnel
 
 log = Logger(namespace="bbenroll")
 
@@ -41,7 +42,7 @@ class TunnelTable:
     def __len__(self) -> int:
         return len(self._tunnels)
 
-    def get(self, furl: str, reactor: Any, resume_deadline: float = DEFAULT_RESUME_DEADLINE) -> WorkerTunnel:
+    def get(self, furl: str, reactor: Any, resume_deadline: float = RESUME_DEADLINE_DEFAULT) -> WorkerTunnel:
         """The running tunnel to ``furl``; started (with a shutdown trigger) on first use."""
         if self._shutting_down:  # a tunnel started now would outlive the shutdown
             raise error.ConnectError(string="the worker is shutting down")
@@ -78,7 +79,7 @@ class TunnelEndpoint:
         self,
         reactor: Any,
         furlfile: str,
-        resume: float = DEFAULT_RESUME_DEADLINE,
+        resume: float = RESUME_DEADLINE_DEFAULT,
         timeout: float = CONNECT_TIMEOUT,
         *,
         tunnels: TunnelTable,
@@ -141,7 +142,7 @@ def endpoint_from_string(tunnels: TunnelTable, reactor: Any, *args: str, **kwarg
     furlfile = kwargs.pop("furlfile", None) or (args[0] if args else None)
     if not furlfile:
         raise ValueError("bbenroll endpoint needs furlfile=PATH")
-    resume = float(kwargs.pop("resume", DEFAULT_RESUME_DEADLINE))
+    resume = float(kwargs.pop("resume", RESUME_DEADLINE_DEFAULT))
     timeout = float(kwargs.pop("timeout", CONNECT_TIMEOUT))
     if kwargs:
         raise ValueError(f"unknown bbenroll endpoint options: {', '.join(sorted(kwargs))}")

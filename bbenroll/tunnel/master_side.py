@@ -176,10 +176,6 @@ class MasterSession(TunnelAdapter):
             self.flush()
             self._link_changed()
 
-    @property
-    def link_up(self) -> bool:
-        return self.peer is not None and self.core.link
-
     def _link_changed(self) -> None:
         """Stop (or start again) reading the PB legs: a down link must not fill our memory."""
         link_up = self.link_up
@@ -232,7 +228,7 @@ class MasterSession(TunnelAdapter):
                 worker=self.worker,
                 error=failure.getErrorMessage(),
             )
-            self._reset(stream, "PB port unreachable")
+            self.reset(stream, "PB port unreachable")
 
         d.addCallbacks(connected, failed)
 
@@ -270,14 +266,14 @@ class MasterSession(TunnelAdapter):
             early = self.pending[event.stream]
             early += event.data
             if len(early) > self.max_pending:
-                self._reset(event.stream, TOO_MUCH_PENDING)
+                self.reset(event.stream, TOO_MUCH_PENDING)
 
     def on_opened(self, event: frames.Opened) -> None:
         if len(self.core.streams) > self.max_streams:  # the new stream is counted
             self._refuse_stream(event.stream)
             return
         if self.cool_down_until is not None and self.clock.seconds() < self.cool_down_until:
-            self._reset(event.stream, TOO_MANY_SHORT_LEGS)  # logged when the cool-down began
+            self.reset(event.stream, TOO_MANY_SHORT_LEGS)  # logged when the cool-down began
             return
         self._connect_leg(event.stream)
 
@@ -291,11 +287,7 @@ class MasterSession(TunnelAdapter):
                 worker=self.worker,
                 cap=self.max_streams,
             )
-        self._reset(stream, TOO_MANY_STREAMS)
-
-    def _reset(self, stream: int, reason: str) -> None:
-        self.core.reset(stream, self.clock.seconds(), reason)
-        self.flush()
+        self.reset(stream, TOO_MANY_STREAMS)
 
     def on_closed(self, event: frames.Closed) -> None:
         self._close_leg(event.stream)

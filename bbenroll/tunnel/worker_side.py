@@ -32,7 +32,6 @@ from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, abort_connection, star
 
 log = Logger(namespace="bbenroll")
 
-DEFAULT_RESUME_DEADLINE = core.RESUME_DEADLINE_DEFAULT  # seconds a stream survives a lost link
 CONNECT_TIMEOUT = 30.0  # a connect() that cannot reach the master gives up (buildbot-worker retries)
 # Reconnect delays; the last one repeats. Capped low so that data flows again
 # within about 2 s of the network returning, even after an outage of minutes;
@@ -55,6 +54,11 @@ class Receiver(FrameSink, Referenceable):
 
     def receive_frame(self, frame: Frame) -> None:
         self.tunnel.receive(frame)
+
+
+def new_session_id() -> str:
+    """128 random bits: the master keys sessions by (worker, id), so an id is never guessed."""
+    return secrets.token_hex(16)
 
 
 def received_offsets(value: Any) -> dict[int, int]:
@@ -91,7 +95,7 @@ class WorkerTunnel(TunnelAdapter):
         *,
         reactor: Any,
         clock: Any = None,
-        resume_deadline: float = DEFAULT_RESUME_DEADLINE,
+        resume_deadline: float = core.RESUME_DEADLINE_DEFAULT,
         settings: Settings | None = None,
         on_stopped: Callable[[WorkerTunnel], None] | None = None,
     ) -> None:
@@ -99,7 +103,6 @@ class WorkerTunnel(TunnelAdapter):
         parsed = parse_furl(furl)
         self.address = TunnelAddress(",".join(parsed.hints))
         self.resume_deadline = resume_deadline
-        self.settings = settings or Settings(resume_deadline=resume_deadline, max_buffer=WORKER_MAX_BUFFER)
         self.on_stopped = on_stopped
         self.receiver = Receiver(self)
         self.streams: dict[int, StreamTransport] = {}
@@ -111,11 +114,12 @@ class WorkerTunnel(TunnelAdapter):
         self._retry: Any = None
         self._stopped = False
         self._random = random.Random()  # noqa: S311 - jitter, not a secret
-        super().__init__(clock or reactor, Role.WORKER, self.settings)
-        self.session_id = secrets.token_hex(16)
+        settings = settings or Settings(resume_deadline=resume_deadline, max_buffer=WORKER_MAX_BUFFER)
+        super().__init__(clock or reactor, Role.WORKER, settings)
+        self.session_id = new_session_id()
 
     def _new_session(self) -> None:
-        self.session_id = secrets.token_hex(16)
+        self.session_id = new_session_id()
         self.core = self.new_core()
 
     @property
@@ -156,10 +160,6 @@ class WorkerTunnel(TunnelAdapter):
             self.on_stopped(self)  # a later connect() starts a fresh tunnel
         tub, self.tub = self.tub, None
         return tub.stopService() if tub is not None else defer.succeed(None)
-
-    @property
-    def link_up(self) -> bool:
-        return self.peer is not None and self.core.link
 
     def when_ready(self, timeout: float = CONNECT_TIMEOUT) -> defer.Deferred:
         """Fires when the link is up; fails with the last connection error after ``timeout``."""
@@ -290,9 +290,8 @@ class WorkerTunnel(TunnelAdapter):
         self.flush()
         return transport
 
-    def reset(self, stream: int) -> None:
-        self.core.reset(stream, self.clock.seconds(), "aborted by buildbot-worker")
-        self.flush()
+    def reset(self, stream: int, reason: str = "aborted by buildbot-worker") -> None:
+        super().reset(stream, reason)
 
     def on_protocol_error(self, error: ProtocolError) -> None:
         log.warn("bbenroll: tunnel protocol error: {error}; reconnecting", error=error)

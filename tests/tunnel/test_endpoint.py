@@ -11,7 +11,7 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
-from bbenroll.tunnel import endpoint, worker_side
+from bbenroll.tunnel import core, endpoint, worker_side
 from bbenroll.tunnel.endpoint import TunnelEndpoint, TunnelTable, endpoint_from_string
 
 FURL = "pb://" + "a" * 32 + "@tcp:127.0.0.1:9/" + "b" * 32
@@ -137,7 +137,7 @@ def test_a_failed_wait_fails_the_connect(furl_file):
     factory = CountingFactory()
     failures = []
     endpoint_from_string(table, reactor, str(furl_file)).connect(factory).addErrback(failures.append)
-    table.get(FURL, reactor, worker_side.DEFAULT_RESUME_DEADLINE).ready.errback(
+    table.get(FURL, reactor, core.RESUME_DEADLINE_DEFAULT).ready.errback(
         error.ConnectError(string="the master did not answer in time")
     )
     assert failures[0].check(error.ConnectError) and (factory.starts, factory.stops) == (1, 1)
