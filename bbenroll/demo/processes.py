@@ -26,11 +26,12 @@ from typing import Any
 
 from bbenroll.demo.errors import DemoError, DemoTerminated
 from bbenroll.demo.logs import log_reason
+from bbenroll.registry import ENV_REGISTRY
 
 
 def child_environment() -> dict[str, str]:
     """The children's environment: ours, without a registry override, unbuffered, no colour."""
-    env = {k: v for k, v in os.environ.items() if k != "BBENROLL_REGISTRY"}
+    env = {k: v for k, v in os.environ.items() if k != ENV_REGISTRY}
     env["NO_COLOR"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -121,7 +122,7 @@ class Supervisor:
         self._pending: int | None = None
         self._cleaning = False
         self._hurry = False
-        self._preexec = _linux_parent_death_signal() if os.name == "posix" else None
+        self._preexec = _linux_parent_death_signal()  # None except on Linux
 
     def start_clock(self) -> float:
         """Start the deadline for everything that follows; returns the start (``monotonic``)."""

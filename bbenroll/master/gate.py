@@ -40,7 +40,7 @@ class Decision:
     def describe(self) -> str:
         """For the log: which worker (never the secret) and why."""
         who = f"worker {self.worker!r}" if self.worker else "unknown secret"
-        return f"{who}: {self.reason}" if self.worker or self.accepted else who
+        return f"{who}: {self.reason}" if self.worker else who  # an accepted one always has its worker
 
 
 class Gate:
@@ -67,7 +67,8 @@ class Gate:
             return Decision(False, REVOKED, name)
         if state is State.EXPIRED:
             return Decision(False, EXPIRED, name)
-        if which is Reason.PREVIOUS and not worker.accepts(swissnum, now):
+        # the lookup matched the secret; not revoked or expired, a previous one holds while rotating
+        if which is Reason.PREVIOUS and state is not State.ROTATING:
             return Decision(False, RETIRED, name)
         return Decision(True, which, name)
 

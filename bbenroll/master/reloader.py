@@ -47,8 +47,8 @@ class RegistryReloader:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         # load now, so that a broken registry fails master.cfg/startup loudly
+        self.signature: Signature = file_signature(self.path)  # before the read, as in poll()
         self.loaded = store.load(self.path)
-        self.signature: Signature = file_signature(self.path)
         self.running_settings: tuple[object, ...] | None = None  # what the service started with
         self._refused: object = _NEVER
         self._warned: tuple[object, ...] | None = None

@@ -239,7 +239,6 @@ class EnrollmentService(service.MultiService):
         the guard says; then the connection ends, unless an accepted secret
         arrived on it before (then only after a few refusals).
         """
-        peer = peer_of(broker)
         if broker.refusals >= self.guard.max_refusals_per_connection:
             return defer.fail(Refused(guardmod.TOO_MANY_REFUSALS))  # it is being dropped
         if len(swissnum) > MAX_SWISSNUM_LENGTH:
@@ -265,11 +264,11 @@ class EnrollmentService(service.MultiService):
         # its sturdy ref must be the worker's own FURL, not a fresh random name
         self.tub.referenceToName[obj] = swissnum
         broker.notifyOnDisconnect(self._lost, key)  # fires once, with the connection
-        self.status.connected(obj.name, peer, self.now())
+        self.status.connected(obj.name, obj.peer, self.now())
         log.info(
             "accepted worker {worker!r} from {peer} ({which} secret)",
             worker=obj.name,
-            peer=peer,
+            peer=obj.peer,
             which=decision.reason,
         )
         self._write_status()

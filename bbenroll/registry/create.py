@@ -31,6 +31,8 @@ pb = {pb}
 """
 
 
+REGISTRY_EXISTS = "already exists; refusing to overwrite a registry"
+
 def create_registry(
     path: Path,
     *,
@@ -62,7 +64,7 @@ def create_registry(
         except BBEnrollError as e:
             raise RegistryError(option, str(e)) from None
     if path.exists():
-        raise RegistryError(str(path), "already exists; refusing to overwrite a registry")
+        raise RegistryError(str(path), REGISTRY_EXISTS)
     if not path.parent.is_dir():
         raise RegistryError(str(path), f"directory {path.parent} does not exist")
     ident_path = identity_path(path, identity)
@@ -86,7 +88,7 @@ def create_registry(
     except BaseException as e:
         ident_path.unlink()
         if isinstance(e, FileExistsError):
-            raise RegistryError(str(path), "already exists; refusing to overwrite a registry") from None
+            raise RegistryError(str(path), REGISTRY_EXISTS) from None
         if isinstance(e, OSError):
             raise RegistryError(str(path), f"cannot write: {e.strerror}") from None
         raise
