@@ -104,14 +104,18 @@ def parse_text(text: str, where: str) -> dict[str, Any]:
         raise RegistryError(place, f"invalid TOML: {message}") from None
 
 
-def locate(text: str, key: str) -> int | None:
-    """The line of the table that holds ``key`` (for error messages only)."""
+def _headers(text: str) -> list[Any]:
+    """The text's table headers, or none if the scanner cannot read it (for error messages only)."""
     from bbenroll.registry.tomlscan import ScanError, scan_headers
 
     try:
-        headers = scan_headers(text)
+        return scan_headers(text)
     except ScanError:
-        return None
+        return []
+
+
+def locate(headers: list[Any], key: str) -> int | None:
+    """The line of the table among ``headers`` that holds ``key`` (for error messages only)."""
     best = None
     for header in headers:
         dotted = schema.key_path(*header.path)
@@ -135,8 +139,9 @@ class Problem:
 
 def _placed(path: Path, text: str, problems: Problems) -> list[Problem]:
     out = []
+    headers = _headers(text) if problems.items else []  # scanned once, not once per problem
     for key, message in problems.items:
-        line = locate(text, key)
+        line = locate(headers, key)
         out.append(Problem(f"{path}:{line}" if line else str(path), f"{key}: {message}"))
     return out
 
