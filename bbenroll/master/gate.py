@@ -9,10 +9,11 @@ take effect on connections that are already open.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from bbenroll.registry.model import Registry, State, Worker, usable
+from bbenroll.times import format_time
 
 
 class Reason(enum.StrEnum):
@@ -36,6 +37,19 @@ class Decision:
     accepted: bool
     reason: Reason
     worker: str | None = None  # the worker's name, when the secret is known
+    # when the rotation that retired this secret happened (a RETIRED refusal only):
+    # the worker admin is told, so a stale FURL explains itself
+    retired_on: datetime | None = field(default=None, compare=False)
+
+    @property
+    def message(self) -> str:
+        """What a refused worker is told: the reason, and for a retired secret what to do."""
+        if self.reason is Reason.RETIRED and self.retired_on is not None:
+            return (
+                f"{self.reason} on {format_time(self.retired_on)}; "
+                "ask the master admin for a new FURL"
+            )
+        return str(self.reason)
 
     def describe(self) -> str:
         """For the log: which worker (never the secret) and why."""
@@ -69,7 +83,7 @@ class Gate:
             return Decision(False, EXPIRED, name)
         # the lookup matched the secret; not revoked or expired, a previous one holds while rotating
         if which is Reason.PREVIOUS and state is not State.ROTATING:
-            return Decision(False, RETIRED, name)
+            return Decision(False, RETIRED, name, retired_on=worker.rotated)
         return Decision(True, which, name)
 
     def still_allowed(self, name: str, swissnum: str, now: datetime) -> Decision:

@@ -283,7 +283,7 @@ class EnrollmentService(service.MultiService):
         answer: defer.Deferred[Any] = defer.Deferred()
 
         def send() -> None:
-            answer.errback(Failure(Refused(decision.reason)))
+            answer.errback(Failure(Refused(decision.message)))
             if not broker.authenticated or broker.refusals >= self.guard.max_refusals_per_connection:
                 broker.end_after_answers(Failure(DeadReferenceError(decision.reason)))
 
@@ -296,7 +296,7 @@ class EnrollmentService(service.MultiService):
         decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
         if not decision.accepted:
             self._kick(obj, decision)
-            raise Refused(decision.reason)
+            raise Refused(decision.message)
         self.status.seen(obj.name, now)
         return self.gate.registry.workers[obj.name]
 

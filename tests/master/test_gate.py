@@ -18,7 +18,12 @@ def test_gate_decisions_are_pure():
     assert g.decide(a.swissnum, now) == gate.Decision(True, "current", "a")
     assert g.decide(b.previous.swissnum, now) == gate.Decision(True, "previous", "b")
     assert g.decide(b.previous.swissnum, now + timedelta(hours=1)) == gate.Decision(False, gate.RETIRED, "b")
+    retired = g.decide(b.previous.swissnum, now + timedelta(hours=1))
+    assert retired.message == (
+        "secret retired by rotation on 2026-11-29T00:00:00Z; ask the master admin for a new FURL"
+    )
     assert g.decide(c.swissnum, now) == gate.Decision(False, gate.REVOKED, "c")
+    assert g.decide(c.swissnum, now).message == "worker revoked"  # the others are their reason
     assert g.decide(a.swissnum, now + timedelta(days=1)) == gate.Decision(False, gate.EXPIRED, "a")
     assert g.decide("z" * 32, now) == gate.Decision(False, gate.UNKNOWN)
     assert g.still_allowed("b", a.swissnum, now) == gate.Decision(False, gate.UNKNOWN)
