@@ -8,10 +8,18 @@ network or reads a clock: every method that depends on time takes ``now``
 (seconds, from the Tub's injected clock).
 
 - At most :data:`MAX_UNAUTHENTICATED_PER_ADDRESS` connections of one address
-  may be open without an accepted secret; a new one beyond that makes the
-  *oldest* of them go. So an attacker behind a NAT can hold no more than that,
-  and a worker behind the same NAT still gets in: its own new connection is
-  never the one dropped.
+  may be open without an accepted secret once they have sent something, and
+  at most :data:`MAX_SILENT_PER_ADDRESS` that have sent nothing yet (each for
+  at most :data:`SILENT_TIMEOUT`). A new one beyond a cap makes another go: the
+  oldest of those that got least far (:class:`Progress`), never the new one
+  itself. So an attacker behind a NAT can hold no more than that, a worker
+  behind the same NAT still gets in (its new connection is never the one
+  dropped), and a flood of connections that send nothing (cheap: no TLS) only
+  ever pushes out other silent ones. The silent cap is above Twisted's listen
+  backlog (50): one batch of accepts cannot push out a worker's connection
+  before its first bytes are read. (With one cap of 8 and the oldest dropped
+  whatever its progress, such a flood made most enrollments from the flooding
+  address fail: docs/performance.md.)
 - A refusal is answered at once the first time, then later and later for an
   address that keeps failing (:meth:`Guard.refused`), up to
   :data:`MAX_FAILURE_DELAY`. An accepted secret is never delayed, whatever
@@ -26,6 +34,7 @@ network or reads a clock: every method that depends on time takes ``now``
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
@@ -33,7 +42,11 @@ from dataclasses import dataclass, field
 
 AUTH_TIMEOUT = 10.0  # s from the end of negotiation (the Broker's start) to an accepted secret
 NEGOTIATION_TIMEOUT = 30.0  # s from TCP accept to the end of Foolscap's negotiation (TLS included)
-MAX_UNAUTHENTICATED_PER_ADDRESS = 8  # open connections of one address without an accepted secret
+MAX_UNAUTHENTICATED_PER_ADDRESS = 8  # connections of one address that spoke, without an accepted secret
+# connections of one address that have sent nothing yet: above Twisted's listen backlog (50),
+# so a batch of accepts cannot push a worker out before its first bytes are read
+MAX_SILENT_PER_ADDRESS = 64
+SILENT_TIMEOUT = 5.0  # s from TCP accept to the first bytes (a client sends at once)
 MAX_REFUSALS_PER_CONNECTION = 3  # refusals on one connection before it is dropped
 FIRST_FAILURE_DELAY = 0.1  # s before answering an address's second failure in a row ...
 MAX_FAILURE_DELAY = 5.0  # ... doubling with each further one, up to this
@@ -63,6 +76,15 @@ def address_key(host: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
     return str(address)
+
+
+class Progress(enum.IntEnum):
+    """How far a connection without an accepted secret got: over the cap, the
+    least far goes first. Each step costs a peer more than the one before."""
+
+    SILENT = 0  # TCP accepted, nothing received yet
+    NEGOTIATING = 1  # sent its negotiation request (TLS follows)
+    NEGOTIATED = 2  # TLS done, the Broker runs: next comes its secret
 
 
 @dataclass(frozen=True)
@@ -107,6 +129,7 @@ class Guard:
     """
 
     max_unauthenticated_per_address = MAX_UNAUTHENTICATED_PER_ADDRESS
+    max_silent_per_address = MAX_SILENT_PER_ADDRESS
     max_refusals_per_connection = MAX_REFUSALS_PER_CONNECTION
     first_failure_delay = FIRST_FAILURE_DELAY
     max_failure_delay = MAX_FAILURE_DELAY
@@ -115,21 +138,45 @@ class Guard:
     summary_interval = SUMMARY_INTERVAL
 
     def __init__(self) -> None:
-        # address -> its open unauthenticated connections, oldest first
-        self._unauthenticated: dict[str, OrderedDict[Hashable, None]] = {}
+        # address -> its open unauthenticated connections and their progress, oldest first
+        self._unauthenticated: dict[str, OrderedDict[Hashable, Progress]] = {}
         self._failing: OrderedDict[str, _Failing] = OrderedDict()  # least recently failing first
         self._forgotten: Counter[str] = Counter()  # unlogged counts of addresses forgotten early
 
     # -- connections without an accepted secret ---------------------------------
 
     def arrived(self, address: str, connection: Hashable) -> list[Hashable]:
-        """A new connection from ``address``; the connections to drop now (the oldest over the cap)."""
+        """A new (silent) connection from ``address``; the connections to drop now to keep the caps.
+
+        Over a cap, the oldest of the connections that got least far goes,
+        never ``connection`` itself (see the module doc).
+        """
         open_ = self._unauthenticated.setdefault(address, OrderedDict())
-        open_[connection] = None
+        open_[connection] = Progress.SILENT
+        return self._over_caps(open_, connection)
+
+    def progressed(self, address: str, connection: Hashable, progress: Progress) -> list[Hashable]:
+        """``connection`` got as far as ``progress`` (it keeps its place by age); the
+        connections to drop now, as for :meth:`arrived`."""
+        open_ = self._unauthenticated.get(address)
+        if open_ is None or connection not in open_ or progress <= open_[connection]:
+            return []
+        open_[connection] = progress
+        return self._over_caps(open_, connection)
+
+    def _over_caps(self, open_: OrderedDict[Hashable, Progress], keep: Hashable) -> list[Hashable]:
+        silent = [c for c, p in open_.items() if p is Progress.SILENT]
+        spoke = [c for c, p in open_.items() if p is not Progress.SILENT]
         dropped = []
-        while len(open_) > self.max_unauthenticated_per_address:
-            oldest, _ = open_.popitem(last=False)
-            dropped.append(oldest)
+        for group, cap in ((silent, self.max_silent_per_address),
+                           (spoke, self.max_unauthenticated_per_address)):
+            excess = len(group) - max(1, cap)
+            if excess > 0:
+                # least far first, oldest first among equals (sorted() is stable)
+                others = sorted((c for c in group if c is not keep), key=open_.__getitem__)
+                for victim in others[:excess]:
+                    del open_[victim]
+                    dropped.append(victim)
         return dropped
 
     def settled(self, address: str, connection: Hashable) -> None:

@@ -92,37 +92,64 @@ def address_of(transport: Any) -> str:
 class Doorkeeper:
     """The connections of one Tub that have not presented an accepted secret yet.
 
-    Each has a deadline on ``clock`` (:data:`~bbenroll.master.guard.NEGOTIATION_TIMEOUT`
-    from the TCP accept, then :data:`~bbenroll.master.guard.AUTH_TIMEOUT` from the
-    Broker's start) and counts against its address's cap in ``guard``; past either,
-    it is aborted. Connections are named by their transport, which Foolscap keeps
-    from the negotiation to the Broker.
+    Each has a deadline on ``clock`` (:data:`~bbenroll.master.guard.SILENT_TIMEOUT`
+    from the TCP accept to its first bytes, :data:`~bbenroll.master.guard.NEGOTIATION_TIMEOUT`
+    from the TCP accept to the end of negotiation, then
+    :data:`~bbenroll.master.guard.AUTH_TIMEOUT` from the Broker's start) and counts
+    against its address's caps in ``guard``; past any, it is aborted. Connections
+    are named by their transport, which Foolscap keeps from the negotiation to the
+    Broker.
     """
 
     negotiation_timeout = guardmod.NEGOTIATION_TIMEOUT
     auth_timeout = guardmod.AUTH_TIMEOUT
+    silent_timeout = guardmod.SILENT_TIMEOUT
 
     def __init__(self, guard: guardmod.Guard, clock: IReactorTime) -> None:
         self.guard = guard
         self.clock = clock
         self._waiting: dict[Any, tuple[str, Any]] = {}  # transport -> (address, its deadline's call)
+        self._accepted_at: dict[Any, float] = {}  # transports that have not spoken yet -> accept time
 
-    def arrived(self, transport: Any, timeout: float) -> None:
-        """A connection (or the next phase of one) starts: it has ``timeout`` seconds."""
+    def arrived(self, transport: Any, timeout: float,
+                progress: guardmod.Progress = guardmod.Progress.SILENT) -> None:
+        """A connection (or the next phase of one, ``progress``) starts: it has ``timeout`` seconds."""
         entry = self._waiting.get(transport)
         if entry is not None:  # negotiated: the deadline for a secret starts now
             address, deadline = entry
             if deadline.active():
                 deadline.cancel()
+            self._accepted_at.pop(transport, None)
+            over = self.guard.progressed(address, transport, progress)
         else:
             address = address_of(transport)
-            for oldest in self.guard.arrived(address, transport):
-                self._drop(oldest, guardmod.OVER_CAP)
-        deadline = self.clock.callLater(timeout, self._drop, transport, guardmod.TIMED_OUT)
-        self._waiting[transport] = (address, deadline)
+            over = self.guard.arrived(address, transport)
+            if progress is guardmod.Progress.SILENT:
+                self._accepted_at[transport] = self.clock.seconds()
+                timeout = min(timeout, self.silent_timeout)  # until its first bytes (spoke())
+            else:  # a Broker without our negotiation (in-memory links)
+                over += self.guard.progressed(address, transport, progress)
+        self._waiting[transport] = (address, self.clock.callLater(timeout, self._drop, transport,
+                                                                  guardmod.TIMED_OUT))
+        for victim in over:
+            self._drop(victim, guardmod.OVER_CAP)
+
+    def spoke(self, transport: Any) -> None:
+        """The connection sent its first bytes: the rest of the negotiation timeout,
+        and it outranks silent ones over the cap."""
+        entry = self._waiting.get(transport)
+        if entry is None:
+            return
+        address, deadline = entry
+        accepted = self._accepted_at.pop(transport, None)
+        if accepted is not None and deadline.active():  # the silent deadline: now the negotiation's
+            deadline.reset(max(0.0, accepted + self.negotiation_timeout - self.clock.seconds()))
+        for victim in self.guard.progressed(address, transport, guardmod.Progress.NEGOTIATING):
+            self._drop(victim, guardmod.OVER_CAP)
 
     def settled(self, transport: Any) -> None:
         """The connection authenticated or closed: no deadline, no longer counted."""
+        self._accepted_at.pop(transport, None)
         entry = self._waiting.pop(transport, None)
         if entry is None:
             return
@@ -159,6 +186,8 @@ def _doorkeeper(tub: Any) -> Doorkeeper | None:
 class EnrollmentNegotiation(Negotiation):
     """Foolscap's server-side negotiation, counted and timed by the Tub's :class:`Doorkeeper`."""
 
+    _spoke = False  # the peer sent its first bytes (told to the Doorkeeper once)
+
     def connectionMadeServer(self) -> None:
         keeper = _doorkeeper(getattr(self.listener, "_tub", None))
         if keeper is not None:
@@ -168,6 +197,14 @@ class EnrollmentNegotiation(Negotiation):
         Negotiation.connectionMadeServer(self)
         if keeper is not None:
             keeper.arrived(self.transport, keeper.negotiation_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._spoke:
+            self._spoke = True
+            keeper = _doorkeeper(getattr(self.listener, "_tub", None))
+            if keeper is not None:
+                keeper.spoke(self.transport)
+        Negotiation.dataReceived(self, data)
 
     def connectionLost(self, reason: Failure) -> None:
         # only during negotiation: afterwards Foolscap routes this to the Broker's
@@ -192,7 +229,7 @@ class EnrollmentBroker(SchemaReplies, Broker):
         Broker.connectionMade(self)
         keeper = _doorkeeper(self.tub)
         if keeper is not None:
-            keeper.arrived(self.transport, keeper.auth_timeout)
+            keeper.arrived(self.transport, keeper.auth_timeout, guardmod.Progress.NEGOTIATED)
 
     def connectionLost(self, why: Failure) -> None:
         keeper = _doorkeeper(self.tub)

@@ -24,10 +24,13 @@ from bbenroll.master.guard import (
     FIRST_FAILURE_DELAY,
     MAX_FAILURE_DELAY,
     MAX_REFUSALS_PER_CONNECTION,
+    MAX_SILENT_PER_ADDRESS,
     MAX_UNAUTHENTICATED_PER_ADDRESS,
     NEGOTIATION_TIMEOUT,
+    SILENT_TIMEOUT,
     SUMMARY_INTERVAL,
     Guard,
+    Progress,
     address_key,
 )
 from bbenroll.master.tub import EnrollmentNegotiation
@@ -38,16 +41,50 @@ from tests.helpers.foolscap import MemoryLink, pump, resolve
 
 def test_the_oldest_connection_over_the_cap_goes():
     guard = Guard()
-    assert [guard.arrived("10.0.0.1", n) for n in range(MAX_UNAUTHENTICATED_PER_ADDRESS)] == [[]] * 8
-    assert guard.arrived("10.0.0.1", "new") == [0]  # the newest (maybe a worker) is never the one
+
+    def speaks(address, connection):
+        arrived = guard.arrived(address, connection)
+        return arrived + guard.progressed(address, connection, Progress.NEGOTIATING)
+
+    assert [speaks("10.0.0.1", n) for n in range(MAX_UNAUTHENTICATED_PER_ADDRESS)] == [[]] * 8
+    assert speaks("10.0.0.1", "new") == [0]  # the newest (maybe a worker) is never the one
     assert guard.arrived("10.0.0.2", "elsewhere") == []  # per address
     guard.settled("10.0.0.1", 3)  # authenticated or closed
-    assert guard.arrived("10.0.0.1", "another") == []
+    assert speaks("10.0.0.1", "another") == []
     assert guard.unauthenticated("10.0.0.1") == MAX_UNAUTHENTICATED_PER_ADDRESS
     for n in (1, 2, 4, 5, 6, 7, "new", "another"):
         guard.settled("10.0.0.1", n)
     assert guard.unauthenticated("10.0.0.1") == 0
-    assert guard._unauthenticated == {"10.0.0.2": {"elsewhere": None}}  # no empty entries kept
+    assert guard._unauthenticated == {"10.0.0.2": {"elsewhere": Progress.SILENT}}  # no empty entries kept
+
+
+def test_silent_connections_have_their_own_cap_and_push_out_only_silent_ones():
+    guard = Guard()
+    cap, silent_cap = MAX_UNAUTHENTICATED_PER_ADDRESS, MAX_SILENT_PER_ADDRESS
+    assert silent_cap > 50  # above Twisted's listen backlog: one batch of accepts cannot push a worker out
+    assert guard.arrived("10.0.0.1", "worker") == []
+    assert guard.progressed("10.0.0.1", "worker", Progress.NEGOTIATING) == []  # it sent at once
+    flood = [f"raw{n}" for n in range(3 * silent_cap)]
+    dropped = [victim for raw in flood for victim in guard.arrived("10.0.0.1", raw)]
+    assert dropped == flood[: len(flood) - silent_cap]  # oldest silent first; the worker stays
+    assert guard.unauthenticated("10.0.0.1") == silent_cap + 1
+    # the ones that speak count against the smaller cap: least far, then oldest, goes first
+    assert guard.progressed("10.0.0.1", "worker", Progress.NEGOTIATED) == []
+    speakers = flood[len(flood) - silent_cap:][:cap]
+    over = [v for raw in speakers for v in guard.progressed("10.0.0.1", raw, Progress.NEGOTIATING)]
+    assert over == [speakers[0]]  # the 8th speaker besides the negotiated worker: the oldest negotiating
+    assert guard.progressed("10.0.0.1", "gone", Progress.NEGOTIATED) == []  # unknown: ignored
+    assert guard.progressed("10.0.0.1", "worker", Progress.SILENT) == []  # never goes back
+    assert guard._unauthenticated["10.0.0.1"]["worker"] is Progress.NEGOTIATED
+
+
+def test_with_every_other_connection_further_the_oldest_of_them_goes():
+    guard = Guard()
+    for n in range(MAX_UNAUTHENTICATED_PER_ADDRESS):
+        guard.arrived("10.0.0.1", n)
+        guard.progressed("10.0.0.1", n, Progress.NEGOTIATED)
+    guard.arrived("10.0.0.1", "new")
+    assert guard.progressed("10.0.0.1", "new", Progress.NEGOTIATING) == [0]  # never the one that moved
 
 
 def test_failures_of_an_address_are_answered_later_and_later():
@@ -210,18 +247,26 @@ def test_a_silent_tcp_connection_is_timed_out_in_negotiation_on_the_tub_clock(wo
     world.start()
     (_port, listener, _backlog, _interface) = world.clock.tcpServers[0]
     transports = []
-    for n in range(MAX_UNAUTHENTICATED_PER_ADDRESS + 1):
+    for n in range(MAX_SILENT_PER_ADDRESS + 2):
         peer = IPv4Address("TCP", "198.51.100.7", 50000 + n)
         protocol = listener.buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)
         protocol.makeConnection(transport)
         transports.append((protocol, transport))
+        if n == 1:  # it speaks at once (the start of a negotiation request) and then stalls
+            protocol.dataReceived(b"GET /id/")
     assert isinstance(transports[0][0], EnrollmentNegotiation)
-    assert transports[0][1].disconnected and not any(t.disconnected for _p, t in transports[1:])  # the cap
-    assert transports[1][0].negotiationTimer is None  # Foolscap's 120 s one (global reactor): off
-    world.advance(NEGOTIATION_TIMEOUT - 0.1)
+    # the silent cap: the oldest silent one went, not the one that spoke
+    assert [t.disconnected for _p, t in transports[:3]] == [True, False, False]
     assert not any(t.disconnected for _p, t in transports[1:])
-    world.advance(0.1)
+    assert transports[1][0].negotiationTimer is None  # Foolscap's 120 s one (global reactor): off
+    world.advance(SILENT_TIMEOUT - 0.1)
+    assert not any(t.disconnected for _p, t in transports[1:])
+    world.advance(0.1)  # the silent ones: nothing within SILENT_TIMEOUT
+    assert [t.disconnected for _p, t in transports] == [True, False] + [True] * MAX_SILENT_PER_ADDRESS
+    world.advance(NEGOTIATION_TIMEOUT - SILENT_TIMEOUT - 0.1)
+    assert not transports[1][1].disconnected
+    world.advance(0.1)  # the one that spoke: the negotiation's deadline, from its accept
     assert all(t.disconnected for _p, t in transports)
     for protocol, _t in transports:  # what the reactor would do after an abort
         protocol.connectionLost(Failure(ConnectionLost()))
