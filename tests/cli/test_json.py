@@ -54,7 +54,8 @@ ERRORS = {
     "show": (["show", "nope"], None, 1, "{p}: no worker named 'nope'"),
     "list": (["list", "--expiring", "soon"], None, 2, None),
     "rotate, usage": (["rotate"], None, 2,
-                      "give at least one worker name, or --all (see 'bbenroll rotate --help')"),
+                      "give worker names, --tag T or --all: exactly one of them "
+                      "(see 'bbenroll rotate --help')"),
     "rotate": (["rotate", "nope"], None, 1, "{p}: no worker named 'nope'"),
     "revoke": (["revoke", "nope"], None, 1, "{p}: no worker named 'nope'"),
     "restore": (["restore", "w1"], None, 1, "worker 'w1' is not revoked"),
