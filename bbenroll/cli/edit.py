@@ -105,6 +105,11 @@ def describe(diff: dict[str, Any]) -> str:
     return "saved: " + ("; ".join(parts) if parts else "layout or comments only")
 
 
+def interactive() -> bool:
+    """Someone at a terminal who can answer "edit again?"."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
 @click.command("edit")
 @output_options
 @click.pass_obj
@@ -132,7 +137,7 @@ def command(app: App) -> Result:
                     break
                 for problem in inspection.problems:
                     app.out.error(str(problem))
-                if not (sys.stdin.isatty() and sys.stderr.isatty()) or app.out.json_mode:
+                if not interactive() or app.out.json_mode:
                     raise EditFailed(f"{path}: {len(inspection.problems)} problem(s); registry unchanged")
                 if not click.confirm("edit again?", default=True, err=True):
                     raise EditFailed(f"{path}: not saved; registry unchanged")
