@@ -14,7 +14,7 @@ from bbenroll.cli.params import DurationType, complete_worker_names, output_opti
 
 @click.command("rotate")
 @output_options
-@click.argument("names", nargs=-1, metavar="NAME...", shell_complete=complete_worker_names)
+@click.argument("names", nargs=-1, metavar="[NAME]...", shell_complete=complete_worker_names)
 @click.option("--tag", metavar="T", help="Rotate every worker with tag T that is not revoked.")
 @click.option("--all", "all_", is_flag=True, help="Rotate every worker that is not revoked.")
 @click.option(

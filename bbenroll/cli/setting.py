@@ -54,8 +54,12 @@ def _non_empty(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 @output_options
 @click.argument("names", nargs=-1, required=True, metavar="NAME...", shell_complete=complete_worker_names)
 @click.option("--expires", type=WhenType(), help="New expiry: 90d, 2027-06-30 ... or never.")
-@click.option("--tag", "tags", multiple=True, callback=_non_empty, help="Add a tag (repeatable).")
-@click.option("--untag", "untags", multiple=True, callback=_non_empty, help="Remove a tag (repeatable).")
+@click.option(
+    "--tag", "tags", multiple=True, metavar="T", callback=_non_empty, help="Add a tag (repeatable)."
+)
+@click.option(
+    "--untag", "untags", multiple=True, metavar="T", callback=_non_empty, help="Remove a tag (repeatable)."
+)
 @click.option("--note", help='A new note ("" clears it).')
 @click.pass_context
 def command(
