@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from bbenroll.cli.app import App
+from bbenroll.cli.check import plural
 from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import output_options
 from bbenroll.errors import BBEnrollError
@@ -138,7 +139,8 @@ def command(app: App) -> Result:
                 for problem in inspection.problems:
                     app.out.error(str(problem))
                 if not interactive() or app.out.json_mode:
-                    raise EditFailed(f"{path}: {len(inspection.problems)} problem(s); registry unchanged")
+                    found = plural(len(inspection.problems), "problem")
+                    raise EditFailed(f"{path}: {found}; registry unchanged")
                 if not click.confirm("edit again?", default=True, err=True):
                     raise EditFailed(f"{path}: not saved; registry unchanged")
             try:

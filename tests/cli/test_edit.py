@@ -118,7 +118,7 @@ def test_an_invalid_edit_off_a_terminal_fails_and_changes_nothing(cli, registry,
     assert result.code == 1
     lines = result.err.splitlines()
     assert lines[0].startswith(f"error: {registry}:") and "colour" in lines[0]
-    assert lines[-1] == f"error: {registry}: 1 problem(s); registry unchanged"
+    assert lines[-1] == f"error: {registry}: 1 problem; registry unchanged"
     assert "Traceback" not in result.err and "edit again" not in result.err
     assert registry.read_bytes() == before
     assert len(editor.runs()) == 1  # not asked again: nobody to answer
@@ -129,7 +129,7 @@ def test_broken_toml_is_refused_with_json_error(cli, registry, editor):
     before = registry.read_bytes()
     result = cli("edit", "--json", env=editor(EDIT_OLD="[workers.w2]", EDIT_NEW="[workers.w2"))
     assert result.code == 1
-    assert json.loads(result.out) == {"error": f"{registry}: 1 problem(s); registry unchanged", "exit": 1}
+    assert json.loads(result.out) == {"error": f"{registry}: 1 problem; registry unchanged", "exit": 1}
     assert "invalid TOML" in result.err
     assert registry.read_bytes() == before
 
@@ -196,3 +196,13 @@ def test_no_registry_is_one_line(cli, tmp_path, editor):
     result = cli("--registry", str(tmp_path / "none.toml"), "edit", env=editor(), registry_arg=False)
     assert result.code == 1 and result.err.count("\n") == 1 and "not found" in result.err
     assert editor.runs() == []
+
+
+def test_a_duplicate_secret_is_refused_like_check_refuses_it(cli, registry, editor):
+    data = tomllib.loads(registry.read_text())["workers"]
+    before = registry.read_bytes()
+    result = cli("edit", env=editor(EDIT_OLD=data["w2"]["swissnum"], EDIT_NEW=data["w1"]["swissnum"]))
+    assert result.code == 1
+    assert "workers.w2.swissnum: same secret as worker 'w1'" in result.err.splitlines()[0]
+    assert result.err.splitlines()[-1] == f"error: {registry}: 1 problem; registry unchanged"
+    assert registry.read_bytes() == before
