@@ -30,6 +30,8 @@ COMMANDS = {
     "show": "bbenroll.cli.show",
     "list": "bbenroll.cli.listing",  # not cli/list.py: it would shadow list()
     "rotate": "bbenroll.cli.rotate",
+    "set": "bbenroll.cli.setting",  # not cli/set.py: it would shadow set()
+    "edit": "bbenroll.cli.edit",
     "revoke": "bbenroll.cli.revoke",
     "restore": "bbenroll.cli.restore",
     "remove": "bbenroll.cli.remove",

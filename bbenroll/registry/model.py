@@ -26,6 +26,8 @@ from bbenroll.times import format_time, to_utc
 REGISTRY_VERSION = 1
 WORKER_NAME_MAX = 50
 DEFAULT_EXPIRING_WITHIN = timedelta(days=7)
+# how long a rotated-away secret keeps working unless --grace says otherwise
+DEFAULT_GRACE = timedelta(days=7)
 
 # Buildbot's own identifier rule (buildbot.util.identifiers.ident_re), which it
 # applies to worker names with a maximum length of 50: what a registry may hold.
@@ -242,24 +244,33 @@ def new_worker(
     )
 
 
-def rotate(worker: Worker, now: datetime, grace: timedelta | None = None) -> Worker:
+def rotate(
+    worker: Worker,
+    now: datetime,
+    grace: timedelta | None = DEFAULT_GRACE,
+    *,
+    compromised: bool = False,
+) -> Worker:
     """A new swissnum; with ``grace`` the current one stays valid that long.
 
-    Without grace the PB password changes too: everything the old FURL gave is
-    void at once. With grace the PB password is kept, because workers still
-    running from the old FURL log in to Buildbot with it until they move over;
-    it is only usable through an authenticated tunnel to a loopback port.
+    The PB password is kept: it is an internal detail between the tunnel and
+    the loopback PB port, usable only through an authenticated tunnel, so a
+    routine rotation must not force every worker admin to run
+    ``worker create --force``. Only ``compromised`` changes it, and refuses the
+    old secret at once (no grace: the thief may hold both).
     A rotation during a grace window replaces the older previous secret: only
     the secret being rotated away gets a grace period.
     """
     if worker.revoked is not None:
         raise WrongState(f"worker {worker.name!r} is revoked; use 'bbenroll restore' instead")
+    if compromised and grace:
+        raise ValueError("a compromised rotation has no grace period")
     now = to_utc(now)
-    previous = Previous(worker.swissnum, to_utc(now + grace)) if grace else None
+    previous = Previous(worker.swissnum, to_utc(now + grace)) if grace and not compromised else None
     return replace(
         worker,
         swissnum=new_swissnum(),
-        password=worker.password if grace else new_password(),
+        password=new_password() if compromised else worker.password,
         rotated=now,
         previous=previous,
     )

@@ -31,7 +31,7 @@ def complete(words: list[str], env: dict[str, str | None] | None = None) -> list
     return [line for line in result.out.splitlines() if line]  # no candidates: an empty line
 
 
-@pytest.mark.parametrize("command", ["show", "rotate", "revoke", "restore", "remove"])
+@pytest.mark.parametrize("command", ["show", "rotate", "set", "revoke", "restore", "remove"])
 def test_worker_names_complete_from_the_registry(enrolled, command):
     registry = ["--registry", str(enrolled)]
     assert complete([*registry, command, ""]) == [f"plain,{name}" for name in WORKERS]

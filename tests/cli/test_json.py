@@ -36,6 +36,8 @@ SUCCESSES = {
     "show --qr": (["show", "w1", "--qr"], None, {"name", "furl", "state"}),
     "list": (["list"], None, None),
     "rotate": (["rotate", "w1", "--grace", "1d"], None, None),
+    "set": (["set", "w1", "--note", "n"], None, None),
+    "edit": (["edit"], "editor true", {"registry", "saved"}),
     "revoke": (["revoke", "w1"], None, {"name", "state", "revoked"}),
     "restore": (["restore", "w1"], "revoked", {"name", "furl", "state"}),
     "remove": (["remove", "w1", "--yes"], None, {"name", "removed"}),
@@ -54,8 +56,11 @@ ERRORS = {
     "show": (["show", "nope"], None, 1, "{p}: no worker named 'nope'"),
     "list": (["list", "--expiring", "soon"], None, 2, None),
     "rotate, usage": (["rotate"], None, 2,
-                      "give at least one worker name, or --all (see 'bbenroll rotate --help')"),
+                      "give worker names, --tag T or --all: exactly one of them "
+                      "(see 'bbenroll rotate --help')"),
     "rotate": (["rotate", "nope"], None, 1, "{p}: no worker named 'nope'"),
+    "set": (["set", "nope", "--note", "n"], None, 1, "{p}: no worker named 'nope'"),
+    "edit": (["edit"], "editor false", 1, "the editor 'false' exited with status 1; registry unchanged"),
     "revoke": (["revoke", "nope"], None, 1, "{p}: no worker named 'nope'"),
     "restore": (["restore", "w1"], None, 1, "worker 'w1' is not revoked"),
     "remove": (["remove", "w1"], None, 1,
@@ -87,6 +92,8 @@ def prepare(cli, reg_path, monkeypatch):
             os.chmod(reg_path, 0o644)
         elif what == "broken registry":
             reg_path.write_text("version = ")
+        elif what and what.startswith("editor"):
+            monkeypatch.setenv("VISUAL", what.split()[1])
         elif what and what.startswith("demo"):
             monkeypatch.setattr(demo, "run_demo", fake_demo(what.split()[1]))
 

@@ -34,8 +34,8 @@ def test_state_progression_and_acceptance():
     assert r.accepts(r.swissnum, later) and not r.accepts(w.swissnum, later)
     assert r.state(later) == "active"
     assert (r.created, r.rotated) == (w.created, NOW)
-    assert r.password == w.password  # kept during a grace rotation
-    assert model.rotate(r, NOW).password != r.password  # a rotation without grace changes it
+    assert r.password == w.password  # a normal rotation never changes it
+    assert model.rotate(r, NOW, compromised=True, grace=None).password != r.password
 
     v = model.revoke(r, NOW, "lost")
     assert v.state(NOW) == "revoked" and v.previous is None
@@ -52,7 +52,27 @@ def test_state_progression_and_acceptance():
 
 def test_rotation_without_grace_drops_previous():
     w = model.rotate(model.new_worker("w1", NOW), NOW, grace=timedelta(days=1))
-    assert model.rotate(w, NOW).previous is None
+    again = model.rotate(w, NOW, grace=None)
+    assert again.previous is None and again.password == w.password
+
+
+def test_default_grace_is_seven_days_and_keeps_the_password():
+    w = model.new_worker("w1", NOW)
+    r = model.rotate(w, NOW)
+    assert model.DEFAULT_GRACE == timedelta(days=7)
+    assert r.previous == model.Previous(w.swissnum, NOW + timedelta(days=7))
+    assert r.password == w.password and r.swissnum != w.swissnum
+    assert r.accepts(w.swissnum, NOW + timedelta(days=7) - timedelta(seconds=1))
+
+
+def test_compromised_rotation_refuses_the_old_secret_and_changes_the_password():
+    w = model.rotate(model.new_worker("w1", NOW), NOW)  # even one still in its grace
+    c = model.rotate(w, NOW, None, compromised=True)
+    assert c.previous is None and c.password != w.password
+    assert not c.accepts(w.swissnum, NOW) and not c.accepts(w.previous.swissnum, NOW)
+    assert c.accepts(c.swissnum, NOW) and c.rotated == NOW
+    with pytest.raises(ValueError):
+        model.rotate(w, NOW, timedelta(hours=1), compromised=True)
 
 
 @pytest.mark.parametrize("name", ["w", "worker-1", "_x", "wörker", "Ærø_2", "a" * 50])

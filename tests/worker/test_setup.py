@@ -103,7 +103,7 @@ def test_force_replaces_the_worker_after_a_rotation(master, tmp_path):
     furl = bbenroll(master, "add", "worker1")
     base = tmp_path / "w1"
     assert create(base, "-", furl=furl).returncode == 0
-    new_furl = bbenroll(master, "rotate", "worker1")  # no grace: new password too
+    new_furl = bbenroll(master, "rotate", "worker1", "--compromised")  # new password too
     proc = create(base, "-", furl=new_furl)
     assert proc.returncode == 1
     assert proc.stderr == f"error: {base / 'buildbot.tac'} already exists; use --force to replace it\n"
