@@ -251,6 +251,7 @@ def verify(lines: Sequence[Line], *, count: int, head: str | None, oldest_is_rot
     report = Report()
     records, report.problems = parse_lines(lines)
     report.records = len(records)
+    seqs = {record["seq"] for _, record in records}
     previous: tuple[Line, dict[str, Any]] | None = None
     for line, record in records:
         seq = record["seq"]
@@ -282,10 +283,12 @@ def verify(lines: Sequence[Line], *, count: int, head: str | None, oldest_is_rot
         else:
             prev_line, prev_record = previous
             if seq != prev_record["seq"] + 1:
-                what = "reordered" if seq <= prev_record["seq"] else "deleted"
+                missing = range(prev_record["seq"] + 1, seq)
+                moved = seq <= prev_record["seq"] or any(n in seqs for n in missing)
+                what = "out of order (records were reordered)" if moved else "records before it were deleted"
                 report.problems.append(
                     Finding(
-                        f"follows record {prev_record['seq']} (line {prev_line.number}): records {what}",
+                        f"follows record {prev_record['seq']} (line {prev_line.number}): {what}",
                         line.file,
                         line.number,
                         seq,
@@ -344,9 +347,9 @@ def _ahead(records: list[tuple[Line, dict[str, Any]]], count: int) -> Finding:
     extra = [(line, record) for line, record in records if record["seq"] > count]
     first_line, first = extra[0]
     last = extra[-1][1]
-    span = f"records {first['seq']}-{last['seq']}" if len(extra) > 1 else f"record {first['seq']}"
+    span = f"records {first['seq']}-{last['seq']} were" if len(extra) > 1 else f"record {first['seq']} was"
     return Finding(
-        f"{span} were appended but the registry was not written after them (an interrupted edit: "
+        f"{span} appended but the registry was not written afterwards (an interrupted edit: "
         "their changes are not in the registry)",
         first_line.file,
         first_line.number,
