@@ -15,7 +15,17 @@ from bbenroll.errors import BBEnrollError
 
 # the same tuple as bbenroll.registry.audit.ACTIONS, spelled out so that
 # parsing the options does not import the registry layer (a test keeps them equal)
-ACTIONS = ("initialized", "added", "removed", "rotated", "revoked", "restored", "changed", "master-changed")
+ACTIONS = (
+    "initialized",
+    "added",
+    "removed",
+    "rotated",
+    "revoked",
+    "restored",
+    "changed",
+    "master-changed",
+    "connection-dropped",
+)
 COLUMNS = ("time", "actor", "action", "worker", "old secret", "new secret", "reason")
 
 

@@ -35,7 +35,17 @@ from bbenroll.times import format_time
 AUDIT_MAX_BYTES = 8 * 1024 * 1024  # past this the log is rotated to X.audit.1.jsonl
 AUDIT_KEEP = 5  # rotated files kept: X.audit.1.jsonl (newest) .. X.audit.5.jsonl
 
-ACTIONS = ("initialized", "added", "removed", "rotated", "revoked", "restored", "changed", "master-changed")
+ACTIONS = (
+    "initialized",
+    "added",
+    "removed",
+    "rotated",
+    "revoked",
+    "restored",
+    "changed",
+    "master-changed",
+    "connection-dropped",
+)
 # every key of a record, in the order a person reads them (lines are written with sorted keys)
 RECORD_KEYS = (
     "seq",

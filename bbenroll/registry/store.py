@@ -288,6 +288,7 @@ class Editor:
         self.workers = dict(loaded.registry.workers)
         self._changed: dict[str, Worker | None] = {}  # None: removed
         self._added: list[str] = []
+        self._notes: list[audit.Change] = []  # records of events that change no table
 
     @property
     def registry(self) -> Registry:
@@ -335,10 +336,15 @@ class Editor:
         except tomledit.LayoutError as e:
             raise RegistryError(str(self.path), f"cannot edit this layout: {e}; file unchanged") from None
 
+    def note(self, change: audit.Change) -> None:
+        """Record an event that changes no table (say, the master dropping a revoked
+        worker's live connection) in the same chain, after this edit's own changes."""
+        self._notes.append(change)
+
     def changes(self) -> list[audit.Change]:
-        """What the audit log will record of this edit: one change per worker that differs."""
+        """What the audit log will record of this edit: one change per worker that differs, then the notes."""
         before = self.loaded.registry
-        return audit.diff(before.workers, self.workers, before.master, self.registry.master)
+        return audit.diff(before.workers, self.workers, before.master, self.registry.master) + self._notes
 
     def save(self, *, now: datetime | None = None, actor: Mapping[str, str] | None = None) -> None:
         """Append one audit record per change (fsync'd), then replace the registry.

@@ -330,3 +330,16 @@ def test_lines_are_json_objects_with_sorted_keys(tmp_path: Path):
     for line in log.read_text().splitlines():
         data = json.loads(line)
         assert list(data) == sorted(data)
+
+
+def test_a_note_is_recorded_without_changing_any_worker(tmp_path: Path):
+    path = on_disk(tmp_path, COMMENTS.text)
+    audit.log_path(path).unlink(missing_ok=True)
+    workers = store.load(path).registry.workers
+    master = {"master": "farm", "peer": "192.0.2.7:4711"}
+    with store.edit(path, now=NOW, actor=master) as editor:
+        editor.note(Change("connection-dropped", "beta", reason="revoked"))
+    (record,) = audit.read_records(audit.log_path(path))
+    assert (record["action"], record["worker"], record["actor"]) == ("connection-dropped", "beta", master)
+    loaded = store.load(path)
+    assert loaded.registry.workers == workers and loaded.audit == audit.AuditHead(record["hash"], 1)
