@@ -116,7 +116,8 @@ def verify(app: App) -> Result:
         head=anchor.head if anchor else None,
         oldest_is_rotated=oldest_is_rotated,
     )
-    document = {"registry": str(loaded.path), "log": str(log), **report.to_json()}
+    # "ok" as in check --json; "intact" says what was checked
+    document = {"registry": str(loaded.path), "log": str(log), "ok": report.intact, **report.to_json()}
 
     def show(out: Output) -> None:
         for problem in report.problems:

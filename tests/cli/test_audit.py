@@ -97,7 +97,8 @@ def test_verify_intact(cli, reg_path):
     assert result.out == f"8 records, chain intact; head {head}\n"
     document = json.loads(cli("--json", "audit", "verify").out)
     assert document["intact"] is True and document["records"] == 8 and document["head"] == head
-    assert set(document) == {"registry", "log", "intact", "records", "head", "problems", "warnings", "notes"}
+    keys = {"registry", "log", "ok", "intact", "records", "head", "problems", "warnings", "notes"}
+    assert set(document) == keys
 
 
 def _lines(reg_path: Path) -> list[str]:
