@@ -461,6 +461,9 @@ def append(
         if os.name == "posix" and stat.S_IMODE(st.st_mode) & 0o077:
             os.fchmod(fd, PRIVATE_MODE)  # O_CREAT's mode is masked by nothing wider, but an old file may be
         keep_owner(fd, owner)
+        if st.st_size and _last_byte(log) != b"\n":
+            # a write torn by a crash: start on a line of our own, or this record would be lost with it
+            data = b"\n" + data
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
@@ -471,6 +474,12 @@ def append(
     finally:
         os.close(fd)
     fsync_directory(log.parent)
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def _read(path: Path) -> str:

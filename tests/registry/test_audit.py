@@ -343,3 +343,17 @@ def test_a_note_is_recorded_without_changing_any_worker(tmp_path: Path):
     assert (record["action"], record["worker"], record["actor"]) == ("connection-dropped", "beta", master)
     loaded = store.load(path)
     assert loaded.registry.workers == workers and loaded.audit == audit.AuditHead(record["hash"], 1)
+
+
+def test_a_torn_last_line_costs_no_later_record(tmp_path: Path):
+    log = tmp_path / "workers.audit.jsonl"
+    recs = records(3)
+    audit.append(log, recs[:1])
+    with open(log, "a") as f:
+        f.write(audit.canonical(recs[1])[:40])  # a crash in the middle of the write
+    assert audit.last_record(log) == recs[0]
+    audit.append(log, recs[1:])
+    assert audit.read_records(log) == recs
+    lines, _ = audit.read_lines(log)
+    report = audit.verify(lines, count=3, head=recs[-1]["hash"])
+    assert [p.line for p in report.problems] == [2]  # the fragment is damage, and said to be
