@@ -69,11 +69,13 @@ def command(
     app: App = ctx.obj
     app.load()  # the registry must be readable: the log is only meaningful beside it
     after = format_time(app.now() - since) if since is not None else None
-    records = [
-        r
-        for r in audit.read_records(_log_path(app))
-        if audit.matches(r, worker=worker, action=action, since=after)
-    ]
+    found, damaged = audit.read_records_and_damage(_log_path(app))
+    if damaged:
+        app.out.warn(
+            f"{damaged} line(s) of the audit log are not records as bbenroll wrote them: "
+            "run 'bbenroll audit verify'"
+        )
+    records = [r for r in found if audit.matches(r, worker=worker, action=action, since=after)]
 
     def show(out: Output) -> None:
         if not records:

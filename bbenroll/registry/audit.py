@@ -325,9 +325,9 @@ def _check_anchor(
     """Compare the log's end with what the registry recorded under the lock."""
     last_seq = records[-1][1]["seq"] if records else 0
     if count > last_seq:
-        where = f"record {last_seq}" if records else "an empty log"
+        where = f"ends at record {last_seq}" if records else "holds none"
         report.problems.append(
-            Finding(f"the registry counts {count} records but the log ends at {where}: the log was truncated")
+            Finding(f"the registry counts {count} records but the log {where}: the log was truncated")
         )
         return
     if count == 0:
@@ -505,9 +505,14 @@ def read_lines(log: Path, keep: int = AUDIT_KEEP) -> tuple[list[Line], bool]:
 
 def read_records(log: Path, keep: int = AUDIT_KEEP) -> list[dict[str, Any]]:
     """The records that parse, oldest first (for ``bbenroll audit``; ``verify`` judges them)."""
+    return read_records_and_damage(log, keep)[0]
+
+
+def read_records_and_damage(log: Path, keep: int = AUDIT_KEEP) -> tuple[list[dict[str, Any]], int]:
+    """The records that parse, oldest first, and how many lines are not records."""
     lines, _ = read_lines(log, keep)
-    records, _ = parse_lines(lines)
-    return [record for _, record in records]
+    records, problems = parse_lines(lines)
+    return [record for _, record in records], len(problems)
 
 
 def last_record(log: Path) -> dict[str, Any] | None:

@@ -224,3 +224,14 @@ def test_log_goes_beside_the_real_registry(tmp_path, reg_path, clock):
 def test_registered_and_actions_match_the_core():
     assert COMMANDS["audit"] == "bbenroll.cli.audit"
     assert audit_cli.ACTIONS == audit.ACTIONS
+
+
+def test_listing_warns_about_damaged_lines(cli, reg_path):
+    lifecycle(cli, reg_path)
+    lines = _lines(reg_path)
+    lines[2] = "garbage\n"
+    _write(reg_path, lines)
+    result = cli("audit", "--json")
+    assert result.code == 0
+    assert len(json.loads(result.out)) == 7
+    assert "1 line(s) of the audit log are not records" in result.err
