@@ -36,6 +36,7 @@ COMMANDS = {
     "restore": "bbenroll.cli.restore",
     "remove": "bbenroll.cli.remove",
     "check": "bbenroll.cli.check",
+    "audit": "bbenroll.cli.audit",
     "status": "bbenroll.cli.status",
     "worker": "bbenroll.cli.worker",
     "demo": "bbenroll.cli.demo",

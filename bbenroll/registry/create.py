@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bbenroll.errors import BBEnrollError, RegistryError
 from bbenroll.fileio import atomic_write
-from bbenroll.registry.store import LoadedRegistry, identity_path, registry_from_text
+from bbenroll.registry import audit
+from bbenroll.registry.audit import AuditHead
+from bbenroll.registry.store import LoadedRegistry, audit_table, identity_path, real_path, registry_from_text
 
 REGISTRY_TEMPLATE = """\
 # bbenroll registry: this master's identity and every worker's enrollment.
@@ -27,11 +31,14 @@ listen = {listen}
 # The master's own PB port: loopback only, workers arrive through the tunnel.
 pb = {pb}
 
+{audit}
 # One [workers.NAME] table per worker, added by 'bbenroll add'.
 """
 
 
 REGISTRY_EXISTS = "already exists; refusing to overwrite a registry"
+AUDIT_EXISTS = "already exists (the audit log of an earlier registry?); move it away first"
+
 
 def create_registry(
     path: Path,
@@ -40,8 +47,14 @@ def create_registry(
     listen: str,
     pb: str,
     identity: str,
+    now: datetime | None = None,
+    actor: Mapping[str, str] | None = None,
 ) -> LoadedRegistry:
-    """Write a new registry and a new master identity; refuses to replace either."""
+    """Write a new registry and a new master identity; refuses to replace either.
+
+    The audit log starts here with one ``initialized`` record (``now``: its
+    time, the wall clock if not given; ``actor``: the CLI's user and host).
+    """
     import tomlkit
 
     from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint
@@ -67,6 +80,9 @@ def create_registry(
         raise RegistryError(str(path), REGISTRY_EXISTS)
     if not path.parent.is_dir():
         raise RegistryError(str(path), f"directory {path.parent} does not exist")
+    log = audit.log_path(real_path(path))
+    if log.exists() or log.is_symlink():
+        raise RegistryError(str(log), AUDIT_EXISTS)
     ident_path = identity_path(path, identity)
     if ident_path.exists():
         raise RegistryError(str(ident_path), "already exists; refusing to overwrite a master identity")
@@ -75,7 +91,16 @@ def create_registry(
     def toml(value: Any) -> str:
         return tomlkit.item(value).as_string()
 
+    (record,) = audit.chain(
+        [audit.Change("initialized", reason=f"tubid {ident.tubid}")],
+        after_seq=0,
+        prev=None,
+        now=now if now is not None else datetime.now(UTC),
+        actor=actor if actor is not None else audit.cli_actor(),
+    )
+    head = AuditHead(record["hash"], record["seq"])
     text = REGISTRY_TEMPLATE.format(
+        audit=audit_table(head),
         identity=toml(identity),
         tubid=toml(ident.tubid),
         location=toml(list(location)),
@@ -84,12 +109,15 @@ def create_registry(
     )
     registry = registry_from_text(path, text)  # never write what we could not read back
     try:
+        audit.append(log, [record])  # first, like every edit: see bbenroll.registry.audit
         atomic_write(path, text.encode("utf-8"), exclusive=True)
     except BaseException as e:
         ident_path.unlink()
+        if log.exists() and not log.is_symlink():
+            log.unlink()  # nothing was created: the log of a registry that never existed goes too
         if isinstance(e, FileExistsError):
             raise RegistryError(str(path), REGISTRY_EXISTS) from None
         if isinstance(e, OSError):
             raise RegistryError(str(path), f"cannot write: {e.strerror}") from None
         raise
-    return LoadedRegistry(path, registry, text)
+    return LoadedRegistry(path, registry, text, audit=head)

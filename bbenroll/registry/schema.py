@@ -25,6 +25,7 @@ from typing import Any
 
 from bbenroll.errors import InvalidName
 from bbenroll.furl import MIN_SWISSNUM_LENGTH, SWISSNUM_BITS, TUBID_LENGTH
+from bbenroll.registry.audit import AuditHead
 from bbenroll.registry.kinds import (
     HINTS,
     NON_EMPTY_STRING,
@@ -177,6 +178,37 @@ WORKER_FIELDS = (
     ),
 )
 
+
+
+def _count(value: Any) -> int:
+    if type(value) is not int:
+        raise Invalid(f"must be an integer, not {toml_type(value)}")
+    if value < 0:
+        raise Invalid("may not be negative")
+    return value
+
+
+def _hash(value: Any) -> str:
+    if type(value) is not str or not _HASH_RE.fullmatch(value):
+        raise Invalid('must be "sha256:" and 64 lowercase hex digits')
+    return value
+
+
+_HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
+COUNT = Kind("integer", _count)
+HASH = Kind("string", _hash)
+
+# [audit]: written by bbenroll under the registry's lock, with each append to the audit log
+AUDIT_FIELDS = (
+    Field(
+        "head",
+        HASH,
+        "The hash of the last record of the audit log (`X.audit.jsonl`), as `sha256:` and 64 hex digits.",
+        required=True,
+    ),
+    Field("count", COUNT, "How many records the audit log holds (its last record's `seq`).", required=True),
+)
+
 _REQUIRES_MESSAGES = {"revoked": "set, but the worker is not revoked"}
 
 
@@ -235,6 +267,14 @@ def master_from_data(data: Any, problems: Problems) -> MasterSettings | None:
     return MasterSettings(**values) if values is not None else None
 
 
+def audit_from_data(data: Any, problems: Problems) -> AuditHead | None:
+    """The registry's ``[audit]`` table; None when absent (a registry older than its audit log)."""
+    if data is None:
+        return None
+    values = _table_values(AUDIT_FIELDS, data, lambda: "audit", problems)
+    return AuditHead(**values) if values is not None else None
+
+
 def worker_from_data(name: str, data: Any, problems: Problems) -> Worker | None:
     def where() -> str:
         return f"workers.{key_path(name)}"
@@ -262,9 +302,10 @@ def registry_from_data(data: Mapping[str, Any], problems: Problems) -> Registry 
             f"unknown registry version {version}; this bbenroll reads version {REGISTRY_VERSION}",
         )
         return None  # a newer format: do not second-guess the rest of it
-    for key in sorted(set(data) - {"version", "master", "workers"}):
+    for key in sorted(set(data) - {"version", "master", "workers", "audit"}):
         problems.add(key_path(key), "unknown key")
     master = master_from_data(data.get("master"), problems)
+    audit_from_data(data.get("audit"), problems)
     raw_workers = data.get("workers", {})
     workers: dict[str, Worker] = {}
     if not isinstance(raw_workers, dict):

@@ -20,15 +20,17 @@ import contextlib
 import os
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bbenroll.errors import IdentityError, RegistryError, WorkerExists, WorkerNotFound
-from bbenroll.fileio import atomic_write, exclusive_lock, permission_problem
+from bbenroll.fileio import atomic_write, exclusive_lock, owner_of, permission_problem
 from bbenroll.identity import load_identity
-from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, schema
+from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, audit, schema
+from bbenroll.registry.audit import AuditHead
 from bbenroll.registry.model import Registry, Worker
 from bbenroll.registry.schema import Problems
 
@@ -39,6 +41,7 @@ class LoadedRegistry:
     registry: Registry
     text: str
     warnings: list[str] = field(default_factory=list)
+    audit: AuditHead | None = None  # the [audit] table: None in a registry older than its audit log
 
     @property
     def identity_path(self) -> Path:
@@ -211,6 +214,7 @@ class Inspection:
     registry: Registry | None  # None when there are problems
     problems: list[Problem]  # what makes the registry unusable
     warnings: list[str]  # what is wrong but does not stop a command (permissions)
+    audit: AuditHead | None = None
 
 
 def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> Inspection:
@@ -238,7 +242,8 @@ def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> In
     problems += _identity_problems(path, master)
     private = [path, _identity_file(path, master)]
     warnings = [problem for file in private if file and (problem := permission_problem(file))]
-    return Inspection(path, text, None if problems else registry, problems, warnings)
+    head = schema.audit_from_data(data.get("audit"), Problems()) if not problems else None
+    return Inspection(path, text, None if problems else registry, problems, warnings, head)
 
 
 def load(path: Path | None = None, *, real: Path | None = None) -> LoadedRegistry:
@@ -247,7 +252,7 @@ def load(path: Path | None = None, *, real: Path | None = None) -> LoadedRegistr
     inspection = inspect(path, real=real)
     if inspection.problems or inspection.registry is None:
         raise _first_as_error(inspection.problems)
-    return LoadedRegistry(path, inspection.registry, inspection.text, inspection.warnings)
+    return LoadedRegistry(path, inspection.registry, inspection.text, inspection.warnings, inspection.audit)
 
 
 def check(path: Path) -> list[str]:
@@ -283,6 +288,7 @@ class Editor:
         self.workers = dict(loaded.registry.workers)
         self._changed: dict[str, Worker | None] = {}  # None: removed
         self._added: list[str] = []
+        self._notes: list[audit.Change] = []  # records of events that change no table
 
     @property
     def registry(self) -> Registry:
@@ -330,19 +336,92 @@ class Editor:
         except tomledit.LayoutError as e:
             raise RegistryError(str(self.path), f"cannot edit this layout: {e}; file unchanged") from None
 
-    def save(self) -> None:
-        if not self.dirty:
+    def note(self, change: audit.Change) -> None:
+        """Record an event that changes no table (say, the master dropping a revoked
+        worker's live connection) in the same chain, after this edit's own changes."""
+        self._notes.append(change)
+
+    def changes(self) -> list[audit.Change]:
+        """What the audit log will record of this edit: one change per worker that differs, then the notes."""
+        before = self.loaded.registry
+        return audit.diff(before.workers, self.workers, before.master, self.registry.master) + self._notes
+
+    def save(self, *, now: datetime | None = None, actor: Mapping[str, str] | None = None) -> None:
+        """Append one audit record per change (fsync'd), then replace the registry.
+
+        In that order: a crash in between leaves the log ahead of the
+        registry's [audit] count, which ``audit verify`` explains as an
+        interrupted edit; the other order would leave changes no record tells of.
+        """
+        changes = self.changes()
+        if not self.dirty and not changes:
             return
         text = self.render()
+        if changes:
+            log = audit.log_path(self.target)
+            last = audit.last_record(log)
+            anchor = self.loaded.audit
+            count = anchor.count if anchor else 0
+            if last is not None and last["seq"] >= count:
+                seq, prev = last["seq"], last["hash"]  # after an interrupted edit too
+            else:
+                seq, prev = count, anchor.head if anchor else None
+            records = audit.chain(
+                changes,
+                after_seq=seq,
+                prev=prev,
+                now=now if now is not None else datetime.now(UTC),
+                actor=actor if actor is not None else audit.cli_actor(),
+            )
+            text = with_audit_table(text, AuditHead(records[-1]["hash"], records[-1]["seq"]), str(self.path))
+            registry_from_text(self.path, text)  # never write what we could not read back
+            audit.append(log, records, max_bytes=audit.AUDIT_MAX_BYTES, owner=owner_of(self.target))
         try:
             atomic_write(self.target, text.encode("utf-8"))
         except OSError as e:
             raise RegistryError(str(self.path), f"cannot write: {e.strerror}") from None
 
 
+AUDIT_COMMENT = "# Written by bbenroll with every audit record (docs/registry.md); do not edit."
+
+
+def audit_table(head: AuditHead, newline: str = "\n") -> str:
+    lines = ["[audit]", AUDIT_COMMENT, f'head = "{head.head}"', f"count = {head.count}"]
+    return newline.join(lines) + newline
+
+
+def with_audit_table(text: str, head: AuditHead, where: str) -> str:
+    """``text`` with its ``[audit]`` table replaced (or appended, for an older registry)."""
+    from bbenroll.registry.tomledit import newline_of
+    from bbenroll.registry.tomlscan import ScanError, scan, table_span
+
+    newline = newline_of(text)
+    try:
+        scanned = scan(text)
+    except ScanError as e:
+        raise RegistryError(where, f"cannot edit this layout: {e}; file unchanged") from None
+    for index, header in enumerate(scanned.headers):
+        if header.path == ("audit",) and not header.is_array:
+            start, end = table_span(scanned, index, subtables=False)
+            return text[:start] + audit_table(head, newline) + text[end:]
+    if text and not text.endswith("\n"):
+        text += newline
+    return text + newline + audit_table(head, newline)
+
+
 @contextlib.contextmanager
-def edit(path: Path | None = None, timeout: float = 30.0) -> Iterator[Editor]:
+def edit(
+    path: Path | None = None,
+    timeout: float = 30.0,
+    *,
+    actor: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> Iterator[Editor]:
     """Lock, load, let the caller change things, save atomically if it returns.
+
+    Every change is audited on the way out (:meth:`Editor.save`): ``actor``
+    defaults to the CLI's OS user and host, ``now`` (the records' time) to
+    the wall clock, for callers that do not pass their own.
 
     The path is resolved once, here: the lock, the read and the write all go
     to that one real file, whatever a symlink on the way points to later.
@@ -354,13 +433,22 @@ def edit(path: Path | None = None, timeout: float = 30.0) -> Iterator[Editor]:
     with exclusive_lock(lock_path(real), timeout=timeout, owned_like=real):
         editor = Editor(load(path, real=real), real)
         yield editor
-        editor.save()
+        editor.save(now=now, actor=actor)
 
 
 def create(
-    path: Path, *, location: list[str], listen: str, pb: str, identity: str
+    path: Path,
+    *,
+    location: list[str],
+    listen: str,
+    pb: str,
+    identity: str,
+    now: datetime | None = None,
+    actor: Mapping[str, str] | None = None,
 ) -> LoadedRegistry:
     """Write a new registry and a new master identity; refuses to replace either."""
     from bbenroll.registry.create import create_registry
 
-    return create_registry(path, location=location, listen=listen, pb=pb, identity=identity)
+    return create_registry(
+        path, location=location, listen=listen, pb=pb, identity=identity, now=now, actor=actor
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -42,6 +43,8 @@ SUCCESSES = {
     "restore": (["restore", "w1"], "revoked", {"name", "furl", "state"}),
     "remove": (["remove", "w1", "--yes"], None, {"name", "removed"}),
     "check": (["check"], None, {"registry", "ok", "problems"}),
+    "audit verify": (["audit", "verify"], "own audit log",
+                     {"registry", "log", "ok", "intact", "records", "head"}),
     "status": (["status"], None, {"running", "why", "updated", "workers"}),
     "completion": (["completion", "bash"], None, {"shell", "script"}),
     "demo": (["demo"], "demo success", {"ok", "result", "build", "furl"}),
@@ -66,6 +69,8 @@ ERRORS = {
     "remove": (["remove", "w1"], None, 1,
                "refusing to remove worker 'w1' without --yes (no terminal to ask)"),
     "status": (["status"], "damaged status", 1, None),
+    "audit, usage": (["audit", "--action", "frobbed"], None, 2, None),
+    "audit verify": (["audit", "verify"], "broken registry", 1, None),
     "completion": (["completion", "tcsh"], None, 2, None),
     "worker create": (["worker", "create", "{d}/w", "pb://nonsense"], None, 1,
                       "a FURL has the form pb://TUBID@HINT[,HINT...]/SWISSNUM"),
@@ -90,6 +95,11 @@ def prepare(cli, reg_path, monkeypatch):
             (reg_path.parent / "workers.status.json").write_bytes(b"\xff")
         elif what == "open permissions":
             os.chmod(reg_path, 0o644)
+        elif what == "own audit log":  # the fixture's registry comes without the log its [audit] counts
+            (reg_path.parent / "workers.audit.jsonl").unlink()
+            text = re.sub(r"\[audit\]\n(?:#.*\n)?head = .*\ncount = .*\n", "", reg_path.read_text())
+            reg_path.write_text(text)
+            assert cli("rotate", "w1").code == 0  # the chain starts here
         elif what == "broken registry":
             reg_path.write_text("version = ")
         elif what and what.startswith("editor"):

@@ -43,6 +43,7 @@ def test_docs_show_the_tables_of_the_definition() -> None:
     docs = (ROOT / "docs" / "registry.md").read_text(encoding="utf-8")
     assert schema.markdown_table(MASTER_FIELDS, "master") in docs
     assert schema.markdown_table(WORKER_FIELDS, "workers.NAME") in docs
+    assert schema.markdown_table(schema.AUDIT_FIELDS, "audit") in docs
     # and the numbers the prose quotes
     assert f"at most {model.WORKER_NAME_MAX} characters" in docs
     assert f"within {model.DEFAULT_EXPIRING_WITHIN.days} days" in docs
