@@ -29,8 +29,8 @@ def _template_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def reg_path(tmp_path: Path, _template_registry: Path) -> Path:
-    """A fresh copy of a freshly initialised registry (no workers), mode 0600."""
-    for name in ("workers.toml", "master.pem"):
+    """A fresh copy of a freshly initialised registry (no workers), mode 0600, with its audit log."""
+    for name in ("workers.toml", "master.pem", "workers.audit.jsonl"):
         shutil.copy2(_template_registry / name, tmp_path / name)
     return tmp_path / "workers.toml"
 

@@ -48,7 +48,7 @@ class App:
         problem = permission_problem(self.registry_path)
         if problem:
             self.out.warn(problem)
-        return store.edit(self.registry_path)
+        return store.edit(self.registry_path, now=self.now())  # audit records get the injected clock
 
     def warn_all(self, warnings: Sequence[str]) -> None:
         for warning in warnings:

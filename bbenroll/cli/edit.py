@@ -116,7 +116,7 @@ def interactive() -> bool:
 @click.pass_obj
 def command(app: App) -> Result:
     """Edit the registry in $VISUAL/$EDITOR with the lock held; saved only if valid."""
-    from bbenroll.fileio import atomic_write, exclusive_lock
+    from bbenroll.fileio import exclusive_lock
     from bbenroll.registry import store
 
     path = Path(app.registry_path)
@@ -143,10 +143,10 @@ def command(app: App) -> Result:
                     raise EditFailed(f"{path}: {found}; registry unchanged")
                 if not click.confirm("edit again?", default=True, err=True):
                     raise EditFailed(f"{path}: not saved; registry unchanged")
-            try:
-                atomic_write(real, edited)
-            except OSError as e:
-                raise EditFailed(f"{path}: cannot write: {e.strerror}; registry unchanged") from None
+            try:  # audited like every other edit; the [audit] table is put back as it must be
+                store.replace_text(path, real, edited.decode("utf-8"), now=app.now())
+            except store.RegistryError as e:
+                raise EditFailed(f"{e}; registry unchanged") from None
     diff = changes(path, original.decode("utf-8", "replace"), edited.decode("utf-8"))
     document = {"registry": str(path), "saved": True, **diff}
 

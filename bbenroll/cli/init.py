@@ -94,7 +94,9 @@ def command(app: App, locations: tuple[str, ...], listen: str, pb: str, identity
             f"no --location given; FURLs will point at {location[0]} (change [master].location "
             "in the registry before handing out FURLs if workers cannot resolve that name)"
         )
-    loaded = store.create(app.registry_path, location=location, listen=listen, pb=pb, identity=identity)
+    loaded = store.create(
+        app.registry_path, location=location, listen=listen, pb=pb, identity=identity, now=app.now()
+    )
     master = loaded.registry.master
 
     def show(out: Output) -> None:

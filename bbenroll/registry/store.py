@@ -358,28 +358,74 @@ class Editor:
             return
         text = self.render()
         if changes:
-            log = audit.log_path(self.target)
-            last = audit.last_record(log)
-            anchor = self.loaded.audit
-            count = anchor.count if anchor else 0
-            if last is not None and last["seq"] >= count:
-                seq, prev = last["seq"], last["hash"]  # after an interrupted edit too
-            else:
-                seq, prev = count, anchor.head if anchor else None
-            records = audit.chain(
-                changes,
-                after_seq=seq,
-                prev=prev,
-                now=now if now is not None else datetime.now(UTC),
-                actor=actor if actor is not None else audit.cli_actor(),
-            )
-            text = with_audit_table(text, AuditHead(records[-1]["hash"], records[-1]["seq"]), str(self.path))
-            registry_from_text(self.path, text)  # never write what we could not read back
-            audit.append(log, records, max_bytes=audit.AUDIT_MAX_BYTES, owner=owner_of(self.target))
+            text = audited(self.path, self.target, self.loaded.audit, text, changes, now=now, actor=actor)
         try:
             atomic_write(self.target, text.encode("utf-8"))
         except OSError as e:
             raise RegistryError(str(self.path), f"cannot write: {e.strerror}") from None
+
+
+def audited(
+    path: Path,
+    target: Path,
+    anchor: AuditHead | None,
+    text: str,
+    changes: list[audit.Change],
+    *,
+    now: datetime | None,
+    actor: Mapping[str, str] | None,
+) -> str:
+    """Append ``changes`` to the audit log of ``target`` (fsync'd, chained after ``anchor``,
+    the [audit] table read under the lock) and return ``text`` with its new [audit] table.
+
+    The caller holds the lock and writes the returned text next: a crash in
+    between leaves the log ahead of the registry's count, which ``audit
+    verify`` explains as an interrupted edit.
+    """
+    log = audit.log_path(target)
+    last = audit.last_record(log)
+    count = anchor.count if anchor else 0
+    if last is not None and last["seq"] >= count:
+        seq, prev = last["seq"], last["hash"]  # after an interrupted edit too
+    else:
+        seq, prev = count, anchor.head if anchor else None
+    records = audit.chain(
+        changes,
+        after_seq=seq,
+        prev=prev,
+        now=now if now is not None else datetime.now(UTC),
+        actor=actor if actor is not None else audit.cli_actor(),
+    )
+    text = with_audit_table(text, AuditHead(records[-1]["hash"], records[-1]["seq"]), str(path))
+    registry_from_text(path, text)  # never write what we could not read back
+    audit.append(log, records, max_bytes=audit.AUDIT_MAX_BYTES, owner=owner_of(target))
+    return text
+
+
+def replace_text(
+    path: Path,
+    real: Path,
+    text: str,
+    *,
+    now: datetime | None = None,
+    actor: Mapping[str, str] | None = None,
+) -> None:
+    """Replace the registry at ``real`` with ``text`` (checked already), auditing what changed.
+
+    For ``bbenroll edit``, which holds the lock (:func:`lock_path`) itself. The
+    [audit] table is always ours: what an editor did to it is replaced.
+    """
+    before = load(path, real=real)
+    after = registry_from_text(path, text)
+    changes = audit.diff(before.registry.workers, after.workers, before.registry.master, after.master)
+    if changes:
+        text = audited(path, real, before.audit, text, changes, now=now, actor=actor)
+    elif before.audit is not None:  # nothing audited changed: keep the anchor as it was
+        text = with_audit_table(text, before.audit, str(path))
+    try:
+        atomic_write(real, text.encode("utf-8"))
+    except OSError as e:
+        raise RegistryError(str(path), f"cannot write: {e.strerror}") from None
 
 
 AUDIT_COMMENT = "# Written by bbenroll with every audit record (docs/registry.md); do not edit."

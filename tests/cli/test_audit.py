@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import tomllib
 from datetime import UTC, datetime, timedelta
@@ -16,14 +15,6 @@ from bbenroll.cli import COMMANDS
 from bbenroll.cli import audit as audit_cli
 from bbenroll.registry import audit
 from tests.helpers.cli import Clock
-
-
-@pytest.fixture
-def reg_path(tmp_path: Path, _template_registry: Path) -> Path:
-    """A fresh registry with its audit log (one 'initialized' record)."""
-    for name in ("workers.toml", "master.pem", "workers.audit.jsonl"):
-        shutil.copy2(_template_registry / name, tmp_path / name)
-    return tmp_path / "workers.toml"
 
 
 def log_of(reg_path: Path) -> Path:

@@ -12,6 +12,7 @@ import pytest
 
 from bbenroll.cli import edit as edit_module
 from bbenroll.registry import model, store
+from bbenroll.times import format_time
 from tests.helpers.cli import FIXED_NOW
 
 # The "editor": replaces EDIT_OLD by EDIT_NEW (on its Nth run EDIT_OLD_<N>/EDIT_NEW_<N> if set), records
@@ -206,3 +207,25 @@ def test_a_duplicate_secret_is_refused_like_check_refuses_it(cli, registry, edit
     assert "workers.w2.swissnum: same secret as worker 'w1'" in result.err.splitlines()[0]
     assert result.err.splitlines()[-1] == f"error: {registry}: 1 problem; registry unchanged"
     assert registry.read_bytes() == before
+
+
+def test_an_edit_is_audited_and_its_audit_table_is_ours(cli, registry, editor):
+    """Like every other edit: one record per changed worker, chained, at the CLI's clock;
+    an [audit] table changed in the editor is put back to what the chain says."""
+    log = registry.parent / "workers.audit.jsonl"
+    before = log.read_text().splitlines()
+    forged = 'head = "sha256:' + "0" * 64 + '"'
+    text = registry.read_text()
+    old_head = next(line for line in text.splitlines() if line.startswith("head = "))
+    result = cli("edit", env=editor(EDIT_OLD_1='note = "rack 1"', EDIT_NEW_1='note = "rack 9"'))
+    assert result.code == 0, result.err
+    # a second session that only forges the anchor: nothing audited changed, anchor kept
+    result = cli("edit", env=editor(EDIT_OLD=old_head, EDIT_NEW=forged))
+    assert result.code == 0, result.err
+    after = log.read_text().splitlines()
+    assert len(after) == len(before) + 1
+    record = json.loads(after[-1])
+    assert (record["action"], record["worker"]) == ("changed", "w1")
+    assert record["time"] == format_time(FIXED_NOW)  # the CLI's injected clock, not the wall clock
+    assert forged not in registry.read_text()
+    assert cli("audit", "verify").code == 0

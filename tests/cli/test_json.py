@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import pytest
 
@@ -43,7 +42,7 @@ SUCCESSES = {
     "restore": (["restore", "w1"], "revoked", {"name", "furl", "state"}),
     "remove": (["remove", "w1", "--yes"], None, {"name", "removed"}),
     "check": (["check"], None, {"registry", "ok", "problems"}),
-    "audit verify": (["audit", "verify"], "own audit log",
+    "audit verify": (["audit", "verify"], None,
                      {"registry", "log", "ok", "intact", "records", "head"}),
     "status": (["status"], None, {"running", "why", "updated", "workers"}),
     "completion": (["completion", "bash"], None, {"shell", "script"}),
@@ -85,7 +84,7 @@ ERRORS = {
 def prepare(cli, reg_path, monkeypatch):
     def prepare(what: str | None) -> None:
         if what == "fresh":
-            for name in ("workers.toml", "master.pem"):
+            for name in ("workers.toml", "master.pem", "workers.audit.jsonl"):
                 (reg_path.parent / name).unlink()
             return
         assert cli("add", "w1").code == 0
@@ -95,11 +94,6 @@ def prepare(cli, reg_path, monkeypatch):
             (reg_path.parent / "workers.status.json").write_bytes(b"\xff")
         elif what == "open permissions":
             os.chmod(reg_path, 0o644)
-        elif what == "own audit log":  # the fixture's registry comes without the log its [audit] counts
-            (reg_path.parent / "workers.audit.jsonl").unlink()
-            text = re.sub(r"\[audit\]\n(?:#.*\n)?head = .*\ncount = .*\n", "", reg_path.read_text())
-            reg_path.write_text(text)
-            assert cli("rotate", "w1").code == 0  # the chain starts here
         elif what == "broken registry":
             reg_path.write_text("version = ")
         elif what and what.startswith("editor"):
