@@ -165,7 +165,8 @@ WORKER_FIELDS = (
     Field(
         "previous",
         PREVIOUS,
-        '`{swissnum = "...", until = DATE-TIME}`: the secret a `rotate --grace` replaced, accepted until '
+        '`{swissnum = "...", until = DATE-TIME}`: the secret a `rotate` replaced (with its grace '
+        "period), accepted until "
         "`until`. Only the most recent previous secret is kept.",
     ),
     Field("revoked", TIME, "Present when revoked: the master refuses the worker."),
