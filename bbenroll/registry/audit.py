@@ -147,7 +147,12 @@ def worker_change(old: Any, new: Any) -> Change | None:
         return Change("restored", new.name, old_fp, new_fp)
     if old_fp != new_fp:
         grace = new.previous is not None and new.previous.swissnum == old.swissnum
-        reason = f"grace until {format_time(new.previous.until)}" if grace else None
+        if grace:
+            reason = f"grace until {format_time(new.previous.until)}"
+        else:  # `rotate --compromised`: say so, the one rotation an investigation looks for
+            reason = "old secret refused at once" + (
+                "; PB password changed" if new.password != old.password else ""
+            )
         return Change("rotated", new.name, old_fp, new_fp, reason)
     return Change("changed", new.name, old_fp, new_fp)
 

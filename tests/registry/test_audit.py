@@ -91,6 +91,9 @@ def test_diff_derives_the_action_from_the_change():
     (change,) = audit.diff({"w1": w}, {"w1": graced})
     assert change.reason == "grace until 2026-12-02T12:00:00Z"
     assert change.new_secret == audit.fingerprint(graced.swissnum)
+    compromised = model.rotate(w, NOW, None, compromised=True)
+    (change,) = audit.diff({"w1": w}, {"w1": compromised})
+    assert change.reason == "old secret refused at once; PB password changed"
     master = model.MasterSettings("m.pem", "a" * 32, ("tcp:h:1",), "tcp:1")
     changes = audit.diff({}, {}, master, replace(master, listen="tcp:2"))
     assert [c.action for c in changes] == ["master-changed"]
