@@ -12,20 +12,8 @@ from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import DurationType, output_options
 from bbenroll.errors import BBEnrollError
+from bbenroll.registry.audit import ACTIONS  # stdlib only: no cost to start-up
 
-# the same tuple as bbenroll.registry.audit.ACTIONS, spelled out so that
-# parsing the options does not import the registry layer (a test keeps them equal)
-ACTIONS = (
-    "initialized",
-    "added",
-    "removed",
-    "rotated",
-    "revoked",
-    "restored",
-    "changed",
-    "master-changed",
-    "connection-dropped",
-)
 COLUMNS = ("time", "actor", "action", "worker", "old secret", "new secret", "reason")
 
 

@@ -69,27 +69,17 @@ def run_editor(command: list[str], path: Path) -> None:
         raise EditFailed(f"the editor {command[0]!r} exited with status {status}; registry unchanged")
 
 
-def _workers(path: Path, text: str) -> tuple[Any, dict[str, Any]] | None:
-    from bbenroll.registry import store
-
-    try:
-        registry = store.registry_from_text(path, text)
-    except BBEnrollError:
-        return None
-    return registry.master, registry.workers
-
-
-def changes(path: Path, old_text: str, new_text: str) -> dict[str, Any]:
-    """What an edit changed: workers added, removed and changed, and the master's settings."""
-    old, new = _workers(path, old_text), _workers(path, new_text)
-    if old is None or new is None:  # the old file did not load: nothing to compare it with
+def summary(changes: list[Any] | None) -> dict[str, Any]:
+    """What an edit changed, from its audit records: workers added, removed and changed,
+    and whether the master's settings changed (None: the old file did not load)."""
+    if changes is None:
         return {"added": [], "removed": [], "changed": [], "master": None}
-    (old_master, old_workers), (new_master, new_workers) = old, new
+    named = [c for c in changes if c.worker is not None]
     return {
-        "added": [n for n in new_workers if n not in old_workers],
-        "removed": [n for n in old_workers if n not in new_workers],
-        "changed": [n for n in new_workers if n in old_workers and new_workers[n] != old_workers[n]],
-        "master": new_master != old_master,
+        "added": [c.worker for c in named if c.action == "added"],
+        "removed": [c.worker for c in named if c.action == "removed"],
+        "changed": [c.worker for c in named if c.action not in ("added", "removed")],
+        "master": any(c.action == "master-changed" for c in changes),
     }
 
 
@@ -144,10 +134,10 @@ def command(app: App) -> Result:
                 if not click.confirm("edit again?", default=True, err=True):
                     raise EditFailed(f"{path}: not saved; registry unchanged")
             try:  # audited like every other edit; the [audit] table is put back as it must be
-                store.replace_text(path, real, edited.decode("utf-8"), now=app.now())
+                recorded = store.replace_text(path, real, edited.decode("utf-8"), now=app.now())
             except store.RegistryError as e:
                 raise EditFailed(f"{e}; registry unchanged") from None
-    diff = changes(path, original.decode("utf-8", "replace"), edited.decode("utf-8"))
+    diff = summary(recorded)
     document = {"registry": str(path), "saved": True, **diff}
 
     def show(out: Output) -> None:

@@ -5,7 +5,6 @@ Not ``set.py``: it would shadow the ``set`` builtin in a reader's mind and in im
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 import click
@@ -14,34 +13,6 @@ from click.core import ParameterSource
 from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import WhenType, complete_worker_names, output_options
-from bbenroll.errors import WrongState
-from bbenroll.registry.model import Worker
-from bbenroll.times import format_time
-
-KEEP = object()  # "not given": --expires never means None, so None cannot mean "leave it"
-
-
-def change_worker(
-    worker: Worker,
-    now: datetime,
-    *,
-    expires: datetime | object | None = KEEP,
-    tag: tuple[str, ...] = (),
-    untag: tuple[str, ...] = (),
-    note: str | object | None = KEEP,
-) -> Worker:
-    """``worker`` with new settings; its secrets and dates are never touched."""
-    changes: dict[str, object] = {}
-    if expires is not KEEP:
-        if isinstance(expires, datetime) and expires <= now:
-            raise WrongState(f"expiry {format_time(expires)} is in the past")
-        changes["expires"] = expires
-    if tag or untag:
-        kept = [t for t in worker.tags if t not in untag]
-        changes["tags"] = tuple(dict.fromkeys([*kept, *(t for t in tag if t not in untag)]))
-    if note is not KEEP:
-        changes["note"] = note or None  # --note "" clears it
-    return replace(worker, **changes)
 
 
 def _non_empty(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -84,13 +55,13 @@ def command(
     with app.edit() as editor:
         targets = list(dict.fromkeys(names))
         for name in targets:
-            worker = change_worker(
+            worker = model.change(
                 editor.worker(name),
                 now,
-                expires=expires if given_expires else KEEP,
+                expires=expires if given_expires else model.KEEP,
                 tag=tags,
                 untag=untags,
-                note=KEEP if note is None else note,
+                note=model.KEEP if note is None else note,
             )
             editor.update(worker)
         results = [model.worker_summary(editor.workers[n], now) for n in targets]

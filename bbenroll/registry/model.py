@@ -230,8 +230,7 @@ def new_worker(
 ) -> Worker:
     check_buildbot_name(name)  # the registry's rule; ``add`` applies check_worker_name's stricter one first
     now = to_utc(now)
-    if expires is not None and expires <= now:
-        raise WrongState(f"expiry {format_time(expires)} is in the past")
+    check_expiry(expires, now)
     return Worker(
         name=name,
         swissnum=new_swissnum(),
@@ -242,6 +241,37 @@ def new_worker(
         tags=tuple(dict.fromkeys(tags)),
         note=note or None,
     )
+
+
+def check_expiry(expires: datetime | None, now: datetime) -> None:
+    """A new expiry must lie ahead (None: never expires)."""
+    if expires is not None and expires <= now:
+        raise WrongState(f"expiry {format_time(expires)} is in the past")
+
+
+KEEP: Any = object()  # "not given" for change(): expires=None means "never", so None cannot mean "leave it"
+
+
+def change(
+    worker: Worker,
+    now: datetime,
+    *,
+    expires: datetime | None = KEEP,
+    tag: tuple[str, ...] = (),
+    untag: tuple[str, ...] = (),
+    note: str | None = KEEP,
+) -> Worker:
+    """``worker`` with new settings (``bbenroll set``); its secrets and dates are never touched."""
+    changes: dict[str, Any] = {}
+    if expires is not KEEP:
+        check_expiry(expires, to_utc(now))
+        changes["expires"] = expires
+    if tag or untag:
+        kept = [t for t in worker.tags if t not in untag]
+        changes["tags"] = tuple(dict.fromkeys([*kept, *(t for t in tag if t not in untag)]))
+    if note is not KEEP:
+        changes["note"] = note or None  # --note "" clears it
+    return replace(worker, **changes)
 
 
 def rotate(

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bbenroll.errors import IdentityError, RegistryError, WorkerExists, WorkerNotFound
+from bbenroll.errors import BBEnrollError, IdentityError, RegistryError, WorkerExists, WorkerNotFound
 from bbenroll.fileio import atomic_write, exclusive_lock, owner_of, permission_problem
 from bbenroll.identity import load_identity
 from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, audit, schema
@@ -409,23 +409,33 @@ def replace_text(
     *,
     now: datetime | None = None,
     actor: Mapping[str, str] | None = None,
-) -> None:
+) -> list[audit.Change] | None:
     """Replace the registry at ``real`` with ``text`` (checked already), auditing what changed.
 
     For ``bbenroll edit``, which holds the lock (:func:`lock_path`) itself. The
-    [audit] table is always ours: what an editor did to it is replaced.
+    [audit] table is always ours: what an editor did to it is replaced. Returns
+    the changes recorded, or None when the old file did not load (an edit that
+    repairs it): then one record says so, chained after the log's last record.
     """
-    before = load(path, real=real)
     after = registry_from_text(path, text)
-    changes = audit.diff(before.registry.workers, after.workers, before.registry.master, after.master)
-    if changes:
-        text = audited(path, real, before.audit, text, changes, now=now, actor=actor)
-    elif before.audit is not None:  # nothing audited changed: keep the anchor as it was
-        text = with_audit_table(text, before.audit, str(path))
+    try:
+        before: LoadedRegistry | None = load(path, real=real)
+    except BBEnrollError:
+        before = None
+    if before is None:
+        changes = [audit.Change("changed", reason="edited while it did not load: no per-worker record")]
+        text = audited(path, real, None, text, changes, now=now, actor=actor)
+    else:
+        changes = audit.diff(before.registry.workers, after.workers, before.registry.master, after.master)
+        if changes:
+            text = audited(path, real, before.audit, text, changes, now=now, actor=actor)
+        elif before.audit is not None:  # nothing audited changed: keep the anchor as it was
+            text = with_audit_table(text, before.audit, str(path))
     try:
         atomic_write(real, text.encode("utf-8"))
     except OSError as e:
         raise RegistryError(str(path), f"cannot write: {e.strerror}") from None
+    return changes if before is not None else None
 
 
 AUDIT_COMMENT = "# Written by bbenroll with every audit record (docs/registry.md); do not edit."
