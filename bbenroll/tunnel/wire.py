@@ -71,6 +71,28 @@ class RITunnelPeer(RemoteInterface):
         return Nothing()
 
 
+FurlText = UnicodeConstraint(maxLength=2048)  # a FURL with a few hints fits many times over
+Serial = IntegerConstraint(maxBytes=8)
+FailureText = UnicodeConstraint(maxLength=300)
+
+
+class RIFurlUpdater(RemoteInterface):
+    """The worker's end of pushed rotation (docs/rotation.md): the master offers new FURLs.
+
+    Handed to the master by ``subscribe_updates``; a worker that never subscribes
+    (bbenroll before pushed rotation) is never offered anything.
+    """
+
+    __remote_name__ = "RIFurlUpdater.bbenroll.v1"
+
+    def offer_furl(serial=Serial, furl=FurlText):
+        """The worker's newest FURL, numbered ``serial``. The worker tests it, writes it and
+        confirms it over a connection made with it (``confirm_furl``), or reports
+        ``furl_update_failed``. An offer whose serial is not above the worker's own is ignored,
+        so a repeated or late push is harmless."""
+        return Nothing()
+
+
 class RIEnrolledWorker(RITunnelPeer):
     """What a worker's FURL resolves to on the master."""
 
@@ -96,6 +118,27 @@ class RIEnrolledWorker(RITunnelPeer):
         grant (at most what was asked); the worker keeps its streams no longer.
         """
         return DictOf(UnicodeConstraint(maxLength=16), Any(), maxKeys=8)
+
+    # -- pushed rotation (docs/rotation.md); a master without them answers with a failure,
+    # which a worker ignores: it then simply never gets offers --------------------------
+
+    def subscribe_updates(updater=RIFurlUpdater, serial=Serial):
+        """Offer this worker its new FURLs through ``updater``; ``serial`` is the number of
+        the FURL the worker holds (0: none known). The master offers at once if the
+        registry holds a newer one or this connection used a secret being rotated away."""
+        return Nothing()
+
+    def confirm_furl(serial=Serial):
+        """Called over a connection made with FURL ``serial``: the worker holds it, has
+        written it, and its streams moved here. The master records the delivery and
+        retires the old secret. Returns ``{"status": "confirmed"|"stale"}`` ("stale": the
+        registry already holds a newer FURL, which will be offered)."""
+        return DictOf(UnicodeConstraint(maxLength=16), Any(), maxKeys=4)
+
+    def furl_update_failed(serial=Serial, reason=FailureText):
+        """The worker could not test or write FURL ``serial``; it keeps its old one. The
+        master logs ``reason`` and keeps the old secret valid (until the grace ends)."""
+        return Nothing()
 
 
 # Each frame type and the remote method that carries it, with the frame's fields
