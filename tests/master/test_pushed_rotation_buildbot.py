@@ -60,11 +60,11 @@ def settle(farm: RotationFarm) -> None:
     """Every worker running, connected and holding the registry's FURL; a worker a failed
     test left broken is re-created, so one failure does not take the others with it."""
     for name, worker in farm.workers.items():
-        furl, _ = worker.furl_in_file()
+        held = swissnum(worker.furl_in_file()[0])
         entry = farm.entry(name)
-        if worker.pid() is None or entry.revoked is not None or swissnum(furl) not in (
-            entry.swissnum, entry.previous.swissnum if entry.previous else None
-        ):
+        in_grace = entry.previous is not None and entry.previous.until > utc_now()
+        will_update = in_grace and held == entry.previous.swissnum  # the master will push it
+        if worker.pid() is None or not (held == entry.swissnum or will_update):
             worker.stop()
             worker.create(farm.registry_furl(name), force=True)
             worker.start()
