@@ -136,8 +136,11 @@ class Worker:
                    input_text=furl, timeout=120)
         assert proc.returncode == 0, proc.stderr
 
-    def start(self) -> None:
-        run(BIN / "buildbot-worker", "start", self.basedir, timeout=60)
+    def start(self, *, refused: bool = False) -> None:
+        """``buildbot-worker start``, which waits until the worker is attached; ``refused``: it
+        will not be (its FURL is refused), and the start command says so after 10 s."""
+        proc = run(BIN / "buildbot-worker", "start", self.basedir, timeout=60, check=not refused)
+        assert not refused or proc.returncode != 0, "the worker started although it should be refused"
 
     def stop(self) -> None:
         stop_daemon("buildbot-worker", self.basedir)

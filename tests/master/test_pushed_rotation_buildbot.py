@@ -212,7 +212,7 @@ def test_a_worker_offline_during_a_rotation_updates_itself_within_the_grace_and_
     wait_for(lambda: utc_now() > entry.previous.until, timeout=10, what="the grace to end")
     time.sleep(1)  # the master's clock has whole seconds: well past it
     mark = len(worker.log_text())
-    worker.start()
+    worker.start(refused=True)
     message = retired_message(entry.rotated)
     wait_for(lambda: message in worker.log_text()[mark:], timeout=30, what="the refusal in w2's log")
     assert not farm.connected("w2")
