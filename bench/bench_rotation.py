@@ -62,7 +62,10 @@ HEARTBEAT = 0.2  # s between the 1 KiB writes of each bench stream
 SERVE = """
 import sys
 from twisted.internet import protocol, reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
 from bbenroll.master.service import EnrollmentService
+
+globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[3], "a"))], redirectStandardIO=False)
 
 class Sink(protocol.Protocol):  # Buildbot's PB port, for the bench: takes bytes, says nothing
     def dataReceived(self, data):
@@ -80,7 +83,9 @@ import json, sys, threading
 from pathlib import Path
 from twisted.internet import protocol, reactor, task
 from twisted.internet.endpoints import clientFromString
+from twisted.logger import globalLogBeginner, textFileLogObserver
 
+globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[3], "a"))], redirectStandardIO=False)
 paths = sorted(Path(sys.argv[1]).glob("*/bbenroll.furl"))
 state = {"open": 0, "lost": 0, "failed": 0}
 
@@ -177,6 +182,7 @@ class Fleet:
         from bbenroll.registry import store
         from tests.helpers.cli import run_cli
 
+        directory.mkdir(parents=True)
         self.registry = directory / "workers.toml"
         listen, pb = free_port(), free_port()
         store.create(self.registry, location=[f"tcp:{LOOP}:{listen}"],
@@ -194,9 +200,11 @@ class Fleet:
             furl_file.write_text(result.out.strip() + "\n")
             furl_file.chmod(0o600)
         self.procs: list[subprocess.Popen[str]] = []
-        self.master = self._start([PYTHON, "-c", SERVE, str(self.registry), str(pb)], "the master")
-        self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(HEARTBEAT)], f"{n} tunnels",
-                                  stdin=True)
+        # their logs stay in the directory (--keep) for when a round fails
+        self.master = self._start([PYTHON, "-c", SERVE, str(self.registry), str(pb),
+                                   str(directory / "master.log")], "the master")
+        self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(HEARTBEAT),
+                                   str(directory / "client.log")], f"{n} tunnels", stdin=True)
 
     def _start(self, argv: list[str], what: str, stdin: bool = False) -> subprocess.Popen[str]:
         proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,

@@ -173,6 +173,7 @@ class RotationFarm:
         self.www = free_port()
         self.port = free_port()
         self.workers: dict[str, Worker] = {}
+        tmp.mkdir(parents=True, exist_ok=True)
         run(BIN / "buildbot", "create-master", "--quiet", "--db", "sqlite:///state.sqlite", self.basedir)
         cfg = MASTER_CFG.format(www_port=self.www, python=sys.executable, script=OUTPUT_SCRIPT)
         (self.basedir / "master.cfg").write_text(cfg)
