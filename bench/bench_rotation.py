@@ -12,7 +12,8 @@ buildbot and buildbot-worker; the script imports ``tests.helpers`` from the chec
    counts bytes, standing in for Buildbot's). One client process holds N tunnels, one
    per worker, each opened the way buildbot-worker opens it (``clientFromString``
    with ``bbenroll:furlfile=...``, so the process's one ``TunnelTable``), each with one
-   stream writing 1 KiB every 0.2 s. A round runs ``bbenroll rotate --all`` (a fresh
+   stream that logs in to the PB port as its worker (the master checks that), then
+   writes 1 KiB every 0.2 s. A round runs ``bbenroll rotate --all`` (a fresh
    process, as an admin would) and polls the registry every 20 ms until every worker's
    ``delivered`` equals its ``serial``. Time 0 is just before the command starts. It
    reports the command's own time, the first, median and last worker seen confirmed,
@@ -84,6 +85,7 @@ from pathlib import Path
 from twisted.internet import protocol, reactor, task
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import globalLogBeginner, textFileLogObserver
+from tests.helpers.pb import login_bytes
 
 globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[3], "a"))], redirectStandardIO=False)
 paths = sorted(Path(sys.argv[1]).glob("*/bbenroll.furl"))
@@ -92,6 +94,8 @@ state = {"open": 0, "lost": 0, "failed": 0}
 class Hold(protocol.Protocol):
     def connectionMade(self):
         state["open"] += 1
+        # the master lets a stream through to the PB port once it logs in as its own worker
+        self.transport.write(login_bytes(self.factory.name))
         self.beat = task.LoopingCall(self.transport.write, b"x" * 1024)
         self.beat.start(float(sys.argv[2]), now=False)
         if state["open"] == len(paths):
@@ -108,7 +112,9 @@ def failed(f):
 
 for path in paths:
     endpoint = clientFromString(reactor, f"bbenroll:furlfile={path}:resume=600")
-    endpoint.connect(protocol.Factory.forProtocol(Hold)).addErrback(failed)
+    factory = protocol.Factory.forProtocol(Hold)
+    factory.name = path.parent.name
+    endpoint.connect(factory).addErrback(failed)
 
 def commands():
     for line in sys.stdin:
