@@ -21,7 +21,8 @@ buildbot and buildbot-worker; the script imports ``tests.helpers`` from the chec
 2. builds: a Buildbot master with the hook and one worker made by ``bbenroll worker
    create``. Rounds alternate (in a rotating order) a build printing ``--build-lines``
    deterministic lines as fast as it can, plain, and the same build with
-   ``bbenroll rotate --all`` half-way (at half the untimed warm-up build's duration).
+   ``bbenroll rotate --all`` half-way (once REST counts half its lines; the plain
+   build is watched the same way). An untimed warm-up build comes first.
    Wall time from the force request until REST says complete, polled every 0.1 s;
    the log is checked byte for byte afterwards (not timed), and the rotated rounds'
    deliveries must be confirmed. The ratio is between medians of the same run.
@@ -299,43 +300,53 @@ def part_builds(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], li
     farm = RotationFarm(tmp / "builds", ["w1"])
     expected = expected_output(args.build_lines)
     try:
-        def one(rotate_after: float | None) -> dict[str, Any]:
+        def one(rotate: bool) -> dict[str, Any]:
             serial = farm.entry("w1").serial
             start = time.monotonic()
             build = farm.force("w1", args.build_lines, 0)
-            confirmed = None
-            if rotate_after is not None:
-                time.sleep(max(0.0, rotate_after - (time.monotonic() - start)))
-                rotated = time.monotonic()
+            # both variants watch the log the same way (REST, every 0.2 s); one rotates half-way
+            farm.wait_output(build, args.build_lines // 2, timeout=600)
+            rotated = time.monotonic()
+            if rotate:
                 bbenroll(farm.registry, "rotate", "--all")
+            confirmed = finished = None
+            while finished is None:
+                current = farm.build(build)
+                if current and current["complete"]:
+                    finished, wall = current, time.monotonic() - start
+                if rotate and confirmed is None and farm.entry("w1").delivered == serial + 1:
+                    confirmed = time.monotonic() - rotated
+                time.sleep(0.1)
+            during = confirmed is not None
+            if rotate and confirmed is None:  # after the build: not part of its wall time
                 wait_for(lambda: farm.entry("w1").delivered == serial + 1, args.timeout, "the confirmation",
                          interval=0.05)
                 confirmed = time.monotonic() - rotated
-            finished = wait_for(lambda: (b := farm.build(build)) and b["complete"] and b, 600, "the build")
-            wall = time.monotonic() - start
+            kind = "with" if rotate else "without"
             if finished["results"] != SUCCESS:
-                failures.append(f"a build {'with' if rotate_after else 'without'} rotation: "
-                                f"results {finished['results']}")
-            elif farm.output(finished) != expected:
-                failures.append(f"a build {'with' if rotate_after else 'without'} rotation: log differs")
-            return {"wall": wall, "confirmed": confirmed}
+                failures.append(f"a build {kind} rotation: results {finished['results']}")
+            elif farm.settled_output(finished, expected) != expected:
+                failures.append(f"a build {kind} rotation: log differs")
+            return {"wall": wall, "confirmed": confirmed, "during": during, "half": rotated - start}
 
         log("builds: warm-up")
-        warm = one(None)["wall"]
-        half = warm / 2
-        plain, rotated, paired, confirms = [], [], [], []
+        one(False)
+        plain, rotated, paired, confirms, halves, during = [], [], [], [], [], []
         for i in range(args.repeat):
-            order = ("plain", "rotated") if i % 2 == 0 else ("rotated", "plain")
-            got = {kind: one(half if kind == "rotated" else None) for kind in order}
-            plain.append(got["plain"]["wall"])
-            rotated.append(got["rotated"]["wall"])
-            paired.append(got["rotated"]["wall"] / got["plain"]["wall"])
-            confirms.append(got["rotated"]["confirmed"])
+            order = (False, True) if i % 2 == 0 else (True, False)
+            got = {kind: one(kind) for kind in order}
+            plain.append(got[False]["wall"])
+            rotated.append(got[True]["wall"])
+            paired.append(got[True]["wall"] / got[False]["wall"])
+            confirms.append(got[True]["confirmed"])
+            halves.append(got[True]["half"])
+            during.append(got[True]["during"])
             log(f"  round {i + 1}: plain {plain[-1]:.2f}s, rotated {rotated[-1]:.2f}s "
-                f"(confirmed {confirms[-1]:.2f}s after rotate)")
+                f"(rotated {halves[-1]:.1f}s in, confirmed {confirms[-1]:.2f}s later)")
     finally:
         farm.stop()
-    result = {"warm": warm, "plain": plain, "rotated": rotated, "paired": paired, "confirms": confirms}
+    result = {"plain": plain, "rotated": rotated, "paired": paired, "confirms": confirms, "halves": halves,
+              "during": during}
     return result, failures
 
 
@@ -347,6 +358,7 @@ def report(args: argparse.Namespace, confirm: list[dict[str, Any]] | None, build
     import foolscap
 
     import twisted
+    from tests.helpers.rotation import LINE_BYTES
 
     lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on Python {platform.python_version()}, "
              f"Twisted {twisted.__version__}, Foolscap {foolscap.__version__}, {platform.system()} "
@@ -368,7 +380,7 @@ def report(args: argparse.Namespace, confirm: list[dict[str, Any]] | None, build
                   " The registry was polled every 20 ms.", ""]
     if builds:
         ratio = statistics.median(builds["rotated"]) / statistics.median(builds["plain"])
-        mb = args.build_lines * 152 / 1e6
+        mb = args.build_lines * LINE_BYTES / 1e6
         lines += [f"**A build printing {mb:.0f} MB ({args.build_lines:,} lines), with and without "
                   "`rotate --all` half-way**", "",
                   "| build | plain (s) | rotated mid-build (s) | rotated/plain | paired | "
@@ -377,8 +389,10 @@ def report(args: argparse.Namespace, confirm: list[dict[str, Any]] | None, build
                   f"| 1 worker, 1 build | {median_min(builds['plain'])} | {median_min(builds['rotated'])} | "
                   f"{ratio:.3f}x | {statistics.median(builds['paired']):.3f}x | "
                   f"{median_min(builds['confirms'])} |", "",
-                  f"Wall time from the force request to REST saying complete; the rotation came "
-                  f"{builds['warm'] / 2:.1f} s after the force request (half the warm-up build). "
+                  "Wall time from the force request to REST saying complete. The rotation came when "
+                  f"REST counted half the log's lines (median {statistics.median(builds['halves']):.1f} s "
+                  f"after the force request); {sum(builds['during'])} of {len(builds['during'])} "
+                  "deliveries were confirmed before the build ended. "
                   "rotated/plain is the ratio of the medians, paired the median of each round's ratio. "
                   "Every log checked byte for byte.", ""]
     for failure in failures:
@@ -395,8 +409,8 @@ def main() -> int:
     parser.add_argument("--parts", default="confirm,builds", help="which parts (default: %(default)s)")
     parser.add_argument("--sizes", help="workers per fleet, comma-separated (default 1,10,50)")
     parser.add_argument("--repeat", type=int, help="rounds per part (default 5, --quick 3)")
-    parser.add_argument("--build-lines", type=int, help="lines of the build, 152 bytes each "
-                        "(default 300000: 46 MB; --quick 60000)")
+    parser.add_argument("--build-lines", type=int, help="lines of the build, 151 bytes each "
+                        "(default 300000: 45 MB; --quick 60000)")
     parser.add_argument("--timeout", type=float, default=60.0, help="s a rotation may take to be confirmed")
     parser.add_argument("--markdown", type=Path, help="also write the tables to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
