@@ -1,0 +1,53 @@
+"""TEMPORARY: the registry's pushed-rotation names, until wt-reg is merged.
+
+The master side (bbenroll/master) codes against names the registry engineer adds
+to bbenroll/registry/model.py (``Worker.serial/delivered/delivered_at/rotate_every``,
+``MasterSettings.rotate_every``, ``model.confirm``, ``model.rotation_due``). Until
+they exist, :func:`install` puts in-memory stand-ins in their place: class-level
+defaults (so serials are always 0 and nothing new is persisted) and the two
+functions. Once the registry has them, :func:`install` does nothing and
+:data:`REAL` is true: tests that need serials on disk are skipped until then.
+Delete this module after the merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import pytest
+
+from bbenroll.errors import WrongState
+from bbenroll.registry import model
+
+REAL = hasattr(model, "confirm") and hasattr(model, "rotation_due")
+needs_registry = pytest.mark.skipif(not REAL, reason="needs the registry's serials (wt-reg) merged")
+
+
+def _confirm(worker: model.Worker, serial: int, now: datetime) -> model.Worker:
+    if serial > worker.serial:
+        raise WrongState(f"worker {worker.name!r} has no FURL serial {serial}")
+    if serial == worker.serial:
+        return replace(worker, previous=None)  # the stand-in ends the grace by dropping it
+    return worker
+
+
+# the stand-in has no per-worker or [master] policy on disk: tests set it here
+policy: dict[str, timedelta | None] = {"every": None}
+
+
+def _rotation_due(worker: model.Worker, default_every: timedelta | None, now: datetime) -> bool:
+    every = policy["every"] or default_every
+    return worker.revoked is None and every is not None and now - worker.rotated >= every
+
+
+def install(monkeypatch: pytest.MonkeyPatch) -> None:
+    if REAL:
+        return
+    policy["every"] = None
+    for cls, names in ((model.Worker, ("serial", "delivered", "delivered_at", "rotate_every")),
+                       (model.MasterSettings, ("rotate_every",))):
+        for name in names:
+            monkeypatch.setattr(cls, name, 0 if name == "serial" else None, raising=False)
+    monkeypatch.setattr(model, "confirm", _confirm, raising=False)
+    monkeypatch.setattr(model, "rotation_due", _rotation_due, raising=False)
