@@ -465,8 +465,9 @@ class EnrollmentService(service.MultiService):
     def subscribe(self, obj: EnrolledWorker, updater: Any, serial: int) -> None:
         """``subscribe_updates``: remember the updater (a second one replaces the first)."""
         if obj.updater is not updater:
-            obj.offering = False  # an offer through the old updater no longer counts
-            obj.offered_serial = obj.offered_at = None
+            # an offer in flight through the old updater no longer counts; but when the last
+            # offer was made still does: re-subscribing is no way around OFFER_RETRY
+            obj.offering = False
         obj.updater = updater
         obj.serial = serial
         obj.call_failed_logged = False

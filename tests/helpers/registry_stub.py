@@ -28,7 +28,9 @@ def _confirm(worker: model.Worker, serial: int, now: datetime) -> model.Worker:
     if serial > worker.serial:
         raise WrongState(f"worker {worker.name!r} has no FURL serial {serial}")
     if serial == worker.serial:
-        return replace(worker, previous=None)  # the stand-in ends the grace by dropping it
+        if worker.previous is not None and worker.previous.until > now:
+            return replace(worker, previous=model.Previous(worker.previous.swissnum, now))
+        return worker
     return worker
 
 
