@@ -249,11 +249,16 @@ def test_a_failing_offer_is_logged_once_per_connection_and_never_raises(world):
     world.finish()
 
 
-def test_an_expired_worker_is_never_offered(world):
-    old = world.add("w1", "--expires", "2h")
+def test_a_revoked_worker_is_not_offered_again(world):
+    old = world.add("w1")
     start(world)
     link, ref = world.accepted(old)
-    world.advance(3 * 3600)
+    rotated(world)
+    updater = subscribe(world, ref)
+    assert len(updater.offers) == 1
+    world.cli("revoke", "w1")
+    for _ in range(2):
+        world.advance(OFFER_RETRY)
     assert not link.connected
-    assert world.logged("offering worker") == []
+    assert len(updater.offers) == 1
     world.finish()
