@@ -547,10 +547,10 @@ class EnrollmentService(service.MultiService):
         self.status.delivered(obj.name, serial)
         if worker.delivered is not None and worker.delivered >= serial:
             return {"status": "confirmed"}  # a repeated confirmation: nothing to write
-        name = obj.name
+        name, now = obj.name, self.now()  # read here: the edit runs in the writer's thread
 
         def edit(editor: Editor) -> None:
-            editor.update(model.confirm(editor.worker(name), serial, self.now()))
+            editor.update(model.confirm(editor.worker(name), serial, now))
 
         d = self.writer.submit(edit)
         d.addCallback(lambda _: {"status": "confirmed"})
@@ -595,11 +595,11 @@ class EnrollmentService(service.MultiService):
         )
         for name in due:
             self._rotating.add(name)
-            self.writer.submit(self._policy_rotation(name)).addBoth(self._rotated, name)
+            self.writer.submit(self._policy_rotation(name, now)).addBoth(self._rotated, name)
 
-    def _policy_rotation(self, name: str) -> Callable[[Editor], None]:
-        def edit(editor: Editor) -> None:
-            now = self.now()
+    @staticmethod
+    def _policy_rotation(name: str, now: datetime) -> Callable[[Editor], None]:
+        def edit(editor: Editor) -> None:  # in the writer's thread
             worker = editor.worker(name)  # as on disk, under the lock: the CLI may have rotated it
             if worker.is_usable(now) and model.rotation_due(worker, editor.registry.master.rotate_every, now):
                 editor.update(model.rotate(worker, now))

@@ -114,7 +114,8 @@ class RegistryWriter:
         batch is written). A write failure does not fail it: it is retried."""
         queued = _Queued(edit)
         self.queue.append(queued)
-        if self._scheduled is None and self.in_flight is None and not self._stopped:
+        # after a failed write, the next tick retries (not every submit: the lock is busy)
+        if self._scheduled is None and self.in_flight is None and not self.failures and not self._stopped:
             self._scheduled = self.schedule(0, self._scheduled_flush)
         return queued.done
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
+import tomlkit
 
 from bbenroll.errors import WrongState
 from bbenroll.registry import model
+from bbenroll.times import parse_duration
 
 REAL = hasattr(model, "confirm") and hasattr(model, "rotation_due")
 needs_registry = pytest.mark.skipif(not REAL, reason="needs the registry's serials (wt-reg) merged")
@@ -53,3 +56,16 @@ def install(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setattr(cls, name, 0 if name == "serial" else None, raising=False)
     monkeypatch.setattr(model, "confirm", _confirm, raising=False)
     monkeypatch.setattr(model, "rotation_due", _rotation_due, raising=False)
+
+
+def set_policy(path: Path, every: str, worker: str | None = None) -> None:
+    """``rotate_every = EVERY`` under ``[master]`` (or ``[workers.WORKER]``), before the
+    master starts; the stand-in keeps a [master] policy in memory instead."""
+    if not REAL:
+        assert worker is None, "the stand-in has no per-worker policy"
+        policy["every"] = parse_duration(every)
+        return
+    document = tomlkit.parse(path.read_text())
+    table = document["master"] if worker is None else document["workers"][worker]
+    table["rotate_every"] = every
+    path.write_text(tomlkit.dumps(document))
