@@ -573,6 +573,8 @@ class EnrollmentService(service.MultiService):
 
     def _after_write(self) -> None:
         """The master wrote the registry: use it now, not at the next poll."""
+        if not self.running:  # a write that was under way when the service stopped
+            return
         self._reload()
         self._recheck(self.now())
         self._offer_due()
