@@ -541,6 +541,9 @@ class EnrollmentService(service.MultiService):
                 raise Refused(UNKNOWN_SERIAL)
         obj.serial = max(obj.serial, serial)
         if serial < worker.serial:
+            # it moved to an older FURL than the newest: the offer of the newest was lost or
+            # raced a rotation; offer it now (one offer per confirm: bounded by its own calls)
+            obj.offered_at = None
             self._to_check.add(obj)
             self._offer_due()
             return {"status": "stale"}

@@ -50,7 +50,12 @@ def master_actor() -> dict[str, str]:
 
 
 def thread_runner(reactor: Any) -> Runner:
-    """Run in the reactor's thread pool (the default for a real master)."""
+    """Run in the reactor's thread pool (the default for a real master).
+
+    A test clock (MemoryReactorClock) has no threads: there the write runs at once.
+    """
+    if not hasattr(reactor, "getThreadPool"):
+        return run_here
 
     def run(function: Callable[[], Any]) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomlkit
@@ -24,7 +25,8 @@ from bbenroll.registry import model
 from bbenroll.times import parse_duration
 
 REAL = hasattr(model, "confirm") and hasattr(model, "rotation_due")
-needs_registry = pytest.mark.skipif(not REAL, reason="needs the registry's serials (wt-reg) merged")
+# what the stand-in cannot do: a per-worker policy on disk
+needs_registry = pytest.mark.skipif(not REAL, reason="needs the registry's rotate_every (wt-reg) merged")
 
 
 def _confirm(worker: model.Worker, serial: int, now: datetime) -> model.Worker:
@@ -46,16 +48,58 @@ def _rotation_due(worker: model.Worker, default_every: timedelta | None, now: da
     return worker.revoked is None and every is not None and now - worker.rotated >= every
 
 
+# serials and deliveries by swissnum, in memory for one test (what the registry will persist):
+# the CLI runs in-process in these tests, so its rotations go through the wrapper below
+_serials: dict[str, int] = {}
+_delivered: dict[str, int] = {}
+
+
+def _rotate(real: Any) -> Any:
+    def rotate(worker: model.Worker, *args: Any, **kwargs: Any) -> model.Worker:
+        new = real(worker, *args, **kwargs)
+        _serials[new.swissnum] = _serials.get(worker.swissnum, 0) + 1
+        if worker.swissnum in _delivered:
+            _delivered[new.swissnum] = _delivered[worker.swissnum]
+        return new
+
+    return rotate
+
+
+def _confirm_recorded(worker: model.Worker, serial: int, now: datetime) -> model.Worker:
+    new = _confirm(worker, serial, now)
+    _delivered[new.swissnum] = max(serial, _delivered.get(new.swissnum, -1))
+    return new
+
+
 def install(monkeypatch: pytest.MonkeyPatch) -> None:
     if REAL:
         return
     policy["every"] = None
-    for cls, names in ((model.Worker, ("serial", "delivered", "delivered_at", "rotate_every")),
-                       (model.MasterSettings, ("rotate_every",))):
-        for name in names:
-            monkeypatch.setattr(cls, name, 0 if name == "serial" else None, raising=False)
-    monkeypatch.setattr(model, "confirm", _confirm, raising=False)
+    _serials.clear()
+    _delivered.clear()
+    monkeypatch.setattr(model.Worker, "serial", property(lambda w: _serials.get(w.swissnum, 0)),
+                        raising=False)
+    monkeypatch.setattr(model.Worker, "delivered", property(lambda w: _delivered.get(w.swissnum)),
+                        raising=False)
+    for cls, name in ((model.Worker, "delivered_at"), (model.Worker, "rotate_every"),
+                      (model.MasterSettings, "rotate_every")):
+        monkeypatch.setattr(cls, name, None, raising=False)
+    monkeypatch.setattr(model, "confirm", _confirm_recorded, raising=False)
     monkeypatch.setattr(model, "rotation_due", _rotation_due, raising=False)
+    monkeypatch.setattr(model, "rotate", _rotate(model.rotate))
+
+
+def serial_of(path: Path, name: str) -> int:
+    """The worker's serial as the registry (or the stand-in) has it."""
+    from bbenroll.registry import store
+
+    return store.load(path).registry.workers[name].serial
+
+
+def delivered_of(path: Path, name: str) -> int | None:
+    from bbenroll.registry import store
+
+    return store.load(path).registry.workers[name].delivered
 
 
 def set_policy(path: Path, every: str, worker: str | None = None) -> None:
