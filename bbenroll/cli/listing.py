@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import click
 
@@ -10,7 +11,20 @@ from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import DurationType, output_options
 
-COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
+COLUMNS = ("name", "state", "created", "rotated", "expires", "delivery", "tags", "note")
+
+
+def delivery_text(worker: Any) -> str:
+    """``current``, ``pending since DATE`` or ``confirmed DATE``: the delivery column."""
+    from bbenroll.registry import model
+    from bbenroll.times import format_short
+
+    sent = model.delivery(worker)
+    if sent.state == model.DeliveryState.CURRENT:
+        return "current"
+    if sent.state == model.DeliveryState.PENDING:
+        return f"pending since {format_short(sent.since)}"
+    return f"confirmed {format_short(sent.since)}"
 
 
 @click.command("list")
@@ -25,7 +39,7 @@ COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
 @click.option("--revoked", is_flag=True, help="Only revoked workers.")
 @click.pass_obj
 def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked: bool) -> Result:
-    """List workers: name, state, dates, tags, note."""
+    """List workers: name, state, dates, FURL delivery, tags, note."""
     from bbenroll.registry import model
     from bbenroll.times import format_short
 
@@ -59,6 +73,7 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
                     format_short(w.created),
                     format_short(w.rotated),
                     format_short(w.expires),
+                    delivery_text(w) if w.revoked is None else "",  # nothing is sent to it
                     ", ".join(w.tags),
                     w.note or "",
                 )

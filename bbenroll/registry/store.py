@@ -31,7 +31,7 @@ from bbenroll.fileio import atomic_write, exclusive_lock, owner_of, permission_p
 from bbenroll.identity import load_identity
 from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, audit, schema
 from bbenroll.registry.audit import AuditHead
-from bbenroll.registry.model import Registry, Worker
+from bbenroll.registry.model import MasterSettings, Registry, Worker
 from bbenroll.registry.schema import Problems
 
 
@@ -286,13 +286,18 @@ class Editor:
         self.path = loaded.path  # as the user named it: for messages
         self.target = target or real_path(loaded.path)  # the file that save() replaces
         self.workers = dict(loaded.registry.workers)
+        self.master = loaded.registry.master
         self._changed: dict[str, Worker | None] = {}  # None: removed
         self._added: list[str] = []
         self._notes: list[audit.Change] = []  # records of events that change no table
 
     @property
     def registry(self) -> Registry:
-        return Registry(self.loaded.registry.master, self.workers, self.loaded.registry.version)
+        return Registry(self.master, self.workers, self.loaded.registry.version)
+
+    def set_master(self, master: MasterSettings) -> None:
+        """New ``[master]`` settings (``master set-location``); only the keys that differ are rewritten."""
+        self.master = master
 
     def worker(self, name: str) -> Worker:
         return _worker(self.path, self.workers, name)
@@ -319,7 +324,7 @@ class Editor:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._changed or self._added)
+        return bool(self._changed or self._added or self.master != self.loaded.registry.master)
 
     def render(self) -> str:
         """The new text of the registry, checked to read back as intended."""

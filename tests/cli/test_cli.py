@@ -149,7 +149,7 @@ def test_list_table_and_json(cli, clock):
     result = cli("list")
     assert result.code == 0
     lines = result.out.splitlines()
-    assert lines[0].split() == ["name", "state", "created", "rotated", "expires", "tags", "note"]
+    assert lines[0].split() == ["name", "state", "created", "rotated", "expires", "delivery", "tags", "note"]
     assert lines[2].split() == [
         "alpha",
         "active",
@@ -157,6 +157,7 @@ def test_list_table_and_json(cli, clock):
         "06:00",
         "2026-11-29",
         "06:00",
+        "current",
         "linux",
         "rack",
         "3",
@@ -170,6 +171,7 @@ def test_list_table_and_json(cli, clock):
         "06:00",
         "2026-12-02",
         "06:00",
+        "current",
         "mac",
     ]
     assert lines[4].split()[:2] == ["gamma", "revoked"]
