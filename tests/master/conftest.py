@@ -19,10 +19,3 @@ def world(reg_path, monkeypatch):
         w.finish()
     globalLogPublisher.removeObserver(w.events.append)  # a no-op after finish()
 
-
-@pytest.fixture(autouse=True)
-def _registry_names(monkeypatch):
-    """TEMPORARY (until wt-reg is merged): the registry's pushed-rotation names."""
-    from tests.helpers.registry_stub import install
-
-    install(monkeypatch)

@@ -9,7 +9,7 @@ from datetime import timedelta
 from bbenroll.master.reloader import POLL_INTERVAL
 from bbenroll.master.writer import master_actor, run_here
 from bbenroll.registry import audit
-from tests.helpers.registry_stub import needs_registry, set_policy
+from tests.helpers.registry_stub import set_policy
 
 DAY = 24 * 3600
 
@@ -78,7 +78,6 @@ def test_a_fleet_due_on_one_day_is_rotated_in_bounded_batches(world):
     world.finish()
 
 
-@needs_registry
 def test_a_worker_policy_overrides_the_masters(world):
     world.add("fast")
     world.add("slow")
