@@ -89,3 +89,14 @@ def test_a_worker_policy_overrides_the_masters(world):
     after = secrets(world)
     assert after["fast"] != before["fast"] and after["slow"] == before["slow"]
     world.finish()
+
+
+def test_a_worker_that_says_never_is_not_rotated(world):
+    world.add("pinned")
+    set_policy(world.path, "1d")
+    set_policy(world.path, "never", worker="pinned")
+    before = secrets(world)
+    world.start(run_write=run_here)
+    world.advance(30 * DAY)
+    assert secrets(world) == before
+    world.finish()

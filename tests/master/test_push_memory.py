@@ -17,7 +17,7 @@ from bbenroll.master.writer import run_here
 from bbenroll.registry import audit
 from bbenroll.tunnel.wire import RIFurlUpdater
 from tests.helpers.master import Receiver
-from tests.helpers.registry_stub import delivered_of
+from tests.helpers.registry_stub import delivered_of, set_policy
 from tests.helpers.registry_stub import serial_of as registry_serial
 
 
@@ -214,6 +214,7 @@ def test_a_failed_update_keeps_the_old_secret_is_in_status_and_is_offered_again(
     world.advance(POLL_INTERVAL)
     status = json.loads(status_path(world.path).read_text())["workers"]["w1"]
     assert status["update_failure"] == f"serial {serial_of(world, 'w1')}: cannot write bbenroll.furl"
+    assert json.loads(world.cli("--json", "status"))["running"] is True  # `bbenroll status` reads it
     _, again = world.accepted(old)  # the old secret still works
     assert world.call(again, "get_worker_config")["name"] == "w1"
     assert len(updater.offers) == 1
@@ -260,4 +261,35 @@ def test_a_revoked_worker_is_not_offered_again(world):
         world.advance(OFFER_RETRY)
     assert not link.connected
     assert len(updater.offers) == 1
+    world.finish()
+
+
+def test_a_location_change_is_pushed_over_the_current_secret(world):
+    current = world.add("w1")
+    start(world)
+    _, ref = world.accepted(current)
+    updater = subscribe(world, ref, 0)
+    assert updater.offers == []
+    world.cli("master", "set-location", "tcp:ci.example.org:9989")
+    world.advance(POLL_INTERVAL)
+    assert updater.offers == [(1, furl_of(world, "w1"))]
+    assert "tcp:ci.example.org:9989" in updater.offers[0][1] and current in updater.offers[0][1]
+    assert world.call(ref, "confirm_furl", 1) == {"status": "confirmed"}
+    assert delivered_of(world.path, "w1") == 1
+    world.finish()
+
+
+def test_a_policy_rotation_is_pushed_and_confirmed(world):
+    old = world.add("w1")
+    set_policy(world.path, "90d")
+    start(world)
+    _, ref = world.accepted(old)
+    updater = subscribe(world, ref, 0)
+    world.advance(91 * 24 * 3600)  # the tick rotates; the reload after the write pushes
+    ((serial, furl),) = updater.offers
+    assert serial == 1 and serial_of(world, "w1") == 1
+    new = furl.rsplit("/", 1)[1]
+    assert world.call(world.accepted(new)[1], "confirm_furl", 1) == {"status": "confirmed"}
+    world.advance(POLL_INTERVAL)
+    assert world.connect().refusal(old).startswith(str(gate.RETIRED))
     world.finish()
