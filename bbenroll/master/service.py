@@ -27,6 +27,7 @@ Nothing here imports Buildbot; :mod:`bbenroll.master.hook` adapts it to a master
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,7 @@ log = Logger(namespace="bbenroll")
 
 OFFER_RETRY = 60.0  # seconds before an unanswered or failed offer is made again
 MAX_ROTATIONS_PER_TICK = 50  # rotate_every: a fleet reaching its age on one day is spread out
+ROTATION_CHECK = 60.0  # seconds between looks at every worker's age (plus one on each reload)
 CONFIRM_OVER_NEW = "confirm over the new FURL"
 UNKNOWN_SERIAL = "no such FURL serial"
 MAX_REASON_LOGGED = 200
@@ -191,6 +193,8 @@ class EnrollmentService(service.MultiService):
         self._subscribed: set[EnrolledWorker] = set()  # connections with an updater
         self._to_check: set[EnrolledWorker] = set()  # of those, the ones that may need an offer
         self._rotating: set[str] = set()  # workers whose policy rotation is queued
+        self.rotation_check = ROTATION_CHECK
+        self._rotation_check_at: float | None = None  # None: at the next tick
 
     @property
     def loaded(self) -> LoadedRegistry:
@@ -459,6 +463,7 @@ class EnrollmentService(service.MultiService):
             self.gate = gatemod.Gate(loaded.registry)
             self.status.forget(set(loaded.registry.workers))
             self._to_check |= self._subscribed  # a serial may have grown
+            self._rotation_check_at = None  # a policy or a worker may have changed
 
     # -- pushed rotation ------------------------------------------------------------
 
@@ -583,14 +588,25 @@ class EnrollmentService(service.MultiService):
         self._offer_due()
 
     def _rotate_due(self, now: datetime) -> None:
-        """``rotate_every``: queue the rotation of (a bounded number of) workers that reached it."""
+        """``rotate_every``: queue the rotation of (a bounded number of) workers that reached it.
+
+        The whole registry is looked at once a :data:`ROTATION_CHECK` (a policy counts in
+        days), on a reload, and on every tick while more are due than one tick rotates.
+        """
+        seconds = self.clock.seconds()
+        if self._rotation_check_at is not None and seconds < self._rotation_check_at:
+            return
         default = self.gate.registry.master.rotate_every
-        due = [
+        room = max(0, self.max_rotations_per_tick - len(self._rotating))
+        candidates = (
             name
             for name, worker in self.gate.registry.workers.items()
-            if name not in self._rotating and worker.is_usable(now)
-            and model.rotation_due(worker, default, now)
-        ][: max(0, self.max_rotations_per_tick - len(self._rotating))]
+            if name not in self._rotating and model.rotation_due(worker, default, now)
+        )
+        due = list(itertools.islice(candidates, room + 1))
+        more = len(due) > room or bool(self._rotating)
+        due = due[:room]
+        self._rotation_check_at = None if more else seconds + self.rotation_check
         if not due:
             return
         log.info(

@@ -100,3 +100,24 @@ def test_a_worker_that_says_never_is_not_rotated(world):
     world.advance(30 * DAY)
     assert secrets(world) == before
     world.finish()
+
+
+def test_ages_are_looked_at_once_a_rotation_check_not_every_tick(world, monkeypatch):
+    from bbenroll.master import service as service_module
+    from bbenroll.registry import model
+
+    world.add("w1")
+    set_policy(world.path, "90d")
+    looked: list[str] = []
+    real = model.rotation_due
+    monkeypatch.setattr(model, "rotation_due", lambda w, *a: looked.append(w.name) or real(w, *a))
+    world.start(run_write=run_here)
+    for _ in range(5):
+        world.advance(POLL_INTERVAL)
+    assert looked == ["w1"]
+    world.advance(service_module.ROTATION_CHECK)
+    assert looked == ["w1", "w1"]
+    world.cli("add", "w2")  # a reload: looked at the next tick
+    world.advance(POLL_INTERVAL)
+    assert looked[2:] == ["w1", "w2"]
+    world.finish()
