@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bbenroll.errors import BBEnrollError, WrongState
 from bbenroll.identity import load_identity
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
@@ -552,16 +553,27 @@ class EnrollmentService(service.MultiService):
             self._to_check.add(obj)
             self._offer_due()
             return {"status": "stale"}
-        self.status.delivered(obj.name, serial)
         if worker.delivered is not None and worker.delivered >= serial:
+            self.status.delivered(obj.name, serial)
             return {"status": "confirmed"}  # a repeated confirmation: nothing to write
         name, now = obj.name, self.now()  # read here: the edit runs in the writer's thread
 
         def edit(editor: Editor) -> None:
-            editor.update(model.confirm(editor.worker(name), serial, now))
+            current = editor.worker(name)  # as on disk, under the lock
+            if not current.is_usable(now):
+                raise WrongState(f"worker {name!r} is {current.state(now)}")
+            editor.update(model.confirm(current, serial, now))
+
+        def written(_: None) -> dict[str, str]:
+            self.status.delivered(name, serial)
+            return {"status": "confirmed"}
+
+        def not_applied(failure: Failure) -> None:
+            failure.trap(BBEnrollError)  # removed or revoked meanwhile: one line for the worker
+            raise Refused(str(failure.value))
 
         d = self.writer.submit(edit)
-        d.addCallback(lambda _: {"status": "confirmed"})
+        d.addCallbacks(written, not_applied)
         return d
 
     def update_failed(self, obj: EnrolledWorker, serial: int, reason: str) -> None:

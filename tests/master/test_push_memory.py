@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 from foolscap.api import Referenceable
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bbenroll.master import gate
@@ -292,4 +293,32 @@ def test_a_policy_rotation_is_pushed_and_confirmed(world):
     assert world.call(world.accepted(new)[1], "confirm_furl", 1) == {"status": "confirmed"}
     world.advance(POLL_INTERVAL)
     assert world.connect().refusal(old).startswith(str(gate.RETIRED))
+    world.finish()
+
+
+def test_a_confirm_whose_worker_was_revoked_before_the_write_is_refused(world):
+    from twisted.internet import defer
+
+    held: list[tuple] = []
+
+    def later(function):
+        d = defer.Deferred()
+        held.append((function, d))
+        return d
+
+    world.add("w1")
+    world.start(run_write=later)
+    _, new = rotated(world)
+    _, ref = world.accepted(new)
+    answer = ref.callRemote("confirm_furl", 1)
+    world.advance(0)
+    ((function, d),) = held
+    world.cli("revoke", "w1")  # under the lock, before the master's write
+    d.callback(function())
+    results: list = []
+    answer.addBoth(results.append)
+    world.advance(0)
+    assert isinstance(results[0], Failure)  # refused, or dropped with the revoked connection
+    assert delivered_of(world.path, "w1") is None  # nothing recorded for a revoked worker
+    assert world.logged("dropping worker {worker!r}")
     world.finish()
