@@ -269,9 +269,18 @@ def change(
     tag: tuple[str, ...] = (),
     untag: tuple[str, ...] = (),
     note: str | None = KEEP,
+    rotate_every: timedelta | None = KEEP,
 ) -> Worker:
-    """``worker`` with new settings (``bbenroll set``); its secrets and dates are never touched."""
+    """``worker`` with new settings (``bbenroll set``); its secrets and dates are never touched.
+
+    ``rotate_every``: the worker's own rotation policy (NEVER: exempt; None:
+    follow ``[master] rotate_every``).
+    """
     changes: dict[str, Any] = {}
+    if rotate_every is not KEEP:
+        if rotate_every is not None and rotate_every < timedelta(0):
+            raise ValueError("rotate_every may not be negative")
+        changes["rotate_every"] = rotate_every
     if expires is not KEEP:
         check_expiry(expires, to_utc(now))
         changes["expires"] = expires

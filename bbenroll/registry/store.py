@@ -309,7 +309,8 @@ class Editor:
         self._added.append(worker.name)
 
     def update(self, worker: Worker) -> None:
-        self.worker(worker.name)
+        if self.worker(worker.name) == worker:
+            return  # (a repeated confirmation, say): nothing to write
         self.workers[worker.name] = worker
         if worker.name not in self._added:
             self._changed[worker.name] = worker

@@ -534,3 +534,38 @@ def test_a_registry_holding_an_unsafe_name_loads_and_check_warns(cli, reg_path):
     assert (result.code, result.err.splitlines()) == (0, [warning, f"{reg_path}: OK (1 worker)"])
     checked = json.loads(cli("check", "--json").out)
     assert checked["ok"] is True and checked["warnings"] == [warning.removeprefix("warning: ")]
+
+
+def test_list_and_show_give_the_delivery_state(cli, reg_path, clock):
+    """current until the FURL changes, pending until the worker confirms, then confirmed."""
+    from bbenroll.registry import model, store
+
+    cli("add", "alpha")
+    cli("add", "beta")
+    cli("add", "gamma")
+    clock.now += timedelta(hours=1)
+    assert cli("rotate", "beta").code == 0
+    assert cli("rotate", "gamma").code == 0
+    confirmed_at = clock.now + timedelta(seconds=4)
+    with store.edit(reg_path, now=confirmed_at) as editor:  # what the running master does
+        editor.update(model.confirm(editor.worker("gamma"), 1, confirmed_at))
+    lines = cli("list").out.splitlines()
+    column = lines[0].index("delivery")
+    assert [line[column:].split("  ")[0] for line in lines[2:]] == [
+        "current", "pending since 2026-11-29 07:00", "confirmed 2026-11-29 07:00"]
+    listed = {w["name"]: w for w in json.loads(cli("list", "--json").out)}
+    assert listed["alpha"]["delivery"] == {"state": "current", "serial": 0, "since": "2026-11-29T06:00:00Z"}
+    assert listed["beta"]["delivery"] == {"state": "pending", "serial": 1, "since": "2026-11-29T07:00:00Z"}
+    assert listed["gamma"]["delivery"] == {"state": "confirmed", "serial": 1,
+                                           "since": "2026-11-29T07:00:04Z"}
+    assert [listed[n]["serial"] for n in ("alpha", "beta", "gamma")] == [0, 1, 1]
+    shown = cli("show", "beta")
+    assert shown.out.count("\n") == 1 and shown.out.startswith("pb://")  # stdout: the FURL alone
+    assert shown.err == "delivery: FURL 1 pending since 2026-11-29 07:00\n"
+    assert cli("show", "alpha").err == ""  # the FURL it was enrolled with: nothing to say
+    assert json.loads(cli("show", "gamma", "--json").out)["delivery"]["state"] == "confirmed"
+    # a repeated confirmation writes nothing at all
+    text = reg_path.read_bytes()
+    with store.edit(reg_path, now=confirmed_at + timedelta(hours=1)) as editor:
+        editor.update(model.confirm(editor.worker("gamma"), 1, confirmed_at + timedelta(hours=1)))
+    assert reg_path.read_bytes() == text

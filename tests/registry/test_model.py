@@ -273,3 +273,13 @@ def test_rotation_due():
     assert not model.rotation_due(r, None, NOW + 3 * day)
     assert model.rotation_due(r, None, NOW + 7 * day)
     assert model.rotation_due(model.confirm(r, 1, NOW + day), None, NOW + day)
+
+
+def test_change_sets_the_workers_own_policy_and_leaves_the_furl_alone():
+    w = model.rotate(model.new_worker("w1", NOW), NOW)
+    day = timedelta(days=1)
+    own = model.change(w, NOW, rotate_every=30 * day)
+    assert own.rotate_every == 30 * day and (own.serial, own.swissnum) == (w.serial, w.swissnum)
+    assert model.change(own, NOW, note="n").rotate_every == 30 * day  # kept unless given
+    assert model.change(own, NOW, rotate_every=model.NEVER).rotate_every == model.NEVER
+    assert model.change(own, NOW, rotate_every=None).rotate_every is None  # back to [master]'s
