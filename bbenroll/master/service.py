@@ -7,7 +7,13 @@ This module is the lifecycle and the wiring; each concern has its own room:
 - :mod:`~bbenroll.master.guard`: bounds on unauthenticated connections and guessing (pure);
 - :mod:`~bbenroll.master.sessions`: tunnel sessions and their connections;
 - :mod:`~bbenroll.master.reloader`: following the registry file;
-- :mod:`~bbenroll.master.status`: the status book and its file.
+- :mod:`~bbenroll.master.status`: the status book and its file;
+- :mod:`~bbenroll.master.writer`: the master's own registry writes (confirmed
+  deliveries, ``rotate_every`` rotations), batched, through the CLI's lock.
+
+Pushed rotation (docs/rotation.md) lives here, on each connection: a worker
+subscribes an updater, the master offers it the registry's newest FURL when the
+connection is behind, and records the worker's confirmation.
 
 A worker's FURL resolves through :class:`~bbenroll.master.tub.EnrollmentBroker`
 (a name lookup that also knows the connection) to a per-connection
@@ -21,6 +27,7 @@ Nothing here imports Buildbot; :mod:`bbenroll.master.hook` adapts it to a master
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bbenroll.errors import BBEnrollError, WrongState
 from bbenroll.identity import load_identity
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
@@ -54,14 +62,29 @@ from bbenroll.master.tub import (
     peer_of,
     raise_open_files_limit,
 )
-from bbenroll.registry.store import LoadedRegistry
+from bbenroll.master.writer import RegistryWriter, Runner, thread_runner
+from bbenroll.registry import model
+from bbenroll.registry.store import Editor, LoadedRegistry
 from bbenroll.tunnel.core import Frame
 from bbenroll.tunnel.master_side import MasterSession
 from bbenroll.tunnel.wire import FrameSink, Refused, RIEnrolledWorker
 
-__all__ = ["POLL_INTERVAL", "EnrolledWorker", "EnrollmentService", "ListenError"]
+__all__ = ["OFFER_RETRY", "POLL_INTERVAL", "EnrolledWorker", "EnrollmentService", "ListenError"]
 
 log = Logger(namespace="bbenroll")
+
+OFFER_RETRY = 60.0  # seconds before an unanswered or failed offer is made again
+MAX_ROTATIONS_PER_TICK = 50  # rotate_every: a fleet reaching its age on one day is spread out
+ROTATION_CHECK = 60.0  # seconds between looks at every worker's age (plus one on each reload)
+CONFIRM_OVER_NEW = "confirm over the new FURL"
+UNKNOWN_SERIAL = "no such FURL serial"
+MAX_REASON_LOGGED = 200
+
+
+def clean_reason(reason: str) -> str:
+    """A worker's failure text, safe for one log line: no control characters, bounded."""
+    text = "".join(char if char.isprintable() else " " for char in str(reason)).strip()
+    return text[:MAX_REASON_LOGGED] + ("..." if len(text) > MAX_REASON_LOGGED else "")
 
 
 @implementer(RIEnrolledWorker)
@@ -75,6 +98,25 @@ class EnrolledWorker(FrameSink, Referenceable):
         self.broker = broker
         self.peer = peer_of(broker)
         self.session: MasterSession | None = None  # set by the SessionTable only
+        # pushed rotation: the worker's RIFurlUpdater on this connection (one; a new one replaces
+        # it), the serial it holds (reported, or confirmed since), and the offer's state
+        self.updater: Any = None
+        self.serial = 0
+        self.offering = False  # an offer_furl call is in flight
+        self.offered_serial: int | None = None
+        self.offered_at: float | None = None  # clock seconds
+        self.call_failed_logged = False
+
+    def remote_subscribe_updates(self, updater: Any, serial: int) -> None:
+        self.service.worker_for(self)
+        self.service.subscribe(self, updater, serial)
+
+    def remote_confirm_furl(self, serial: int) -> Any:
+        return self.service.confirm(self, serial)
+
+    def remote_furl_update_failed(self, serial: int, reason: str) -> None:
+        self.service.worker_for(self)
+        self.service.update_failed(self, serial, reason)
 
     def remote_get_worker_config(self) -> dict[str, Any]:
         worker = self.service.worker_for(self)
@@ -118,6 +160,7 @@ class EnrollmentService(service.MultiService):
         clock: IReactorTime | None = None,
         poll_interval: float = POLL_INTERVAL,
         on_workers_changed: Callable[[dict[str, Any]], None] | None = None,
+        run_write: Runner | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -139,6 +182,20 @@ class EnrollmentService(service.MultiService):
         self._near_open_files_limit = False
         self.sessions = SessionTable(self.reactor, self.clock, self._pb_endpoint)
         self._announced = self._buildbot_view(self.gate.usable_workers(self.now()))
+        self.offer_retry = OFFER_RETRY
+        self.max_rotations_per_tick = MAX_ROTATIONS_PER_TICK
+        self.writer = RegistryWriter(
+            self.registry_path,
+            now=self.now,
+            run=run_write if run_write is not None else thread_runner(self.reactor),
+            schedule=self.clock.callLater,
+            on_written=self._after_write,
+        )
+        self._subscribed: set[EnrolledWorker] = set()  # connections with an updater
+        self._to_check: set[EnrolledWorker] = set()  # of those, the ones that may need an offer
+        self._rotating: set[str] = set()  # workers whose policy rotation is queued
+        self.rotation_check = ROTATION_CHECK
+        self._rotation_check_at: float | None = None  # None: at the next tick
 
     @property
     def loaded(self) -> LoadedRegistry:
@@ -222,6 +279,7 @@ class EnrollmentService(service.MultiService):
             self._loop.stop()
         self._loop = None
         self.sessions.end_all("master shutting down")
+        self.writer.stop()
         self._log_refusals(all_due=True)
         d = super().stopService()
         if write_status:
@@ -308,6 +366,9 @@ class EnrollmentService(service.MultiService):
         obj = self.connections.pop(key, None)
         if obj is None:
             return
+        self._subscribed.discard(obj)
+        self._to_check.discard(obj)
+        obj.updater = None
         self.status.disconnected(obj.name, self.now())
         log.info("worker {worker!r} disconnected ({peer})", worker=obj.name, peer=obj.peer)
         self._write_status()
@@ -320,6 +381,9 @@ class EnrollmentService(service.MultiService):
             why=decision.reason,
         )
         self.sessions.end_connection(obj, decision.reason)
+        self._subscribed.discard(obj)  # nothing is ever offered over it again
+        self._to_check.discard(obj)
+        obj.updater = None
         if not obj.broker.disconnected:
             obj.broker.shutdown(Failure(DeadReferenceError(decision.reason)))
         else:
@@ -372,10 +436,10 @@ class EnrollmentService(service.MultiService):
         try:
             self._reload()
             now = self.now()
-            for obj in list(self.connections.values()):
-                decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
-                if not decision.accepted:
-                    self._kick(obj, decision)
+            self._recheck(now)
+            self._offer_due()
+            self._rotate_due(now)
+            self.writer.flush()  # a batch that failed is retried here
             usable = self.gate.usable_workers(now)
             self.sessions.end_all_but(usable, "worker no longer enrolled")
             view = self._buildbot_view(usable)
@@ -388,11 +452,197 @@ class EnrollmentService(service.MultiService):
         except Exception:
             log.failure("bbenroll: unexpected error in the registry loop")
 
+    def _recheck(self, now: datetime) -> None:
+        for obj in list(self.connections.values()):
+            decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
+            if not decision.accepted:
+                self._kick(obj, decision)
+
     def _reload(self) -> None:
         loaded = self.reloader.poll()
         if loaded is not None:
             self.gate = gatemod.Gate(loaded.registry)
             self.status.forget(set(loaded.registry.workers))
+            self._to_check |= self._subscribed  # a serial may have grown
+            self._rotation_check_at = None  # a policy or a worker may have changed
+
+    # -- pushed rotation ------------------------------------------------------------
+
+    def subscribe(self, obj: EnrolledWorker, updater: Any, serial: int) -> None:
+        """``subscribe_updates``: remember the updater (a second one replaces the first)."""
+        if obj.updater is not updater:
+            # an offer in flight through the old updater no longer counts; but when the last
+            # offer was made still does: re-subscribing is no way around OFFER_RETRY
+            obj.offering = False
+        obj.updater = updater
+        obj.serial = serial
+        obj.call_failed_logged = False
+        self._subscribed.add(obj)
+        self._to_check.add(obj)
+        self._offer_due()
+
+    def _needs_offer(self, obj: EnrolledWorker, worker: model.Worker) -> bool:
+        # a different secret than the current one: the one a rotation replaced (the gate let it in)
+        return obj.serial < worker.serial or obj.swissnum != worker.swissnum
+
+    def _offer_due(self) -> None:
+        """Offer the registry's newest FURL to the subscribed connections that lack it."""
+        now = self.now()
+        seconds = self.clock.seconds()
+        for obj in list(self._to_check):
+            if obj.updater is None:
+                self._to_check.discard(obj)
+                continue
+            decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
+            if not decision.accepted:
+                self._to_check.discard(obj)  # the re-check drops it; never offer over it
+                continue
+            worker = self.gate.registry.workers[obj.name]
+            if not worker.is_usable(now) or not self._needs_offer(obj, worker):
+                self._to_check.discard(obj)
+                continue
+            if obj.offering:
+                continue
+            newer = obj.offered_serial is None or worker.serial > obj.offered_serial
+            if not newer and obj.offered_at is not None and seconds - obj.offered_at < self.offer_retry:
+                continue
+            self._offer(obj, worker)
+
+    def _offer(self, obj: EnrolledWorker, worker: model.Worker) -> None:
+        serial, furl = worker.serial, self.gate.registry.furl(worker)
+        obj.offering = True
+        obj.offered_serial = serial
+        obj.offered_at = self.clock.seconds()
+        updater = obj.updater
+        self.status.offered(obj.name, serial)
+        log.info("offering worker {worker!r} FURL serial {serial}", worker=obj.name, serial=serial)
+
+        def settled(result: Any) -> None:
+            if obj.updater is updater:
+                obj.offering = False
+            if isinstance(result, Failure) and not obj.call_failed_logged:
+                obj.call_failed_logged = True  # once per connection: a dead link fails every call
+                log.info(
+                    "worker {worker!r} ({peer}): FURL offer failed: {why}",
+                    worker=obj.name,
+                    peer=obj.peer,
+                    why=clean_reason(str(result.value) or type(result.value).__name__),
+                )
+
+        try:
+            d = updater.callRemote("offer_furl", serial, furl)
+        except Exception:  # a reference Foolscap already knows to be dead, or a violation
+            d = defer.fail(Failure())
+        d.addBoth(settled)
+
+    def confirm(self, obj: EnrolledWorker, serial: int) -> Any:
+        """``confirm_furl``: only over the worker's current secret; answered once on disk."""
+        worker = self.worker_for(obj)
+        if obj.swissnum != worker.swissnum:
+            raise Refused(CONFIRM_OVER_NEW)
+        if serial > worker.serial:
+            self._reload()  # the CLI may have rotated it since our last poll
+            worker = self.worker_for(obj)
+            if serial > worker.serial:
+                raise Refused(UNKNOWN_SERIAL)
+        obj.serial = max(obj.serial, serial)
+        if serial < worker.serial:
+            # it moved to an older FURL than the newest: the offer of the newest was lost or
+            # raced a rotation; offer it now (one offer per confirm: bounded by its own calls)
+            obj.offered_at = None
+            self._to_check.add(obj)
+            self._offer_due()
+            return {"status": "stale"}
+        if worker.delivered is not None and worker.delivered >= serial:
+            self.status.delivered(obj.name, serial)
+            return {"status": "confirmed"}  # a repeated confirmation: nothing to write
+        name, now = obj.name, self.now()  # read here: the edit runs in the writer's thread
+
+        def edit(editor: Editor) -> None:
+            current = editor.worker(name)  # as on disk, under the lock
+            if not current.is_usable(now):
+                raise WrongState(f"worker {name!r} is {current.state(now)}")
+            editor.update(model.confirm(current, serial, now))
+
+        def written(_: None) -> dict[str, str]:
+            self.status.delivered(name, serial)
+            return {"status": "confirmed"}
+
+        def not_applied(failure: Failure) -> None:
+            failure.trap(BBEnrollError)  # removed or revoked meanwhile: one line for the worker
+            raise Refused(str(failure.value))
+
+        d = self.writer.submit(edit)
+        d.addCallbacks(written, not_applied)
+        return d
+
+    def update_failed(self, obj: EnrolledWorker, serial: int, reason: str) -> None:
+        """``furl_update_failed``: the worker keeps its old FURL; the offer is made again later."""
+        why = clean_reason(reason)
+        log.info(
+            "worker {worker!r} could not move to FURL serial {serial}: {why}",
+            worker=obj.name,
+            serial=serial,
+            why=why,
+        )
+        self.status.update_failed(obj.name, serial, why, self.now())
+        obj.offering = False
+        obj.offered_at = self.clock.seconds()  # not again before OFFER_RETRY
+        self._to_check.add(obj)
+        self._write_status()
+
+    def _after_write(self) -> None:
+        """The master wrote the registry: use it now, not at the next poll."""
+        if not self.running:  # a write that was under way when the service stopped
+            return
+        self._reload()
+        self._recheck(self.now())
+        self._offer_due()
+
+    def _rotate_due(self, now: datetime) -> None:
+        """``rotate_every``: queue the rotation of (a bounded number of) workers that reached it.
+
+        The whole registry is looked at once a :data:`ROTATION_CHECK` (a policy counts in
+        days), on a reload, and on every tick while more are due than one tick rotates.
+        """
+        seconds = self.clock.seconds()
+        if self._rotation_check_at is not None and seconds < self._rotation_check_at:
+            return
+        default = self.gate.registry.master.rotate_every
+        room = max(0, self.max_rotations_per_tick - len(self._rotating))
+        candidates = (
+            name
+            for name, worker in self.gate.registry.workers.items()
+            if name not in self._rotating and model.rotation_due(worker, default, now)
+        )
+        due = list(itertools.islice(candidates, room + 1))
+        more = len(due) > room or bool(self._rotating)
+        due = due[:room]
+        self._rotation_check_at = None if more else seconds + self.rotation_check
+        if not due:
+            return
+        log.info(
+            "bbenroll: rotating {count} workers by policy (rotate_every): {names}",
+            count=len(due),
+            names=", ".join(due[:10]) + (f" and {len(due) - 10} more" if len(due) > 10 else ""),
+        )
+        for name in due:
+            self._rotating.add(name)
+            self.writer.submit(self._policy_rotation(name, now)).addBoth(self._rotated, name)
+
+    @staticmethod
+    def _policy_rotation(name: str, now: datetime) -> Callable[[Editor], None]:
+        def edit(editor: Editor) -> None:  # in the writer's thread
+            worker = editor.worker(name)  # as on disk, under the lock: the CLI may have rotated it
+            if worker.is_usable(now) and model.rotation_due(worker, editor.registry.master.rotate_every, now):
+                editor.update(model.rotate(worker, now))
+
+        return edit
+
+    def _rotated(self, result: Any, name: str) -> None:
+        self._rotating.discard(name)
+        if isinstance(result, Failure):
+            log.info("bbenroll: not rotating {worker!r}: {why}", worker=name, why=str(result.value))
 
     @staticmethod
     def _buildbot_view(usable: dict[str, Any]) -> dict[str, tuple[str, Any]]:

@@ -36,6 +36,11 @@ class WorkerLink:
     since: datetime | None = None  # of the current state
     peer: str | None = None
     last_seen: datetime | None = None
+    # pushed rotation (docs/rotation.md): the serial offered and not confirmed yet, and
+    # the last failure the worker reported; strings in the file, so older readers accept them
+    offer_pending: int | None = None
+    update_failure: str | None = None
+    update_failure_at: datetime | None = None
 
     @property
     def state(self) -> str:
@@ -71,6 +76,29 @@ class StatusBook:
             link.since = now
         self.changed = True
 
+    def offered(self, name: str, serial: int) -> None:
+        link = self.workers.get(name)
+        if link is not None and link.offer_pending != serial:
+            link.offer_pending = serial
+            self.changed = True
+
+    def delivered(self, name: str, serial: int) -> None:
+        """``name`` confirmed ``serial``: no offer pending up to it, its failure is history."""
+        link = self.workers.get(name)
+        if link is None:
+            return
+        if link.offer_pending is not None and link.offer_pending <= serial:
+            link.offer_pending = None
+            link.update_failure = link.update_failure_at = None
+            self.changed = True
+
+    def update_failed(self, name: str, serial: int, reason: str, now: datetime) -> None:
+        link = self.workers.get(name)
+        if link is not None:
+            link.update_failure = f"serial {serial}: {reason}"
+            link.update_failure_at = now
+            self.changed = True
+
     def forget(self, names: set[str]) -> None:
         """Drop workers that are no longer in the registry and not connected."""
         for name in list(self.workers):
@@ -92,10 +120,22 @@ class StatusBook:
                     "since": format_time(link.since),
                     "peer": link.peer,
                     "last_seen": format_time(link.last_seen),
+                    **_update_fields(link),
                 }
                 for name, link in sorted(self.workers.items())
             },
         }
+
+
+def _update_fields(link: WorkerLink) -> dict[str, str]:
+    """The optional pushed-rotation fields: present only when there is something to say."""
+    fields: dict[str, str] = {}
+    if link.offer_pending is not None:
+        fields["offer_pending"] = f"serial {link.offer_pending}"
+    if link.update_failure is not None:
+        fields["update_failure"] = link.update_failure
+        fields["update_failure_at"] = format_time(link.update_failure_at) or ""
+    return fields
 
 
 def write_status(path: Path, document: dict[str, Any]) -> None:
