@@ -104,6 +104,7 @@ Wiring (files owned by others; nothing here edits them)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -124,8 +125,11 @@ from bbenroll.master.tub import (
     _ReportingEndpoint,
     make_tub,
 )
+from bbenroll.tunnel.wire import Refused
 
-__all__ = ["OverlapService", "ServedIdentities", "SharedListener"]
+__all__ = ["RETIRED", "OverlapService", "ServedIdentities", "SharedListener"]
+
+RETIRED = "this master identity was retired; ask the master admin for a new FURL"
 
 
 class SharedListener(Listener):
@@ -171,7 +175,13 @@ class _SharedDoorkeeper:
     retiring one identity must not abort the other's, nor those still negotiating
     (they belong to the port, not to a Tub). :meth:`ServedIdentities.stopService`
     drops them all once, when the whole port stops.
+
+    Once its Tub is retired, a connection whose negotiation picked that Tub before
+    and finishes after is aborted as its Broker starts (``EnrollmentBroker.connectionMade``
+    tells the Tub's Doorkeeper): it would otherwise be served by a stopped Tub.
     """
+
+    retired = False
 
     def __init__(self, keeper: Doorkeeper) -> None:
         self._keeper = keeper
@@ -179,8 +189,21 @@ class _SharedDoorkeeper:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._keeper, name)
 
+    def arrived(self, transport: Any, timeout: float,
+                progress: guardmod.Progress = guardmod.Progress.SILENT) -> None:
+        if self.retired:
+            with contextlib.suppress(Exception):  # already gone
+                transport.abortConnection()
+            return  # still counted until it is lost (settled() by its Broker), as any
+        self._keeper.arrived(transport, timeout, progress)
+
     def drop_all(self) -> None:
         return None
+
+
+def _late_broker(tubref: Any, broker: Any, isClient: bool) -> None:
+    """``brokerAttached`` of a retired Tub: its late connection is being aborted; keep nothing."""
+    return None
 
 
 class ServedIdentities(service.MultiService):
@@ -250,6 +273,9 @@ class ServedIdentities(service.MultiService):
             raise ValueError("cannot retire the last identity")
         if self.listener is not None:
             self.listener.stop_serving(tubid)
+        tub.doorkeeper.retired = True  # type: ignore[union-attr]
+        # Foolscap asserts a running Tub there; a late negotiation's Broker is aborted instead
+        tub.brokerAttached = _late_broker  # type: ignore[method-assign]
         return defer.maybeDeferred(tub.disownServiceParent)
 
     def stopService(self) -> Any:
@@ -297,6 +323,9 @@ class OverlapService(EnrollmentService):
         return d
 
     def lookup(self, swissnum: str, broker: EnrollmentBroker) -> Any:
+        if self.identities is None or broker.tub.tubID not in self.identities.tubs:
+            # a late connection of a retired identity (it is being aborted): nothing to find
+            return defer.fail(Refused(RETIRED))
         result = super().lookup(swissnum, broker)
         # The answer is sent by the connection's own Tub: the object's name must be there.
         if isinstance(result, EnrolledWorker) and self.tub is not None and broker.tub is not self.tub:

@@ -283,3 +283,29 @@ async def test_a_taken_port_is_one_listen_error(master, pems):
             await listening
     finally:
         await identities.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_negotiation_that_picked_the_old_identity_before_it_retired_is_ended(master, pems):
+    """The race of a retirement: the client named the old TubID, and its negotiation finishes after."""
+    secret = swissnum_of(master.cli("add", "w1"))
+    await master.start()
+    old = master.tubid
+    new = master.service.serve_also(pems[0])
+    paused: list[defer.Deferred[None]] = []
+    # Foolscap's own test hook: the server holds its hello (TLS has started) until released
+    master.service.identities.tubs[old]._test_options = {"debug_pause_sendHello": paused.append}
+    attempt = defer.ensureDeferred(master.connect(master.furl(old, secret)))
+    for _ in range(250):
+        if paused:
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    assert paused, "the negotiation never reached the old Tub"
+    await master.service.retire(old)
+    paused[0].callback(None)
+    attempt.addTimeout(10, reactor)
+    with pytest.raises(Exception) as info:
+        await attempt
+    assert not isinstance(info.value, defer.TimeoutError), "the connection was left hanging"
+    assert master.service.connections == {}
+    assert master.service.identities.tubs[new].brokers == {}
