@@ -77,7 +77,14 @@ Wiring (files owned by others; nothing here edits them)
   not own it, and its ``stopService`` does not ``drop_all`` (here: the
   :class:`_SharedDoorkeeper` view); (2) ``listen(..., listener=None)`` or a
   public ``ReportingEndpoint``, so :meth:`ServedIdentities.listen` need not
-  import the private ``_ReportingEndpoint``.
+  import the private ``_ReportingEndpoint``; (3) an ``EnrollmentTub.retired``
+  flag that ``EnrollmentBroker.connectionMade`` checks (abort) and that makes
+  ``brokerAttached`` keep nothing: a negotiation that picked a Tub just before it
+  retired finishes after it (tested), and Foolscap would then assert a running
+  Tub. Here the Doorkeeper view and an instance attribute do it.
+- Unknown TubIDs are refused by Foolscap before TLS and are not counted by the
+  Guard (as today for the single identity); a retired TubID could be given the
+  clearer "retired" line only by a Listener redirect or a negotiation subclass.
 - ``master/service.py``: (a) ``startService`` builds a :class:`ServedIdentities`
   instead of ``make_tub``+``listen``: ``add`` the current identity and, if the
   registry has one whose ``until`` has not passed, ``previous``; then
@@ -265,12 +272,11 @@ class ServedIdentities(service.MultiService):
 
     def retire(self, tubid: str) -> defer.Deferred[Any]:
         """Stop serving ``tubid``: refused from now on, its connections end; the port stays."""
-        tub = self.tubs.pop(tubid, None)
-        if tub is None:
+        if tubid not in self.tubs:
             return defer.succeed(None)
-        if not self.tubs:
-            self.tubs[tubid] = tub
+        if len(self.tubs) == 1:
             raise ValueError("cannot retire the last identity")
+        tub = self.tubs.pop(tubid)
         if self.listener is not None:
             self.listener.stop_serving(tubid)
         tub.doorkeeper.retired = True  # type: ignore[union-attr]
@@ -293,6 +299,12 @@ class OverlapService(EnrollmentService):
 
     identities: ServedIdentities | None = None
 
+    def __init__(self, *args: Any, also: Sequence[bytes] = (), **kwargs: Any) -> None:
+        """``also``: identities (PEM) served from the start besides the registry's own:
+        the stand-in for ``[master] previous`` until the registry has it."""
+        super().__init__(*args, **kwargs)
+        self.also = list(also)
+
     def startService(self) -> None:
         from bbenroll.identity import load_identity
 
@@ -302,6 +314,8 @@ class OverlapService(EnrollmentService):
         master = self.loaded.registry.master
         identities = ServedIdentities(self, self.clock, self.guard)
         tub = identities.add(load_identity(self.loaded.identity_path).pem, master.location)
+        for pem in self.also:
+            identities.add(pem, master.location)
         listening = identities.listen(self.reactor, master.listen)
         identities.setServiceParent(self)
         self.identities = identities

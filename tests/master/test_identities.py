@@ -35,9 +35,9 @@ def sockets() -> set[object]:
 class Master:
     """An OverlapService on the real reactor, its registry's CLI, and client Tubs."""
 
-    def __init__(self, path):
+    def __init__(self, path, also=()):
         self.path = path
-        self.service = OverlapService(path, reactor=reactor, poll_interval=0.1)
+        self.service = OverlapService(path, reactor=reactor, poll_interval=0.1, also=also)
         self.clients: list[Tub] = []
         self.sockets = sockets()  # before we open anything
 
@@ -131,6 +131,20 @@ async def test_both_identities_answer_on_one_port(master, pems):
     assert broker_of(master, "w2").tub.tubID == new
     assert ref1.getSturdyRef().getTubRef().getTubID() == old
     assert ref2.getSturdyRef().getTubRef().getTubID() == new
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_master_started_during_an_overlap_serves_both_from_the_start(served_reg_path, pems):
+    m = Master(served_reg_path, also=[pems[0]])
+    try:
+        secret = swissnum_of(m.cli("add", "w1"))
+        await m.start()
+        assert m.service.identities.tubids() == [m.tubid, tubid_from_pem(pems[0])]
+        for tubid in m.service.identities.tubids():
+            ref = await m.connect(m.furl(tubid, secret))
+            assert (await ref.callRemote("get_worker_config"))["name"] == "w1"
+    finally:
+        await m.stop()
 
 
 @pytest_twisted.ensureDeferred
