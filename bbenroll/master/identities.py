@@ -121,6 +121,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 
+from bbenroll.identity import load_identity
 from bbenroll.master import guard as guardmod
 from bbenroll.master.service import EnrolledWorker, EnrollmentService
 from bbenroll.master.tub import (
@@ -201,7 +202,7 @@ class _SharedDoorkeeper:
         if self.retired:
             with contextlib.suppress(Exception):  # already gone
                 transport.abortConnection()
-            return  # still counted until it is lost (settled() by its Broker), as any
+            return  # its Broker's connectionLost settles it in the shared Doorkeeper
         self._keeper.arrived(transport, timeout, progress)
 
     def drop_all(self) -> None:
@@ -306,8 +307,6 @@ class OverlapService(EnrollmentService):
         self.also = list(also)
 
     def startService(self) -> None:
-        from bbenroll.identity import load_identity
-
         self._reload()
         self.reloader.started()
         self._raise_open_files_limit()
