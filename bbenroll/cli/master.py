@@ -107,14 +107,29 @@ class GraceType(DurationType):
         return super().convert(value, param, ctx)
 
 
-_DATED = re.compile(r"-\d{8}T\d{6}Z$")
+_DATED = re.compile(r"-\d{8}T\d{6}Z(-\d+)?$")
 
 
-def new_identity_name(old: str, now: datetime) -> str:
-    """``master.pem`` -> ``master-20261203T124800Z.pem``, in the old file's directory, as written."""
+def new_identity_name(old: str, now: datetime, attempt: int = 1) -> str:
+    """``master.pem`` -> ``master-20261203T124800Z.pem``, in the old file's directory, as written
+    (``attempt`` 2 and up: ``...Z-2.pem``, for a second roll within the same second)."""
     path = PurePath(old)
     stem = _DATED.sub("", path.stem) or "master"  # a second roll replaces the first one's date
-    return str(path.parent / f"{stem}-{now.strftime('%Y%m%dT%H%M%SZ')}.pem")
+    suffix = f"-{attempt}" if attempt > 1 else ""
+    return str(path.parent / f"{stem}-{now.strftime('%Y%m%dT%H%M%SZ')}{suffix}.pem")
+
+
+def create_new_identity(registry_path: Any, old: str, now: datetime) -> tuple[str, Any]:
+    """Mint a key into a file that did not exist (never replacing one); its name as written, and it."""
+    from bbenroll.identity import create_identity
+    from bbenroll.registry import store
+
+    for attempt in range(1, 100):
+        name = new_identity_name(old, now, attempt)
+        path = store.identity_path(registry_path, name)
+        if not path.exists():
+            return name, create_identity(path)  # exclusive: a file made meanwhile is refused, not replaced
+    raise BBEnrollError(f"{path}: too many master identity files made at {now}; try again in a second")
 
 
 @command.command("roll-identity")
@@ -134,8 +149,7 @@ def roll_identity(app: App, grace: timedelta | None) -> Result:
     each connected worker its FURL under the new TubID, and retires the old
     identity once every worker confirmed, or when the grace ends.
     """
-    from bbenroll.identity import create_identity
-    from bbenroll.registry import model, store
+    from bbenroll.registry import model
 
     if grace is None:
         grace = model.DEFAULT_GRACE
@@ -144,8 +158,7 @@ def roll_identity(app: App, grace: timedelta | None) -> Result:
         old = editor.master
         # refused (one roll at a time) before a key is minted: a refusal leaves no file behind
         model.check_roll(old, now)
-        name = new_identity_name(old.identity, now)
-        identity = create_identity(store.identity_path(app.registry_path, name))
+        name, identity = create_new_identity(app.registry_path, old.identity, now)
         editor.set_master(model.roll_identity(old, name, identity.tubid, now, grace))
         moved = []
         for worker_name, worker in editor.workers.items():

@@ -531,7 +531,9 @@ class EnrollmentService(service.MultiService):
             self._subscribed.discard(obj)
             self._to_check.discard(obj)
             obj.updater = None
-        d = self.identities.retire(tubid)  # stops its Tub: its connections end
+            if not obj.broker.disconnected:  # (the Tub's stop would too, for the brokers it knows)
+                obj.broker.shutdown(Failure(DeadReferenceError(RETIRED)))
+        d = self.identities.retire(tubid)  # stops its Tub: the rest of its connections end
         d.addErrback(lambda f: log.failure("bbenroll: while retiring a master identity", f))
 
     def _remove_previous_identity(self, tubid: str, why: str) -> None:

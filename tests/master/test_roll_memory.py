@@ -1,0 +1,159 @@
+"""Master key rollover on a running master, deterministically: in-memory links, one clock.
+
+``bbenroll master roll-identity`` writes the new identity and ``[master]
+previous``; the service serves both, offers every connection on the old TubID
+its FURL under the new one, and retires the old identity once every usable
+worker confirmed or when the grace ends (docs/rotation.md, "Master key rollover").
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from bbenroll.furl import parse_furl
+from bbenroll.master.reloader import POLL_INTERVAL
+from bbenroll.master.service import CONFIRM_OVER_NEW
+from bbenroll.master.writer import run_here
+from bbenroll.registry import audit
+from tests.helpers.foolscap import MemoryLink
+from tests.master.test_push_memory import Updater, subscribe
+
+
+def master_table(world) -> dict:
+    return tomllib.loads(world.path.read_text())["master"]
+
+
+def records(world) -> list[dict]:
+    return audit.read_records(audit.log_path(world.path))
+
+
+def roll(world, *args: str) -> dict:
+    document = json.loads(world.cli("--json", "master", "roll-identity", *args))
+    world.advance(POLL_INTERVAL)  # the service's next poll
+    return document
+
+
+def link_to(world, tubid: str) -> MemoryLink:
+    link = MemoryLink(world.service.identities.tubs[tubid], world.clock)
+    world.links.append(link)
+    return link
+
+
+def test_a_live_roll_serves_both_offers_the_new_tubid_and_retires_the_old_once_confirmed(world):
+    secret = world.add("w1")
+    service = world.start(run_write=run_here)
+    old = service.tub.tubID
+    old_link, old_ref = world.accepted(secret)
+
+    rolled = roll(world)
+    new = rolled["tubid"]
+    assert service.identities.tubids() == [old, new]
+    assert service.tub.tubID == new  # new FURLs (and offers) carry it
+    assert world.logged("serving master identity")
+
+    # the connection on the old identity reports the newest serial, and is offered all the same
+    updater = subscribe(world, old_ref, serial=1)
+    ((serial, furl),) = updater.offers
+    assert serial == 1
+    assert (parse_furl(furl).tubid, parse_furl(furl).swissnum) == (new, secret)  # same secret, new TubID
+    with pytest.raises(Exception) as info:  # confirmed over the old identity: not a proof
+        world.call(old_ref, "confirm_furl", 1)
+    assert str(info.value.failure.value) == CONFIRM_OVER_NEW
+    assert "previous" in master_table(world)
+
+    new_link = link_to(world, new)
+    new_ref = new_link.reference(secret)
+    assert world.call(new_ref, "confirm_furl", 1) == {"status": "confirmed"}
+    world.advance(0)
+    # every usable worker confirmed: the old identity retired at once, its connection ended
+    assert service.identities.tubids() == [new]
+    assert not old_link.connected and new_link.connected
+    assert "previous" not in master_table(world)
+    assert master_table(world)["tubid"] == new
+    last = records(world)[-1]
+    assert (last["action"], last["actor"]["by"]) == ("identity-retired", "master")
+    assert last["reason"] == f"tubid {old} is no longer served"
+    assert world.call(new_ref, "get_worker_config")["name"] == "w1"  # the port keeps serving
+    again = link_to(world, new)
+    assert world.call(again.reference(secret), "get_worker_config")["name"] == "w1"
+    world.finish()
+
+
+def test_the_grace_end_retires_the_old_identity_by_the_masters_clock(world):
+    secret = world.add("w1")
+    world.add("w2")
+    service = world.start(run_write=run_here)
+    old = service.tub.tubID
+    old_link, _ = world.accepted(secret)
+    new = roll(world, "--grace", "1h")["tubid"]
+    world.advance(3500)
+    assert service.identities.tubids() == [old, new] and old_link.connected
+    world.advance(101)  # the hour is over: nobody confirmed
+    assert service.identities.tubids() == [new]
+    assert not old_link.connected
+    assert "previous" not in master_table(world)
+    retired = world.logged("retiring master identity")
+    assert len(retired) == 1 and "its overlap ended" in retired[0]["why"]
+    world.finish()
+
+
+def test_roll_with_no_grace_stops_serving_the_old_identity_at_once(world):
+    secret = world.add("w1")
+    service = world.start(run_write=run_here)
+    old_link, _ = world.accepted(secret)
+    new = roll(world, "--grace", "0")["tubid"]
+    assert service.identities.tubids() == [new]
+    assert not old_link.connected
+    assert world.logged("rolled without an overlap")
+    link = link_to(world, new)
+    assert world.call(link.reference(secret), "get_worker_config")["name"] == "w1"
+    world.finish()
+
+
+def test_a_tubid_change_that_is_not_a_roll_of_the_running_identity_is_refused(world):
+    secret = world.add("w1")
+    service = world.start(run_write=run_here)
+    old = service.tub.tubID
+    link, _ = world.accepted(secret)
+    # two rolls before the master looked: the registry's previous is not what it serves
+    world.cli("master", "roll-identity", "--grace", "0")
+    world.cli("master", "roll-identity")
+    world.advance(POLL_INTERVAL)
+    (refused,) = world.logged("the changed one is refused")
+    assert "master.previous is not the identity being served" in refused["error"]
+    assert service.identities.tubids() == [old] and link.connected
+    world.finish()
+
+
+def test_a_master_started_after_the_overlap_serves_only_the_new_identity(world):
+    world.add("w1")
+    world.cli("master", "roll-identity", "--grace", "1h")
+    new = master_table(world)["tubid"]
+    world.advance(7200)
+    service = world.start(run_write=run_here)
+    assert service.identities.tubids() == [new]
+    world.advance(POLL_INTERVAL)
+    assert "previous" not in master_table(world)  # and the master wrote so
+    world.finish()
+
+
+def test_a_worker_added_after_the_roll_does_not_hold_the_old_identity(world):
+    secret = world.add("w1")
+    world.add("gone")
+    service = world.start(run_write=run_here)
+    old = service.tub.tubID
+    new = roll(world)["tubid"]
+    world.cli("revoke", "gone")  # revoked: does not count
+    world.add("late")  # serial 0: its only FURL carries the new TubID
+    world.advance(POLL_INTERVAL)
+    assert service.identities.tubids() == [old, new]  # w1 has not confirmed yet
+    updater = Updater()
+    new_ref = link_to(world, new).reference(secret)
+    subscribe(world, new_ref, serial=0, updater=updater)
+    assert world.call(new_ref, "confirm_furl", 1) == {"status": "confirmed"}
+    world.advance(0)
+    assert service.identities.tubids() == [new]
+    world.finish()
