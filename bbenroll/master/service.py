@@ -336,7 +336,7 @@ class EnrollmentService(service.MultiService):
         # this connection (the identity its FURL named), which is the one that sends the answer
         broker.tub.referenceToName[obj] = swissnum
         broker.notifyOnDisconnect(self._lost, key)  # fires once, with the connection
-        self.status.connected(obj.name, obj.peer, self.now())
+        self.status.connected(obj.name, obj.peer, self.now(), broker.tub.tubID)
         log.info(
             "accepted worker {worker!r} from {peer} ({which} secret)",
             worker=obj.name,
@@ -383,7 +383,7 @@ class EnrollmentService(service.MultiService):
         self._subscribed.discard(obj)
         self._to_check.discard(obj)
         obj.updater = None
-        self.status.disconnected(obj.name, self.now())
+        self.status.disconnected(obj.name, self.now(), obj.broker.tub.tubID)
         log.info("worker {worker!r} disconnected ({peer})", worker=obj.name, peer=obj.peer)
         self._write_status()
 

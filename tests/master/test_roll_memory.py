@@ -16,6 +16,7 @@ import pytest
 from bbenroll.furl import parse_furl
 from bbenroll.master.reloader import POLL_INTERVAL
 from bbenroll.master.service import CONFIRM_OVER_NEW
+from bbenroll.master.status import status_path
 from bbenroll.master.writer import run_here
 from bbenroll.registry import audit
 from tests.helpers.foolscap import MemoryLink
@@ -66,6 +67,9 @@ def test_a_live_roll_serves_both_offers_the_new_tubid_and_retires_the_old_once_c
 
     new_link = link_to(world, new)
     new_ref = new_link.reference(secret)
+    world.advance(POLL_INTERVAL)  # the status file is written by the tick
+    status = json.loads(status_path(world.path).read_text())
+    assert status["workers"]["w1"]["tubids"] == ",".join(sorted([old, new]))  # who is on which identity
     assert world.call(new_ref, "confirm_furl", 1) == {"status": "confirmed"}
     world.advance(0)
     # every usable worker confirmed: the old identity retired at once, its connection ended
@@ -76,6 +80,8 @@ def test_a_live_roll_serves_both_offers_the_new_tubid_and_retires_the_old_once_c
     last = records(world)[-1]
     assert (last["action"], last["actor"]["by"]) == ("identity-retired", "master")
     assert last["reason"] == f"tubid {old} is no longer served"
+    world.advance(POLL_INTERVAL)
+    assert json.loads(status_path(world.path).read_text())["workers"]["w1"]["tubids"] == new
     assert world.call(new_ref, "get_worker_config")["name"] == "w1"  # the port keeps serving
     again = link_to(world, new)
     assert world.call(again.reference(secret), "get_worker_config")["name"] == "w1"
