@@ -115,6 +115,19 @@ def open_fds(pid: int) -> int:
         return -1
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used so far (/proc/PID/stat), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else round(after - before, 2)
+
+
 class FdSampler:
     """The peak of a process's open fds, sampled in a thread between ``start`` and ``stop``."""
 
@@ -140,7 +153,8 @@ class FdSampler:
 
 
 def summary(times: list[float]) -> dict[str, float | None]:
-    return {"median": statistics.median(times) if times else None, "max": max(times) if times else None}
+    return {"median": statistics.median(times) if times else None, "max": max(times) if times else None,
+            "min": min(times) if times else None}
 
 
 class BuildBench:
@@ -194,19 +208,23 @@ class BuildBench:
             self.out["rounds"].append(rnd)
             self._phase_start(f"round {number}: baseline")
             sampler = FdSampler(self.master_pid).start()
+            started, cpu = time.monotonic(), cpu_seconds(self.master_pid)
             rnd["baseline"] = self._phase(f"baseline{number}")
+            rnd["baseline_phase_seconds"] = round(time.monotonic() - started, 1)
+            rnd["baseline_master_cpu"] = spent(cpu, cpu_seconds(self.master_pid))
             rnd["fds_baseline_peak"] = sampler.stop()
             rnd["fds_after_baseline"] = open_fds(self.master_pid)
 
             self._phase_start(f"round {number}: attack")
             sampler = FdSampler(self.master_pid).start()
-            started = time.monotonic()
+            started, cpu = time.monotonic(), cpu_seconds(self.master_pid)
             self._start_attacker(seed_furl)
             try:
                 self.children.sleep(ATTACK_RAMP)
                 rnd["attack"] = self._phase(f"attack{number}")
             finally:
                 rnd["attack_phase_seconds"] = round(time.monotonic() - started, 1)
+                rnd["attack_master_cpu"] = spent(cpu, cpu_seconds(self.master_pid))
                 rnd["attacker_ran_throughout"] = self.attacker is not None and self.attacker.poll() is None
                 rnd["fds_peak"] = sampler.stop()
                 rnd["attacker"] = self._stop_attacker()
@@ -475,10 +493,12 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> bool:
     row("new worker: attach, `buildbot-worker start` until connected", new, "attach")
     row(f"new worker: build ({lines} lines of output), median", new, "median")
     row("new worker: build, max", new, "max")
+    row("new worker: build, min (the least disturbed by other load)", new, "min")
     print(f"| new worker: builds that succeeded with their whole log | {ok(new['baseline'])} "
           f"| {ok(new['attack'])} | |")
     row(f"attached worker: build ({lines} lines), median", held, "median")
     row("attached worker: build, max", held, "max")
+    row("attached worker: build, min", held, "min")
     print(f"| attached worker: builds that succeeded with their whole log | {ok(held['baseline'])} "
           f"| {ok(held['attack'])} | |")
     every = "error" not in out and all(f.get("ok") == expected for f in [*new.values(), *held.values()])
@@ -501,13 +521,16 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> bool:
         for k, v in (a.get("guess_outcomes") or {}).items():
             outcomes[k] = outcomes.get(k, 0) + v
     print(f"| wrong-swissnum lookups sent (all rounds) / outcomes | {total('guesses_sent')} / {outcomes} |")
+    print(f"| phase length, s: baseline / under attack ({ATTACK_RAMP:g} s ramp included) | "
+          f"{each('baseline_phase_seconds')} / {each('attack_phase_seconds')} |")
+    print(f"| master CPU time in the phase, s: baseline / under attack | {each('baseline_master_cpu')} / "
+          f"{each('attack_master_cpu')} |")
     attacked = [r for r in rounds if "attack_phase_seconds" in r]
     ran = bool(attacked) and all(r.get("attacker_ran_throughout") for r in attacked)
     held_for = "held throughout" if ran else "**ended before the phase did**"
     last_guess = " + ".join(str(a.get("last_guess_answered_after")) for a in attackers)
-    print(f"| attack phase ({ATTACK_RAMP:g} s ramp, enroll, attach, builds), s | "
-          f"{each('attack_phase_seconds')}; raw connections {held_for}; last guess answered after "
-          f"{last_guess} s |")
+    print(f"| the attack | raw connections {held_for}; last guess answered {last_guess} s after the "
+          f"attacker started |")
     still = all(r.get("attached_still_connected") for r in rounds) and bool(rounds)
     print(f"| attached worker still connected after every attack | {'yes' if still else '**no**'} |")
     load = [f"{x:.2f}" for x in (*out.get("loadavg_start", ()), *out.get("loadavg_end", ()))]
