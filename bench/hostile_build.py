@@ -554,6 +554,9 @@ def build_bench(args: argparse.Namespace, attacker_argv: Callable[[str], list[st
     missing = missing_extras()
     if missing:
         raise SystemExit(f"--build needs {', '.join(missing)}: pip install -e '.[test]'")
-    out = BuildBench(args, attacker_argv).run()
+    try:
+        out = BuildBench(args, attacker_argv).run()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted (every process the bench started was stopped)") from None
     if not report(out, args):
         raise SystemExit(1)
