@@ -2,8 +2,11 @@
 
 One real Buildbot master (the bbenroll master.cfg hook, sqlite, buildbot-www for
 the REST API) runs on free 127.0.0.1 ports. Its registry starts with one worker,
-``seed``, that never connects (Buildbot does not start without a worker). Each
-phase then goes through what a worker admin does, on a fresh worker:
+``seed``, that never connects (Buildbot does not start without a worker). A
+worker ``attached`` is then enrolled and runs ``--warmup-builds`` untimed builds
+(a fresh master's first builds are slower), and stays connected to the end.
+
+Each phase then goes through what a worker admin does, on a fresh worker NAME:
 
 1. ``bbenroll add NAME`` on the running master's registry, and the wait until
    the master has configured the worker and its builder ``b-NAME`` (the hook
@@ -13,16 +16,19 @@ phase then goes through what a worker admin does, on a fresh worker:
    ``--create-attempts`` times in all, and the time covers every attempt;
 3. attach: ``buildbot-worker start --nodaemon WDIR`` until the REST API shows the
    worker connected;
-4. ``--builds`` forced builds on ``b-NAME``, one after the other, each a shell
-   step printing ``--output-lines`` lines; each is timed from the force request
-   until the REST API shows it complete (polled every ``POLL`` s, so times are
-   good to about that), and its log must end with the last line.
+4. ``--builds`` forced builds on ``b-NAME`` and as many on ``b-attached``, one at
+   a time, the two taking turns; each is a shell step printing
+   ``--output-lines`` lines, timed from the force request until the REST API
+   shows it complete (polled every ``POLL`` s, so times are good to about that),
+   and it counts as a success only if its log holds every line, in order;
+5. NAME's buildbot-worker is stopped.
 
-The baseline phase enrolls ``base`` with nothing else running; the attack phase
-starts the attacker of bench_hostile.py (raw silent connections and wrong
-swissnums, from 127.0.0.1 like the workers), waits ``ATTACK_RAMP`` s, enrolls
-``attacked``, and then runs the same builds once more on ``base``, which has
-stayed attached all along. The master's open fds are read from /proc/PID/fd.
+A baseline phase (workers ``baseline1``, ...) has nothing else running; an
+attack phase (``attack1``, ...) first starts the attacker of bench_hostile.py
+(raw silent connections and wrong swissnums, from 127.0.0.1 like the workers)
+and waits ``ATTACK_RAMP`` s. ``--rounds`` pairs of them take turns, so that the
+load of a shared machine falls on both alike. The master's open fds are read
+from /proc/PID/fd and its CPU time from /proc/PID/stat.
 
 Every phase has its own deadline (``--phase-timeout``), the attacker stops by
 ``--attack-seconds`` at the latest, and every process started here is stopped
@@ -331,9 +337,9 @@ class BuildBench:
                                   cwd=self.tmp, log=log, stdin=(furl + "\n").encode("ascii"))
                 break
             except DemoError as e:
+                if self.children.monotonic() > self.children.deadline:
+                    raise  # the phase's time is up: no more tries
                 errors.append(str(e))
-                if "timed out" in str(e):
-                    raise
         result["create_seconds"] = time.monotonic() - start
         result["create_attempts"] = len(errors) + (1 if len(errors) < self.args.create_attempts else 0)
         result["create_errors"] = errors
@@ -356,7 +362,7 @@ class BuildBench:
             if not builder:
                 raise DemoError(f"the master has no builder for {name}")
         builds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for _, name in ((i, name) for i in range(count) for name in names):
+        for name in [name for _ in range(count) for name in names]:
             builder = builders[name]
             start = time.monotonic()
             answer = self.rest.rpc("forceschedulers/force", "force", builderid=builder["builderid"])
@@ -369,11 +375,11 @@ class BuildBench:
             build = self.children.wait(f"a build on {name} to complete", complete)
             seconds = time.monotonic() - start
             builds[name].append({"seconds": seconds, "result": build.get("results"),
-                           "output_complete": self._log_ends_well(build)})
+                                 "output_complete": self._log_ends_well(build)})
         return builds
 
     def _log_ends_well(self, build: dict[str, Any]) -> bool:
-        """Whether the step's log came through whole: its last line is the script's last."""
+        """Whether the step's log came through whole: every line the script printed, in order."""
         try:
             steps = self.rest.get(f"builds/{build['buildid']}/steps")["steps"]
             step = next(s for s in steps if s.get("name") == "print")
@@ -382,9 +388,10 @@ class BuildBench:
             return False
         text = raw.decode("utf-8", "replace")
         lines = [line for line in text.splitlines() if line.startswith("bench ")]
-        wanted = [f"bench output line {i} of {self.args.output_lines}:" for i in (1, self.args.output_lines)]
-        return (len(lines) == self.args.output_lines + 1 and lines[-1] == last_line()
-                and lines[0].startswith(wanted[0]) and lines[-2].startswith(wanted[1]))
+        count = self.args.output_lines
+        numbered = enumerate(lines[:-1], 1)
+        return (len(lines) == count + 1 and lines[-1] == last_line()
+                and all(line.startswith(f"bench output line {i} of {count}:") for i, line in numbered))
 
     def _worker(self, name: str, *, configured: bool = False, connected: bool = False) -> bool:
         for worker in (self.rest.try_get(f"workers?name={name}") or {}).get("workers", []):
