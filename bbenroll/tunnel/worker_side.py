@@ -295,8 +295,8 @@ class WorkerTunnel(TunnelAdapter):
         except Exception as e:  # a local Violation: treated like a remote refusal
             d = defer.fail(e)
         d.addErrback(self._not_subscribed)
-        pending, self.updater.pending = self.updater.pending, None
-        if pending is not None and not self.updater.busy:
+        if self.updater.pending is not None and not self.updater.busy:  # an update finishes with its own
+            pending, self.updater.pending = self.updater.pending, None
             self.updater.offer(*pending)  # an offer that came while we were reconnecting
 
     def _not_subscribed(self, failure: Failure) -> None:

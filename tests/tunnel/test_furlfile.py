@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from bbenroll.tunnel.furlfile import FurlFile, FurlFileError, read_furl_file, write_furl_file
-from tests.helpers.files import read_only_directory
+from tests.helpers.fake_master import read_only_directory
 
 FURL = "pb://" + "a" * 32 + "@tcp:127.0.0.1:9/" + "b" * 32
 OTHER = "pb://" + "c" * 32 + "@tcp:127.0.0.1:10/" + "d" * 32
