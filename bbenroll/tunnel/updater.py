@@ -71,6 +71,7 @@ class FurlUpdater(Referenceable):
         self.target: tuple[int, str] | None = None  # the offer being tried
         self.pending: tuple[int, str] | None = None  # the newest offer that came meanwhile
         self.tub: Any = None  # the fresh client Tub of the offer being tried
+        self._step: defer.Deferred | None = None  # the update's chain, to cancel when the tunnel stops
         self.outcomes: list[tuple[int, str]] = []  # (serial, "moved" | reason): what became of offers
 
     @property
@@ -93,8 +94,11 @@ class FurlUpdater(Referenceable):
         self._start(serial, furl)
 
     def cancel(self) -> None:
-        """The tunnel stops: give up the update in progress (its Tub too)."""
+        """The tunnel stops: give up the update in progress (its Tub and its timeout too)."""
         self.pending = None
+        step, self._step = self._step, None
+        if step is not None:
+            step.cancel()  # fails the chain at its current step (the timeout's call goes with it)
         self._stop_tub()
 
     # -- the steps ------------------------------------------------------------------------
@@ -109,7 +113,9 @@ class FurlUpdater(Referenceable):
         log.info("bbenroll: trying the new FURL {serial} ({where})", serial=serial, where=where(furl))
         self.state = State.TESTING
         self.tub = self.tunnel.make_client_tub()
-        d = self.tub.getReference(furl)
+        # kept before the callbacks: a chain that fails at once ends (and may start the
+        # pending offer, with its own chain) inside addCallbacks
+        d = self._step = self.tub.getReference(furl)
         d.addTimeout(self.timeout, self.tunnel.clock)
         d.addCallbacks(self._reached, self._unreachable)
         d.addCallback(self._moved)
@@ -190,7 +196,7 @@ class FurlUpdater(Referenceable):
             serial=serial, where=where(furl), reason=reason,
         )
         peer = self.tunnel.peer
-        if peer is not None:
+        if peer is not None and not self.tunnel.stopped:
             try:
                 d = peer.callRemote("furl_update_failed", serial=serial, reason=reason)
             except Exception:  # the report is best effort; the master offers again
@@ -213,6 +219,7 @@ class FurlUpdater(Referenceable):
     def _finish(self, serial: int, outcome: str) -> None:
         self.state = State.IDLE
         self.target = None
+        self._step = None
         self.outcomes.append((serial, outcome))
         self.tunnel.update_finished()
         pending, self.pending = self.pending, None
