@@ -87,7 +87,9 @@ class FurlUpdater(Referenceable):
         if serial <= newest:
             log.debug("bbenroll: ignoring FURL offer {serial} (we hold {ours})", serial=serial, ours=newest)
             return
-        if self.busy or self.tunnel.stopped:
+        # one at a time, and not while a reconnect is binding the session to the old FURL:
+        # the newest offer is kept for when that is over
+        if self.busy or self.tunnel.stopped or self.tunnel.connecting:
             if not self.tunnel.stopped and (self.pending is None or serial > self.pending[0]):
                 self.pending = (serial, furl)
             return
