@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from bbenroll.errors import BBEnrollError
+from bbenroll.fileio import atomic_write
 from bbenroll.furl import parse_furl
-from bbenroll.tunnel.furlfile import FurlFileError, write_furl_file
+from bbenroll.tunnel.furlfile import furl_file_text
 
 FURL_FILE = "bbenroll.furl"
 DEFAULT_TIMEOUT = 30.0  # seconds to reach the master and fetch the settings
@@ -157,13 +158,13 @@ def create_worker_dir(
         if created != 0:
             reason = said.getvalue().strip().splitlines()[:1]
             raise WorkerSetupError(f"buildbot-worker could not create {basedir}: {' '.join(reason)}")
-        write_furl_file(furl_file, furl)  # the secret, serial 0 (no serial line): once all else worked
+        # the secret, once all else worked: the FURL file's format (furlfile.py) at serial 0,
+        # that is the FURL line alone; atomic_write itself, so that an OSError keeps its path
+        atomic_write(furl_file, furl_file_text(furl).encode("ascii"))
         if os.name == "posix":
             os.chmod(tac, 0o600)  # it holds the PB password
     except BaseException as e:
         undo.roll_back()
-        if isinstance(e, FurlFileError):
-            raise WorkerSetupError(str(e)) from None
         if isinstance(e, OSError):
             raise WorkerSetupError(f"cannot write {e.filename or basedir}: {e.strerror}") from None
         raise

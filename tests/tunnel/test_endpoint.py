@@ -201,3 +201,18 @@ def test_the_plugin_parser_owns_one_table_and_the_historical_target_shares_it(fu
     assert isinstance(old, endpoint.TunnelEndpoint)
     assert isinstance(bbenroll_endpoint_parser.tunnels, TunnelTable)
     assert new.tunnels is old.tunnels is bbenroll_endpoint_parser.tunnels
+
+
+def test_connect_reads_the_serial_and_skips_comments(tmp_path):
+    path = tmp_path / "bbenroll.furl"
+    path.write_text(f"# pushed by the master\n# serial 4\n{FURL}\n")
+    reactor = MemoryReactorClock()
+    table = TunnelTable(make_tunnel=FakeTunnel)
+    TunnelEndpoint(reactor, str(path), tunnels=table).connect(CountingFactory())
+    (tunnel,) = table._tunnels.values()
+    assert (tunnel.furl, tunnel.serial, tunnel.furlfile) == (FURL, 4, path)
+    path.write_text(f"# serial x\n{FURL}\n")
+    failures = []
+    TunnelEndpoint(reactor, str(path), tunnels=table).connect(CountingFactory()).addErrback(failures.append)
+    assert failures[0].check(error.ConnectError) and "malformed serial line" in failures[0].getErrorMessage()
+    assert reactor.getDelayedCalls() == []
