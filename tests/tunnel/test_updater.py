@@ -226,3 +226,24 @@ def test_losing_the_old_reference_after_the_move_does_not_reconnect(tmp_path):
     clock.advance(worker_side.BACKOFF[-1] * 2)
     assert tunnel.peer is new and tunnel.link_up and old_tub.attempts == 1 and new_tub.attempts == 1
     finish(clock, tunnel)
+
+
+def test_a_push_racing_a_reconnect_waits_for_it_then_moves_the_resumed_session(tmp_path):
+    clock = task.Clock()
+    old = Ref({"status": "new", "received": {}})
+    reconnecting = defer.Deferred()
+    again = Ref({"status": "resumed", "received": {}})
+    new = Ref({"status": "resumed", "received": {}})
+    old_tub, new_tub = Tub(old, reconnecting), Tub(new)
+    tunnel, path = up(clock, tmp_path, old_tub, new_tub)
+    old.disconnect()
+    clock.advance(worker_side.BACKOFF[0])
+    assert tunnel.connecting and old_tub.attempts == 2
+    tunnel.updater.offer(1, NEW)  # over the old link's updater, while the reconnect is binding the session
+    assert tunnel.updater.state is State.IDLE and new_tub.attempts == 0
+    reconnecting.callback(again)
+    assert again.named("subscribe_updates")[0]["serial"] == 0
+    assert new_tub.attempts == 1 and tunnel.peer is new and tunnel.updater.outcomes == [(1, "moved")]
+    assert new.named("open_session")[0]["session"] == again.named("open_session")[0]["session"]
+    assert read_furl_file(path) == FurlFile(NEW, 1) and not old_tub.running
+    finish(clock, tunnel)
