@@ -249,7 +249,9 @@ class WorkerTunnel(TunnelAdapter):
         self.last_error = None
         return self._attach(answer, ref)
 
-    session_opened = _session_opened  # the updater hands its moved session's answer here
+    def session_opened(self, answer: dict[str, Any], ref: Any) -> Any:
+        """The master's answer to ``move_session``: handled exactly as after a reconnect."""
+        return self._session_opened(answer, ref)
 
     def _attach(self, answer: dict[str, Any], ref: Any) -> None:
         """Make ``ref`` (the master's answer to open_session was ``answer``) the tunnel's link.
