@@ -38,6 +38,7 @@ log = Logger(namespace="bbenroll")
 
 UPDATE_TIMEOUT = 30.0  # seconds for the new FURL to answer, and again for the session to move
 MAX_REASON = 300  # wire.FailureText
+KEEP_OUTCOMES = 16  # what became of the last offers, for tests and a debugger
 
 
 class State(enum.Enum):
@@ -72,7 +73,7 @@ class FurlUpdater(Referenceable):
         self.pending: tuple[int, str] | None = None  # the newest offer that came meanwhile
         self.tub: Any = None  # the fresh client Tub of the offer being tried
         self._step: defer.Deferred | None = None  # the update's chain, to cancel when the tunnel stops
-        self.outcomes: list[tuple[int, str]] = []  # (serial, "moved" | reason): what became of offers
+        self.outcomes: list[tuple[int, str]] = []  # (serial, "moved" | reason) of the last offers
 
     @property
     def busy(self) -> bool:
@@ -223,6 +224,7 @@ class FurlUpdater(Referenceable):
         self.target = None
         self._step = None
         self.outcomes.append((serial, outcome))
+        del self.outcomes[:-KEEP_OUTCOMES]  # a worker that runs for years rotates many times
         self.tunnel.update_finished()
         pending, self.pending = self.pending, None
         if pending is not None:
