@@ -47,6 +47,8 @@ ACTIONS = (
     "connection-dropped",
     "confirmed",
     "location-changed",
+    "accepted",
+    "refused",
 )
 # every key of a record, in the order a person reads them (lines are written with sorted keys)
 RECORD_KEYS = (
