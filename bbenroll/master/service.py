@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from bbenroll.errors import BBEnrollError, WrongState
 from bbenroll.identity import load_identity
+from bbenroll.master import auditing
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
 from bbenroll.master.identities import RETIRED, ServedIdentities
@@ -98,6 +99,7 @@ class EnrolledWorker(FrameSink, Referenceable):
         self.broker = broker
         self.peer = peer_of(broker)
         self.session: MasterSession | None = None  # set by the SessionTable only
+        self.dropped_at: float | None = None  # when the master began to drop it (clock seconds)
         # pushed rotation: the worker's RIFurlUpdater on this connection (one; a new one replaces
         # it), the serial it holds (reported, or confirmed since), and the offer's state
         self.updater: Any = None
@@ -289,14 +291,14 @@ class EnrollmentService(service.MultiService):
             self._loop.stop()
         self._loop = None
         self.sessions.end_all("master shutting down")
-        self.writer.stop()
-        self._log_refusals(all_due=True)
+        self._log_refusals(all_due=True)  # recorded in the audit log too: before the writer closes
+        closed = self.writer.close()
         d = super().stopService()
         if write_status:
             self._write_status(force=True, running=False)
         self.tub = None
         self.identities = None
-        return d
+        return defer.gatherResults([defer.maybeDeferred(lambda: d), closed], consumeErrors=True)
 
     # -- the lookup -------------------------------------------------------------
 
@@ -343,6 +345,7 @@ class EnrollmentService(service.MultiService):
             peer=obj.peer,
             which=decision.reason,
         )
+        self._audit(auditing.accepted(obj.name, swissnum, obj.peer, decision.reason))
         self._write_status()
         return obj
 
@@ -350,8 +353,9 @@ class EnrollmentService(service.MultiService):
         broker.refusals += 1
         why = decision.describe()  # counted by worker and reason: which stale FURL keeps trying
         refusal = self.guard.refused(address_of(broker.transport), why, self.clock.seconds())
-        if refusal.log_now:  # later ones go into the address's summary line
+        if refusal.log_now:  # later ones go into the address's summary line (and record)
             log.info("refused connection from {peer}: {why}", peer=peer_of(broker), why=why)
+            self._audit(auditing.refused_one(decision.worker, why, peer_of(broker)))
         answer: defer.Deferred[Any] = defer.Deferred()
 
         def send() -> None:
@@ -388,6 +392,14 @@ class EnrollmentService(service.MultiService):
         self._write_status()
 
     def _kick(self, obj: EnrolledWorker, decision: gatemod.Decision) -> None:
+        now = self.clock.seconds()
+        if obj.dropped_at is not None and now - obj.dropped_at < self.poll_interval:
+            # a re-check right after our own registry write: the drop is under way; the next
+            # tick's re-check aborts a connection whose close has not finished
+            return
+        if obj.dropped_at is None:  # recorded once, however many ticks the close takes
+            self._audit(auditing.dropped(obj.name, obj.swissnum, obj.peer, str(decision.reason)))
+        obj.dropped_at = now
         log.info(
             "dropping worker {worker!r} ({peer}): {why}",
             worker=obj.name,
@@ -402,6 +414,11 @@ class EnrollmentService(service.MultiService):
             obj.broker.shutdown(Failure(DeadReferenceError(decision.reason)))
         else:
             obj.broker.transport.abortConnection()
+
+    def _audit(self, change: Any) -> None:
+        """Append one of the master's own records (master/auditing.py) through the writer."""
+        d = self.writer.submit(auditing.note(change))
+        d.addErrback(lambda f: log.failure("bbenroll: cannot write an audit record", f))
 
     # -- bounds on what peers may cost ------------------------------------------------
 
@@ -418,6 +435,7 @@ class EnrollmentService(service.MultiService):
     def _log_refusals(self, *, all_due: bool = False) -> None:
         """The refusal summaries that are due (``all_due``: all that were not logged yet)."""
         for summary in self.guard.summaries(self.clock.seconds(), all_due=all_due):
+            self._audit(auditing.refused(summary))
             log.info(
                 "refused or dropped {total} connections from {address} "
                 "in the last {seconds:.0f} s: {counts}",
@@ -532,6 +550,7 @@ class EnrollmentService(service.MultiService):
             self._to_check.discard(obj)
             obj.updater = None
             if not obj.broker.disconnected:  # (the Tub's stop would too, for the brokers it knows)
+                self._audit(auditing.dropped(obj.name, obj.swissnum, obj.peer, "master identity retired"))
                 obj.broker.shutdown(Failure(DeadReferenceError(RETIRED)))
         d = self.identities.retire(tubid)  # stops its Tub: the rest of its connections end
         d.addErrback(lambda f: log.failure("bbenroll: while retiring a master identity", f))

@@ -42,6 +42,8 @@ LOCK_TIMEOUT = 2.0
 # the batch that failed to be written this many times in a row is logged again
 # only every so many ticks, so a long-held lock is not one log line a second
 LOG_EVERY_FAILURES = 60
+# seconds the service's stop waits for the last writes (a stuck disk must not hang the master's shutdown)
+CLOSE_TIMEOUT = 10.0
 
 
 def master_actor() -> dict[str, str]:
@@ -107,6 +109,9 @@ class RegistryWriter:
         self.failures = 0  # consecutive failed batches
         self._scheduled: Any = None
         self._stopped = False
+        self._closing: list[defer.Deferred[None]] = []  # close() waiters
+        self._close_timer: Any = None
+        self._last_batch_tried = False
 
     @property
     def pending(self) -> int:
@@ -167,7 +172,9 @@ class RegistryWriter:
                 queued.done.callback(None)
             else:
                 queued.done.errback(Failure(error))
-        if self.queue and self._scheduled is None and not self._stopped:
+        if self._closing:
+            self._close_step()
+        elif self.queue and self._scheduled is None and not self._stopped:
             self._scheduled = self.schedule(0, self._scheduled_flush)
 
     def _failed(self, failure: Failure, batch: list[_Queued]) -> None:
@@ -185,6 +192,54 @@ class RegistryWriter:
                 count=len(self.queue),
                 why=why,
             )
+        if self._closing:
+            self._close_step()
+
+    def close(self) -> defer.Deferred[None]:
+        """Stop, after writing what is queued: the batch in flight, then one last batch.
+
+        For the service's stop: the last audit records (the refusal summaries that
+        were not due yet) and confirmations that arrived last are not lost. A last
+        batch that cannot be written is logged with its size; nothing waits longer.
+        """
+        done: defer.Deferred[None] = defer.Deferred()
+        self._closing.append(done)
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        if self._close_timer is None:
+            self._close_timer = self.schedule(CLOSE_TIMEOUT, self._close_expired)
+        self._close_step()
+        return done
+
+    def _close_expired(self) -> None:
+        self._close_timer = None
+        log.warn("bbenroll: the last registry write did not finish within {timeout:.0f} s",
+                 timeout=CLOSE_TIMEOUT)
+        self._finish_close()
+
+    def _close_step(self) -> None:
+        if self.in_flight is not None:
+            return  # _written or _failed comes back here
+        if self.queue and not self._last_batch_tried and not self._stopped:
+            self._last_batch_tried = True
+            self.flush()
+            return
+        self._finish_close()
+
+    def _finish_close(self) -> None:
+        if not self._closing:
+            return
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+        unwritten = len(self.queue) + len(self.in_flight or ())
+        if unwritten:
+            log.warn("bbenroll: stopping with {count} registry changes not written", count=unwritten)
+        self.stop()
+        waiters, self._closing = self._closing, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def stop(self) -> None:
         """No more writes (the service stops); what is queued is not written."""

@@ -47,6 +47,8 @@ ACTIONS = (
     "connection-dropped",
     "confirmed",
     "location-changed",
+    "accepted",
+    "refused",
     "identity-rolled",
     "identity-retired",
 )

@@ -134,12 +134,17 @@ def test_confirm_writes_the_delivery_ends_the_grace_and_retires_the_old_secret(w
     _, new_ref = world.accepted(new)
     assert world.call(new_ref, "confirm_furl", serial) == {"status": "confirmed"}
     assert world.path.read_text() != before  # on disk, through store.edit
-    records = audit.read_records(audit.log_path(world.path))
-    assert len(records) == audit_before + 1
-    assert records[-1]["actor"]["by"] == "master" and records[-1]["worker"] == "w1"
+    records = audit.read_records(audit.log_path(world.path))[audit_before:]
+    # the new connection's acceptance, then the confirmation: both the master's
+    assert [r["action"] for r in records][:2] == ["accepted", "confirmed"]
+    assert {r["actor"]["by"] for r in records} == {"master"} and records[-1]["worker"] == "w1"
     assert serial == 1 and delivered_of(world.path, "w1") == 1
     world.advance(POLL_INTERVAL)
     assert not old_link.connected  # the tick's re-check dropped the old-secret connection
+    (dropped,) = [r for r in audit.read_records(audit.log_path(world.path))[audit_before:]
+                  if r["action"] == "connection-dropped"]  # once, however many ticks the close takes
+    assert dropped["worker"] == "w1"
+    assert dropped["old_secret"] == audit.fingerprint(old) and "retired" in dropped["reason"]
     refusal = world.connect().refusal(old)
     assert refusal.startswith(str(gate.RETIRED))
     assert world.call(new_ref, "get_worker_config")["name"] == "w1"
@@ -300,8 +305,11 @@ def test_a_confirm_whose_worker_was_revoked_before_the_write_is_refused(world):
     from twisted.internet import defer
 
     held: list[tuple] = []
+    holding = [True]
 
     def later(function):
+        if not holding[0]:
+            return defer.maybeDeferred(function)
         d = defer.Deferred()
         held.append((function, d))
         return d
@@ -314,6 +322,7 @@ def test_a_confirm_whose_worker_was_revoked_before_the_write_is_refused(world):
     world.advance(0)
     ((function, d),) = held
     world.cli("revoke", "w1")  # under the lock, before the master's write
+    holding[0] = False  # later writes (the master's audit records) go through at once
     d.callback(function())
     results: list = []
     answer.addBoth(results.append)

@@ -77,9 +77,11 @@ def test_a_live_roll_serves_both_offers_the_new_tubid_and_retires_the_old_once_c
     assert not old_link.connected and new_link.connected
     assert "previous" not in master_table(world)
     assert master_table(world)["tubid"] == new
-    last = records(world)[-1]
-    assert (last["action"], last["actor"]["by"]) == ("identity-retired", "master")
-    assert last["reason"] == f"tubid {old} is no longer served"
+    retired, dropped = records(world)[-2:]  # one batch of the writer: table changes, then notes
+    assert (dropped["action"], dropped["worker"]) == ("connection-dropped", "w1")
+    assert dropped["reason"].startswith("master identity retired; ")
+    assert (retired["action"], retired["actor"]["by"]) == ("identity-retired", "master")
+    assert retired["reason"] == f"tubid {old} is no longer served"
     world.advance(POLL_INTERVAL)
     assert json.loads(status_path(world.path).read_text())["workers"]["w1"]["tubids"] == new
     assert world.call(new_ref, "get_worker_config")["name"] == "w1"  # the port keeps serving

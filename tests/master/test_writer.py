@@ -208,3 +208,35 @@ def test_sixteen_cli_writers_while_the_master_rotates_by_policy(world):
 def _rotated_all(path, before: dict[str, str], names: list[str]) -> bool:
     after = workers_on_disk(path)
     return all(after[name]["swissnum"] != before[name] for name in names)
+
+
+def test_close_writes_what_is_queued_first(reg_path):
+    clock = Clock()
+    writer = writer_for(reg_path, clock)
+    writer.submit(adding("last"))  # queued in the stop's own turn: not written yet
+    closed: list[Any] = []
+    writer.close().addBoth(closed.append)
+    assert closed == [None] and "last" in workers_on_disk(reg_path)
+    assert clock.getDelayedCalls() == []
+
+
+def test_close_does_not_wait_forever_for_a_stuck_write(reg_path):
+    from bbenroll.master.writer import CLOSE_TIMEOUT
+
+    clock = Clock()
+    stuck: list[Any] = []
+
+    def never(function: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        stuck.append(d)
+        return d
+
+    writer = writer_for(reg_path, clock, run=never)
+    writer.submit(adding("w1"))
+    closed: list[Any] = []
+    writer.close().addBoth(closed.append)
+    assert len(stuck) == 1 and closed == []  # being written: close waits for it
+    clock.advance(CLOSE_TIMEOUT - 1)
+    assert closed == []
+    clock.advance(1)  # a disk that never answers does not hang the master's stop
+    assert closed == [None] and clock.getDelayedCalls() == []
