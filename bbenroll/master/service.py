@@ -3,6 +3,8 @@
 This module is the lifecycle and the wiring; each concern has its own room:
 
 - :mod:`~bbenroll.master.tub`: the Tub, its options, the bounded Broker, listening;
+- :mod:`~bbenroll.master.identities`: the master's identities (one Tub each) on its
+  one port: two during a key rollover (``master roll-identity``), else one;
 - :mod:`~bbenroll.master.gate`: who may connect (pure);
 - :mod:`~bbenroll.master.guard`: bounds on unauthenticated connections and guessing (pure);
 - :mod:`~bbenroll.master.sessions`: tunnel sessions and their connections;

@@ -6,10 +6,11 @@ socket on shutdown (after :data:`SHUTDOWN_GRACE` seconds on the Tub's injected
 clock). :class:`Doorkeeper` applies :mod:`bbenroll.master.guard`'s bounds to
 connections that have not authenticated yet, from the TCP accept on
 (:class:`EnrollmentNegotiation`), with deadlines on the same clock.
-:func:`make_tub` builds the Tub with :data:`TUB_OPTIONS`;
-:func:`listen` binds its port and reports the outcome, so the service can say
-"serving" only once the port is really bound, and a taken port is one
-:class:`ListenError` naming it.
+:func:`make_tub` builds the Tub with :data:`TUB_OPTIONS` (several, sharing one
+Doorkeeper, during a key rollover: :mod:`bbenroll.master.identities`);
+:class:`ReportingEndpoint` (used by :func:`listen`) reports whether the port got
+bound, so the service can say "serving" only once the port is really bound, and
+a taken port is one :class:`ListenError` naming it.
 """
 
 from __future__ import annotations

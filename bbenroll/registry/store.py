@@ -223,7 +223,8 @@ def _previous_identity_problems(path: Path, master: dict[str, Any]) -> list[Prob
     try:
         identity = load_identity(ident_path)
     except IdentityError as e:
-        return [Problem(str(path), f"master.previous.identity: {e}")]
+        hint = "; if its overlap is over, remove master.previous with 'bbenroll edit'"
+        return [Problem(str(path), f"master.previous.identity: {e}{hint}")]
     tubid = master["previous"].get("tubid")
     if isinstance(tubid, str) and tubid != identity.tubid:
         return [

@@ -55,7 +55,10 @@ def test_a_missing_previous_key_file_is_a_problem(rolled):
     os.unlink(rolled.parent / "master.pem")
     (problem,) = store.check(rolled)
     missing = rolled.parent / "master.pem"
-    assert problem == f"{rolled}: master.previous.identity: {missing}: master identity file not found"
+    assert problem == (
+        f"{rolled}: master.previous.identity: {missing}: master identity file not found; "
+        "if its overlap is over, remove master.previous with 'bbenroll edit'"
+    )
     with pytest.raises(RegistryError):
         store.load(rolled)
 
