@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from foolscap.negotiate import NegotiationError
 from foolscap.pb import Listener
 from twisted.application import service
 from twisted.internet import defer
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
 __all__ = ["RETIRED", "ServedIdentities", "SharedListener"]
 
 RETIRED = "this master identity was retired; ask the master admin for a new FURL"
+MAX_RETIRED_REMEMBERED = 8  # retired TubIDs whose refusal says so (a roll at a time: plenty)
 
 
 class SharedListener(Listener):
@@ -81,6 +83,7 @@ class SharedListener(Listener):
     def __init__(self, tub: EnrollmentTub, endpoint: Any) -> None:
         super().__init__(tub, endpoint, negotiationClass=EnrollmentNegotiation)
         self._tubs: dict[str, EnrollmentTub] = {tub.tubID: tub}
+        self._retired: dict[str, None] = {}  # TubIDs retired by this process, oldest first
 
     def serve(self, tub: EnrollmentTub) -> None:
         self._tubs[tub.tubID] = tub
@@ -88,6 +91,9 @@ class SharedListener(Listener):
     def stop_serving(self, tubid: str) -> None:
         """Refuse ``tubid`` from the next negotiation on (connections already made are the Tub's)."""
         self._tubs.pop(tubid, None)
+        self._retired[tubid] = None
+        while len(self._retired) > MAX_RETIRED_REMEMBERED:
+            del self._retired[next(iter(self._retired))]
         if self._tub.tubID == tubid and self._tubs:
             self._tub = next(iter(self._tubs.values()))
 
@@ -95,9 +101,12 @@ class SharedListener(Listener):
         return list(self._tubs)
 
     def lookupTubID(self, tubID: str) -> tuple[EnrollmentTub | None, None]:
-        # No redirects: a TubID we do not serve gets Foolscap's "unknown TubID".
+        # No redirects: a TubID we do not serve gets Foolscap's "unknown TubID", before TLS;
+        # one we retired says so (raised where Foolscap raises its own: the client sees the text)
         tub = self._tubs.get(str(tubID))
         if tub is None or not tub.running:
+            if str(tubID) in self._retired:
+                raise NegotiationError(f"unknown TubID {tubID}: {RETIRED}")
             return (None, None)
         return (tub, None)
 

@@ -18,7 +18,7 @@ from twisted.internet import defer, reactor, task, tcp
 from bbenroll.fileio import atomic_write
 from bbenroll.identity import load_identity, make_identity_pem, tubid_from_pem
 from bbenroll.master import gate
-from bbenroll.master.identities import ServedIdentities
+from bbenroll.master.identities import RETIRED, ServedIdentities
 from bbenroll.master.service import EnrollmentService
 from bbenroll.master.tub import TUB_OPTIONS, EnrollmentBroker, ListenError
 from bbenroll.registry import model, store
@@ -305,7 +305,7 @@ async def test_retiring_the_old_identity_keeps_the_port_and_the_new_connections(
         assert master.service.tub.tubID == new
         assert keeper.waiting() == 1  # not aborted by the retired Tub
         assert (await on_new.callRemote("get_worker_config"))["name"] == "w2"
-        with pytest.raises(Exception, match=f"unknown TubID {old}"):
+        with pytest.raises(Exception, match=f"unknown TubID {old}: {RETIRED}"):
             await master.connect(master.furl(old, secret))
         again = await master.connect(master.furl(new, secret))
         assert (await again.callRemote("get_worker_config"))["name"] == "w1"

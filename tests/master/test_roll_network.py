@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 
 from bbenroll.furl import parse_furl
+from bbenroll.master.identities import RETIRED
 from bbenroll.registry import audit
 from tests.master.test_identities import until
 from tests.master.test_push_network import Updater
@@ -60,7 +61,7 @@ async def test_a_worker_on_the_old_identity_moves_to_the_new_one_and_the_old_one
 
     await dropped.addTimeout(5, reactor)  # every worker confirmed: the old identity's link ended
     assert master.service.identities.tubids() == [new_tubid]
-    assert f"unknown TubID {old_tubid}" in await unknown_tubid(master, old_furl)
+    assert f"unknown TubID {old_tubid}: {RETIRED}" in await unknown_tubid(master, old_furl)
     assert (await on_new.callRemote("get_worker_config"))["name"] == "w1"
     await until(lambda: "previous" not in master.path.read_text())
     actions = [r["action"] for r in audit.read_records(audit.log_path(master.path))]
