@@ -268,3 +268,15 @@ def test_a_key_file_in_the_way_is_never_replaced(cli, reg_path, three):
     assert (reg_path.parent / ROLLED_PEM).read_bytes() == b"in the way"
     assert data(reg_path)["master"]["identity"] == "master-20261129T070000Z-2.pem"
     assert reg_path.read_bytes() != text
+
+
+def test_list_says_who_has_not_moved_to_the_new_identity(cli, reg_path, three):
+    assert cli("list").err == ""  # no roll: nothing to say
+    assert cli("master", "roll-identity").code == 0
+    old_tubid = data(reg_path)["master"]["previous"]["tubid"]
+    result = cli("list")
+    assert result.code == 0
+    assert result.err == (
+        f"2 workers not yet confirmed on the new master identity (a, b); the old one ({old_tubid}) "
+        "is served until 2026-12-06 07:00\n"
+    )
