@@ -178,6 +178,7 @@ class EnrollmentService(service.MultiService):
         self.tub: EnrollmentTub | None = None  # the current identity's (new FURLs carry its TubID)
         self.identities: ServedIdentities | None = None  # every identity served on the port
         self._retiring_identity: str | None = None  # the TubID whose removal from the registry is queued
+        self._retired_tubids: set[str] = set()  # never served again by this process
         self.port: Any = None  # the listening port, once bound
         self._listen_outcome: Failure | bool | None = None  # None until the bind settled
         self._listen_waiters: list[defer.Deferred[None]] = []
@@ -518,8 +519,11 @@ class EnrollmentService(service.MultiService):
         master = registry.master
         wanted = {master.tubid: master.identity}
         retirement = model.identity_retirement(master, registry.workers.values(), now)
-        if master.previous is not None and retirement is None:
-            wanted[master.previous.tubid] = master.previous.identity
+        previous = master.previous
+        # once retired, for good: a rotation after the roll may make a worker look
+        # unconfirmed again before the registry write that removes `previous` lands
+        if previous is not None and retirement is None and previous.tubid not in self._retired_tubids:
+            wanted[previous.tubid] = previous.identity
         for tubid, identity in wanted.items():
             if tubid not in identities.tubs:
                 try:
@@ -535,8 +539,8 @@ class EnrollmentService(service.MultiService):
         for tubid in identities.tubids():
             if tubid not in wanted and len(identities.tubs) > 1:
                 self._retire_identity(tubid, retirement or "it is no longer in the registry")
-        if retirement is not None and master.previous is not None:
-            self._remove_previous_identity(master.previous.tubid, retirement)
+        if previous is not None and (retirement is not None or previous.tubid in self._retired_tubids):
+            self._remove_previous_identity(previous.tubid, retirement or "retired earlier")
 
     def _retire_identity(self, tubid: str, why: str) -> None:
         assert self.identities is not None
@@ -554,6 +558,7 @@ class EnrollmentService(service.MultiService):
             if not obj.broker.disconnected:  # (the Tub's stop would too, for the brokers it knows)
                 self._audit(auditing.dropped(obj.name, obj.swissnum, obj.peer, "master identity retired"))
                 obj.broker.shutdown(Failure(DeadReferenceError(RETIRED)))
+        self._retired_tubids.add(tubid)
         d = self.identities.retire(tubid)  # stops its Tub: the rest of its connections end
         d.addErrback(lambda f: log.failure("bbenroll: while retiring a master identity", f))
 

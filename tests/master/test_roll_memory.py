@@ -12,6 +12,7 @@ import json
 import tomllib
 
 import pytest
+from twisted.internet import defer
 
 from bbenroll.furl import parse_furl
 from bbenroll.master.reloader import POLL_INTERVAL
@@ -19,7 +20,7 @@ from bbenroll.master.service import CONFIRM_OVER_NEW
 from bbenroll.master.status import status_path
 from bbenroll.master.writer import run_here
 from bbenroll.registry import audit
-from tests.helpers.foolscap import MemoryLink
+from tests.helpers.foolscap import MemoryLink, resolve
 from tests.master.test_push_memory import Updater, subscribe
 
 
@@ -164,4 +165,46 @@ def test_a_worker_added_after_the_roll_does_not_hold_the_old_identity(world):
     assert world.call(new_ref, "confirm_furl", 1) == {"status": "confirmed"}
     world.advance(0)
     assert service.identities.tubids() == [new]
+    world.finish()
+
+
+class HeldWrites:
+    """A writer's runner that holds each write until the test lets it run."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple] = []
+
+    def __call__(self, function):
+        d = defer.Deferred()
+        self.held.append((function, d))
+        return d
+
+    def release_one(self) -> None:
+        function, d = self.held.pop(0)
+        run_here(function).chainDeferred(d)
+
+
+def test_a_retired_identity_is_not_served_again_when_a_rotation_races_its_removal(world):
+    secret = world.add("w1")
+    writes = HeldWrites()
+    service = world.start(run_write=writes)
+    old = service.tub.tubID
+    new = roll(world)["tubid"]
+    ref = link_to(world, new).reference(secret)
+    confirmed = ref.callRemote("confirm_furl", 1)
+    world.advance(0)
+    while not confirmed.called:  # the confirmation (and the audit notes before it) written
+        writes.release_one()
+        world.advance(0)
+    assert resolve(world.clock, confirmed) == {"status": "confirmed"}
+    assert service.identities.tubids() == [new]  # retired at once; its removal waits to be written
+    assert writes.held and "previous" in master_table(world)
+    world.cli("rotate", "w1")  # w1's newest FURL is unconfirmed again, `previous` still on disk
+    world.advance(POLL_INTERVAL)
+    assert service.identities.tubids() == [new]  # and the old identity stays retired
+    while writes.held:
+        writes.release_one()
+        world.advance(0)
+    assert "previous" not in master_table(world)
+    assert old not in service.identities.tubs
     world.finish()
