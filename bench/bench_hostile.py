@@ -24,6 +24,15 @@ attacked ones meet the whole of the attack, not just its first second.
 It prints the median and maximum of both phases and their ratio, the
 master's open fds (from /proc/PID/fd) before, at peak and after, and how
 many of the attacker's connections the master kept open. No Buildbot build.
+
+With ``--build`` it does the same with real Buildbot instead (bench/hostile_build.py):
+a master with the bbenroll hook; in each phase a fresh worker is added with
+``bbenroll add``, enrolled with ``bbenroll worker create``, started and attached,
+and then it and a worker attached all along run ``--builds`` forced builds each;
+the attack phase runs the same attacker meanwhile. ``--rounds`` baseline and
+attack phases take turns::
+
+    .venv/bin/python bench/bench_hostile.py --build [--rounds 2] [--builds 5] [--conns 1000] [--guesses 1000]
 """
 
 from __future__ import annotations
@@ -160,7 +169,8 @@ def attacker(args: argparse.Namespace) -> None:
     stats = {"nofile": list(limits), "opens": 0, "connected": 0, "dropped_by_master": 0, "failed": 0,
              "open_now": 0, "open_peak": 0, "open_samples": [], "guesses_sent": 0, "guess_outcomes": {}}
     stopping = []
-    deadline = time.monotonic() + args.attack_seconds
+    started = time.monotonic()
+    deadline = started + args.attack_seconds
 
     class Silent(protocol.Protocol):
         def connectionMade(self) -> None:
@@ -210,6 +220,8 @@ def attacker(args: argparse.Namespace) -> None:
                 else:
                     outcome = type(e).__name__
             stats["guess_outcomes"][outcome] = stats["guess_outcomes"].get(outcome, 0) + 1
+            if args.timeline:
+                stats["last_guess_answered_after"] = round(time.monotonic() - started, 1)
 
     def sample() -> None:
         stats["open_samples"].append(stats["open_now"])
@@ -251,6 +263,14 @@ def summary(results: list[tuple[float | None, str | None]]) -> dict[str, object]
             "median": statistics.median(times) if times else None, "max": max(times) if times else None}
 
 
+def attacker_argv(args: argparse.Namespace, furl: str) -> list[str]:
+    """The command line of the attacker process, against the master that serves ``furl``."""
+    return [sys.executable, __file__, "--attacker", "--furl", furl, "--conns", str(args.conns),
+            "--guesses", str(args.guesses), "--guess-tubs", str(args.guess_tubs),
+            "--guess-concurrency", str(args.guess_concurrency), "--max-opens", str(args.max_opens),
+            "--reopen-delay", str(args.reopen_delay), "--attack-seconds", str(args.attack_seconds)]
+
+
 def bench(args: argparse.Namespace) -> None:
     from twisted.internet import defer, task
 
@@ -266,12 +286,8 @@ def bench(args: argparse.Namespace) -> None:
 
                 out["baseline"] = summary(await legit_trips(reactor, furl, args.n, args.spread / args.n))
                 out["fds_after_baseline"] = open_fds(master.pid)
-                att = subprocess.Popen(
-                    [sys.executable, __file__, "--attacker", "--furl", furl, "--conns", str(args.conns),
-                     "--guesses", str(args.guesses), "--guess-tubs", str(args.guess_tubs),
-                     "--guess-concurrency", str(args.guess_concurrency), "--max-opens", str(args.max_opens),
-                     "--reopen-delay", str(args.reopen_delay), "--attack-seconds", str(args.attack_seconds)],
-                    cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                att = subprocess.Popen(attacker_argv(args, furl), cwd=ROOT, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)
                 assert att.stdout is not None and att.stdin is not None
                 if att.stdout.readline().strip() != "ready":
                     raise SystemExit("the attacker did not start")
@@ -352,14 +368,34 @@ def main() -> None:
     p.add_argument("--guess-concurrency", type=int, default=200, help="guesses in flight at once (200)")
     p.add_argument("--max-opens", type=int, default=20000, help="raw connection opens in all (20000)")
     p.add_argument("--reopen-delay", type=float, default=1.0, help="s before reopening a dropped one (1)")
-    p.add_argument("--attack-seconds", type=float, default=120.0, help="the attacker stops by then (120)")
+    p.add_argument("--attack-seconds", type=float, default=None,
+                   help="the attacker stops by then (120; with --build 300)")
     p.add_argument("--spread", type=float, default=20.0,
                    help="s over which each phase's round trips are spread (20)")
+    build = p.add_argument_group("build mode", "real Buildbot, workers, builds (bench/hostile_build.py)")
+    build.add_argument("--build", action="store_true",
+                       help="enroll, attach and build with real Buildbot workers instead of round trips")
+    build.add_argument("--rounds", type=int, default=2, help="baseline and attack phases, taking turns (2)")
+    build.add_argument("--builds", type=int, default=5, help="forced builds per worker and phase (5)")
+    build.add_argument("--warmup-builds", type=int, default=2,
+                       help="untimed builds before the baseline, on the worker that stays attached (2)")
+    build.add_argument("--output-lines", type=int, default=2000, help="lines each build prints (2000)")
+    build.add_argument("--create-attempts", type=int, default=3,
+                       help="tries of `bbenroll worker create` before a phase fails (3)")
+    build.add_argument("--phase-timeout", type=float, default=300.0, help="s each phase may take (300)")
+    build.add_argument("--keep", action="store_true", help="keep the directory with the logs")
     p.add_argument("--attacker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--furl", help=argparse.SUPPRESS)
+    p.add_argument("--timeline", action="store_true", help=argparse.SUPPRESS)  # the attacker's, --build only
     args = p.parse_args()
+    if args.attack_seconds is None:
+        args.attack_seconds = 300.0 if args.build else 120.0
     if args.attacker:
         attacker(args)
+    elif args.build:
+        from hostile_build import build_bench  # bench/, beside this file (sys.path[0])
+
+        build_bench(args, lambda furl: [*attacker_argv(args, furl), "--timeline"])
     else:
         bench(args)
 

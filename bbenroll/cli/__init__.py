@@ -38,6 +38,7 @@ COMMANDS = {
     "check": "bbenroll.cli.check",
     "audit": "bbenroll.cli.audit",
     "status": "bbenroll.cli.status",
+    "master": "bbenroll.cli.master",
     "worker": "bbenroll.cli.worker",
     "demo": "bbenroll.cli.demo",
     "completion": "bbenroll.cli.completion",

@@ -79,7 +79,7 @@ def summary(changes: list[Any] | None) -> dict[str, Any]:
         "added": [c.worker for c in named if c.action == "added"],
         "removed": [c.worker for c in named if c.action == "removed"],
         "changed": [c.worker for c in named if c.action not in ("added", "removed")],
-        "master": any(c.action == "master-changed" for c in changes),
+        "master": any(c.action in ("master-changed", "location-changed") for c in changes),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import click
 
@@ -10,7 +11,20 @@ from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import DurationType, output_options
 
-COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
+COLUMNS = ("name", "state", "created", "rotated", "expires", "delivery", "tags", "note")
+
+
+def delivery_text(worker: Any) -> str:
+    """``current``, ``pending since DATE`` or ``confirmed DATE``: the delivery column."""
+    from bbenroll.registry import model
+    from bbenroll.times import format_short
+
+    sent = model.delivery(worker)
+    if sent.state == model.DeliveryState.CURRENT:
+        return "current"
+    if sent.state == model.DeliveryState.PENDING:
+        return f"pending since {format_short(sent.since)}"
+    return f"confirmed {format_short(sent.since)}"
 
 
 @click.command("list")
@@ -25,7 +39,7 @@ COLUMNS = ("name", "state", "created", "rotated", "expires", "tags", "note")
 @click.option("--revoked", is_flag=True, help="Only revoked workers.")
 @click.pass_obj
 def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked: bool) -> Result:
-    """List workers: name, state, dates, tags, note."""
+    """List workers: name, state, dates, FURL delivery, tags, note."""
     from bbenroll.registry import model
     from bbenroll.times import format_short
 
@@ -43,7 +57,14 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
         ):
             continue
         rows.append(worker)
-    summaries = [model.worker_summary(w, now, within) for w in rows]
+    master = loaded.registry.master
+    summaries = []
+    for w in rows:
+        summary = model.worker_summary(w, now, within)
+        # a master key rollover: whether its FURL may still carry the TubID being replaced
+        summary["identity"] = "previous" if model.on_previous_identity(master, w) else "current"
+        summaries.append(summary)
+    on_previous = [s["name"] for s in summaries if s["identity"] == "previous"]
 
     def show(out: Output) -> None:
         if not rows:
@@ -59,6 +80,7 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
                     format_short(w.created),
                     format_short(w.rotated),
                     format_short(w.expires),
+                    delivery_text(w) if w.revoked is None else "",  # nothing is sent to it
                     ", ".join(w.tags),
                     w.note or "",
                 )
@@ -66,5 +88,12 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
             ],
             wrap=("tags", "note"),
         )
+        if master.previous is not None and on_previous:
+            count = f"{len(on_previous)} worker{'' if len(on_previous) == 1 else 's'}"
+            out.info(
+                f"{count} not yet confirmed on the new master identity ({', '.join(on_previous[:5])}"
+                f"{', ...' if len(on_previous) > 5 else ''}); the old one ({master.previous.tubid}) "
+                f"is served until {format_short(master.previous.until)}"
+            )
 
     return Result(summaries, show)

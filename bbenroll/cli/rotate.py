@@ -1,4 +1,4 @@
-"""bbenroll rotate: give workers new secrets; the old ones keep working for a grace period."""
+"""bbenroll rotate: give workers new secrets, which a running master pushes to them (docs/rotation.md)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,8 @@ def show_rotated(out: Output, results: list[dict[str, Any]], *, one: bool, compr
         )
     else:
         out.info(
-            f"old FURLs keep working until {results[0]['grace_until']}; before then each worker admin "
-            "must run 'bbenroll worker create --force BASEDIR NEWFURL' (the PB password is unchanged)"
+            "a running master pushes each connected worker its new FURL within seconds and retires "
+            f"the old one when the worker confirms; workers offline now are updated when they next "
+            f"connect, until {results[0]['grace_until']}. Nothing to do on the workers "
+            "('bbenroll list' shows who has confirmed)"
         )

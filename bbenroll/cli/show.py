@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from bbenroll.cli.app import App
-from bbenroll.cli.output import Result
+from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import (
     furl_result,
     output_options,
@@ -35,4 +35,17 @@ def command(app: App, name: str, qr: bool, png: Path | None, svg: Path | None) -
     if warning:
         app.out.warn(warning)
     write_qr_images(app, details["furl"], png, svg)
-    return furl_result(details, qr=qr)
+    result = furl_result(details, qr=qr)
+    sent = model.delivery(worker)
+    if sent.state == model.DeliveryState.CURRENT or worker.revoked is not None:
+        return result  # the FURL it was enrolled with, or one nobody is sent: nothing to say
+    from bbenroll.cli.listing import delivery_text
+
+    line = f"delivery: FURL {sent.serial} {delivery_text(worker)}"
+
+    def show(out: Output) -> None:
+        assert result.show is not None
+        result.show(out)
+        out.info(line)  # stderr: stdout holds the FURL alone, for furl=$(bbenroll show NAME)
+
+    return Result(details, show)

@@ -90,9 +90,13 @@ def create(
     if furl_file is not None:
         try:
             with open(furl_file, "rb") as f:
-                furl = decode_furl_text(f.read(MAX_FURL_BYTES + 1), str(furl_file))
+                text = decode_furl_text(f.read(MAX_FURL_BYTES + 1), str(furl_file))
         except OSError as e:
             raise BBEnrollError(f"{furl_file}: cannot read the FURL file: {e.strerror}") from None
+        from bbenroll.tunnel.furlfile import parse_furl_text
+
+        # the format of a worker's own bbenroll.furl, whose "# serial N" line a pushed update adds
+        furl = parse_furl_text(text, str(furl_file)).furl
     elif furl is None or furl == "-":
         if sys.stdin is None:  # started with stdin closed (<&-)
             raise BBEnrollError("no FURL given (standard input is closed): use --furl-file")

@@ -3,11 +3,19 @@
 This module is the lifecycle and the wiring; each concern has its own room:
 
 - :mod:`~bbenroll.master.tub`: the Tub, its options, the bounded Broker, listening;
+- :mod:`~bbenroll.master.identities`: the master's identities (one Tub each) on its
+  one port: two during a key rollover (``master roll-identity``), else one;
 - :mod:`~bbenroll.master.gate`: who may connect (pure);
 - :mod:`~bbenroll.master.guard`: bounds on unauthenticated connections and guessing (pure);
 - :mod:`~bbenroll.master.sessions`: tunnel sessions and their connections;
 - :mod:`~bbenroll.master.reloader`: following the registry file;
-- :mod:`~bbenroll.master.status`: the status book and its file.
+- :mod:`~bbenroll.master.status`: the status book and its file;
+- :mod:`~bbenroll.master.writer`: the master's own registry writes (confirmed
+  deliveries, ``rotate_every`` rotations), batched, through the CLI's lock.
+
+Pushed rotation (docs/rotation.md) lives here, on each connection: a worker
+subscribes an updater, the master offers it the registry's newest FURL when the
+connection is behind, and records the worker's confirmation.
 
 A worker's FURL resolves through :class:`~bbenroll.master.tub.EnrollmentBroker`
 (a name lookup that also knows the connection) to a per-connection
@@ -21,6 +29,7 @@ Nothing here imports Buildbot; :mod:`bbenroll.master.hook` adapts it to a master
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,9 +44,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bbenroll.errors import BBEnrollError, WrongState
 from bbenroll.identity import load_identity
+from bbenroll.master import auditing
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
+from bbenroll.master.identities import RETIRED, ServedIdentities
 from bbenroll.master.reloader import POLL_INTERVAL, RegistryReloader
 from bbenroll.master.sessions import SessionTable
 from bbenroll.master.status import StatusBook, StatusWriter, status_path
@@ -48,20 +60,34 @@ from bbenroll.master.tub import (
     EnrollmentTub,
     ListenError,
     address_of,
-    listen,
-    make_tub,
     open_files,
     peer_of,
     raise_open_files_limit,
 )
-from bbenroll.registry.store import LoadedRegistry
+from bbenroll.master.writer import RegistryWriter, Runner, thread_runner
+from bbenroll.registry import model
+from bbenroll.registry.store import Editor, LoadedRegistry, identity_path
+from bbenroll.times import format_time
 from bbenroll.tunnel.core import Frame
 from bbenroll.tunnel.master_side import MasterSession
 from bbenroll.tunnel.wire import FrameSink, Refused, RIEnrolledWorker
 
-__all__ = ["POLL_INTERVAL", "EnrolledWorker", "EnrollmentService", "ListenError"]
+__all__ = ["OFFER_RETRY", "POLL_INTERVAL", "EnrolledWorker", "EnrollmentService", "ListenError"]
 
 log = Logger(namespace="bbenroll")
+
+OFFER_RETRY = 60.0  # seconds before an unanswered or failed offer is made again
+MAX_ROTATIONS_PER_TICK = 50  # rotate_every: a fleet reaching its age on one day is spread out
+ROTATION_CHECK = 60.0  # seconds between looks at every worker's age (plus one on each reload)
+CONFIRM_OVER_NEW = "confirm over the new FURL"
+UNKNOWN_SERIAL = "no such FURL serial"
+MAX_REASON_LOGGED = 200
+
+
+def clean_reason(reason: str) -> str:
+    """A worker's failure text, safe for one log line: no control characters, bounded."""
+    text = "".join(char if char.isprintable() else " " for char in str(reason)).strip()
+    return text[:MAX_REASON_LOGGED] + ("..." if len(text) > MAX_REASON_LOGGED else "")
 
 
 @implementer(RIEnrolledWorker)
@@ -75,6 +101,26 @@ class EnrolledWorker(FrameSink, Referenceable):
         self.broker = broker
         self.peer = peer_of(broker)
         self.session: MasterSession | None = None  # set by the SessionTable only
+        self.dropped_at: float | None = None  # when the master began to drop it (clock seconds)
+        # pushed rotation: the worker's RIFurlUpdater on this connection (one; a new one replaces
+        # it), the serial it holds (reported, or confirmed since), and the offer's state
+        self.updater: Any = None
+        self.serial = 0
+        self.offering = False  # an offer_furl call is in flight
+        self.offered_serial: int | None = None
+        self.offered_at: float | None = None  # clock seconds
+        self.call_failed_logged = False
+
+    def remote_subscribe_updates(self, updater: Any, serial: int) -> None:
+        self.service.worker_for(self)
+        self.service.subscribe(self, updater, serial)
+
+    def remote_confirm_furl(self, serial: int) -> Any:
+        return self.service.confirm(self, serial)
+
+    def remote_furl_update_failed(self, serial: int, reason: str) -> None:
+        self.service.worker_for(self)
+        self.service.update_failed(self, serial, reason)
 
     def remote_get_worker_config(self) -> dict[str, Any]:
         worker = self.service.worker_for(self)
@@ -118,6 +164,7 @@ class EnrollmentService(service.MultiService):
         clock: IReactorTime | None = None,
         poll_interval: float = POLL_INTERVAL,
         on_workers_changed: Callable[[dict[str, Any]], None] | None = None,
+        run_write: Runner | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -128,7 +175,10 @@ class EnrollmentService(service.MultiService):
         self.status = StatusBook()
         self.status_writer = StatusWriter(status_path(self.registry_path), self.status)
         self.connections: dict[tuple[int, str], EnrolledWorker] = {}
-        self.tub: EnrollmentTub | None = None
+        self.tub: EnrollmentTub | None = None  # the current identity's (new FURLs carry its TubID)
+        self.identities: ServedIdentities | None = None  # every identity served on the port
+        self._retiring_identity: str | None = None  # the TubID whose removal from the registry is queued
+        self._retired_tubids: set[str] = set()  # never served again by this process
         self.port: Any = None  # the listening port, once bound
         self._listen_outcome: Failure | bool | None = None  # None until the bind settled
         self._listen_waiters: list[defer.Deferred[None]] = []
@@ -139,6 +189,20 @@ class EnrollmentService(service.MultiService):
         self._near_open_files_limit = False
         self.sessions = SessionTable(self.reactor, self.clock, self._pb_endpoint)
         self._announced = self._buildbot_view(self.gate.usable_workers(self.now()))
+        self.offer_retry = OFFER_RETRY
+        self.max_rotations_per_tick = MAX_ROTATIONS_PER_TICK
+        self.writer = RegistryWriter(
+            self.registry_path,
+            now=self.now,
+            run=run_write if run_write is not None else thread_runner(self.reactor),
+            schedule=self.clock.callLater,
+            on_written=self._after_write,
+        )
+        self._subscribed: set[EnrolledWorker] = set()  # connections with an updater
+        self._to_check: set[EnrolledWorker] = set()  # of those, the ones that may need an offer
+        self._rotating: set[str] = set()  # workers whose policy rotation is queued
+        self.rotation_check = ROTATION_CHECK
+        self._rotation_check_at: float | None = None  # None: at the next tick
 
     @property
     def loaded(self) -> LoadedRegistry:
@@ -162,11 +226,12 @@ class EnrollmentService(service.MultiService):
         self.reloader.started()
         self._raise_open_files_limit()
         master = self.loaded.registry.master
-        tub = make_tub(load_identity(self.loaded.identity_path).pem, self, self.clock, self.guard)
-        listening = listen(tub, self.reactor, master.listen)
-        tub.setLocation(*master.location)
-        tub.setServiceParent(self)
-        self.tub = tub
+        identities = ServedIdentities(self, self.clock, self.guard)
+        self.identities = identities
+        self.tub = identities.add(load_identity(self.loaded.identity_path).pem, master.location)
+        self._sync_identities(self.now())  # the previous identity too, during an overlap
+        listening = identities.listen(self.reactor, master.listen)
+        identities.setServiceParent(self)
         super().startService()
         listening.addCallbacks(self._listening, self._cannot_listen)
 
@@ -205,6 +270,13 @@ class EnrollmentService(service.MultiService):
             listen=master.listen,
             location=",".join(master.location),
         )
+        if self.identities is not None and len(self.identities.tubs) > 1:
+            assert master.previous is not None
+            log.info(
+                "bbenroll: also serving the previous identity, tub {tubid}, until {until}",
+                tubid=master.previous.tubid,
+                until=format_time(master.previous.until),
+            )
         self._write_status(force=True)
         self._listen_settled(True)
         return None
@@ -222,12 +294,14 @@ class EnrollmentService(service.MultiService):
             self._loop.stop()
         self._loop = None
         self.sessions.end_all("master shutting down")
-        self._log_refusals(all_due=True)
+        self._log_refusals(all_due=True)  # recorded in the audit log too: before the writer closes
+        closed = self.writer.close()
         d = super().stopService()
         if write_status:
             self._write_status(force=True, running=False)
         self.tub = None
-        return d
+        self.identities = None
+        return defer.gatherResults([defer.maybeDeferred(lambda: d), closed], consumeErrors=True)
 
     # -- the lookup -------------------------------------------------------------
 
@@ -241,6 +315,9 @@ class EnrollmentService(service.MultiService):
         """
         if broker.refusals >= self.guard.max_refusals_per_connection:
             return defer.fail(Refused(guardmod.TOO_MANY_REFUSALS))  # it is being dropped
+        if self.identities is not None and broker.tub.tubID not in self.identities.tubs:
+            # a late connection of a retired identity (it is being aborted): nothing to find
+            return defer.fail(Refused(RETIRED))
         if len(swissnum) > MAX_SWISSNUM_LENGTH:
             decision = gatemod.Decision(False, gatemod.UNKNOWN)
         else:
@@ -260,17 +337,18 @@ class EnrollmentService(service.MultiService):
         obj = EnrolledWorker(self, decision.worker, swissnum, broker)
         broker.mark_authenticated()
         self.connections[key] = obj
-        assert self.tub is not None
-        # its sturdy ref must be the worker's own FURL, not a fresh random name
-        self.tub.referenceToName[obj] = swissnum
+        # its sturdy ref must be the worker's own FURL, not a fresh random name; in the Tub of
+        # this connection (the identity its FURL named), which is the one that sends the answer
+        broker.tub.referenceToName[obj] = swissnum
         broker.notifyOnDisconnect(self._lost, key)  # fires once, with the connection
-        self.status.connected(obj.name, obj.peer, self.now())
+        self.status.connected(obj.name, obj.peer, self.now(), broker.tub.tubID)
         log.info(
             "accepted worker {worker!r} from {peer} ({which} secret)",
             worker=obj.name,
             peer=obj.peer,
             which=decision.reason,
         )
+        self._audit(auditing.accepted(obj.name, swissnum, obj.peer, decision.reason))
         self._write_status()
         return obj
 
@@ -278,8 +356,9 @@ class EnrollmentService(service.MultiService):
         broker.refusals += 1
         why = decision.describe()  # counted by worker and reason: which stale FURL keeps trying
         refusal = self.guard.refused(address_of(broker.transport), why, self.clock.seconds())
-        if refusal.log_now:  # later ones go into the address's summary line
+        if refusal.log_now:  # later ones go into the address's summary line (and record)
             log.info("refused connection from {peer}: {why}", peer=peer_of(broker), why=why)
+            self._audit(auditing.refused_one(decision.worker, why, peer_of(broker)))
         answer: defer.Deferred[Any] = defer.Deferred()
 
         def send() -> None:
@@ -308,11 +387,22 @@ class EnrollmentService(service.MultiService):
         obj = self.connections.pop(key, None)
         if obj is None:
             return
-        self.status.disconnected(obj.name, self.now())
+        self._subscribed.discard(obj)
+        self._to_check.discard(obj)
+        obj.updater = None
+        self.status.disconnected(obj.name, self.now(), obj.broker.tub.tubID)
         log.info("worker {worker!r} disconnected ({peer})", worker=obj.name, peer=obj.peer)
         self._write_status()
 
     def _kick(self, obj: EnrolledWorker, decision: gatemod.Decision) -> None:
+        now = self.clock.seconds()
+        if obj.dropped_at is not None and now - obj.dropped_at < self.poll_interval:
+            # a re-check right after our own registry write: the drop is under way; the next
+            # tick's re-check aborts a connection whose close has not finished
+            return
+        if obj.dropped_at is None:  # recorded once, however many ticks the close takes
+            self._audit(auditing.dropped(obj.name, obj.swissnum, obj.peer, str(decision.reason)))
+        obj.dropped_at = now
         log.info(
             "dropping worker {worker!r} ({peer}): {why}",
             worker=obj.name,
@@ -320,10 +410,18 @@ class EnrollmentService(service.MultiService):
             why=decision.reason,
         )
         self.sessions.end_connection(obj, decision.reason)
+        self._subscribed.discard(obj)  # nothing is ever offered over it again
+        self._to_check.discard(obj)
+        obj.updater = None
         if not obj.broker.disconnected:
             obj.broker.shutdown(Failure(DeadReferenceError(decision.reason)))
         else:
             obj.broker.transport.abortConnection()
+
+    def _audit(self, change: Any) -> None:
+        """Append one of the master's own records (master/auditing.py) through the writer."""
+        d = self.writer.submit(auditing.note(change))
+        d.addErrback(lambda f: log.failure("bbenroll: cannot write an audit record", f))
 
     # -- bounds on what peers may cost ------------------------------------------------
 
@@ -340,6 +438,7 @@ class EnrollmentService(service.MultiService):
     def _log_refusals(self, *, all_due: bool = False) -> None:
         """The refusal summaries that are due (``all_due``: all that were not logged yet)."""
         for summary in self.guard.summaries(self.clock.seconds(), all_due=all_due):
+            self._audit(auditing.refused(summary))
             log.info(
                 "refused or dropped {total} connections from {address} "
                 "in the last {seconds:.0f} s: {counts}",
@@ -361,7 +460,7 @@ class EnrollmentService(service.MultiService):
                 "({waiting} connections without an accepted secret)",
                 count=files[0],
                 limit=files[1],
-                waiting=self.tub.doorkeeper.waiting() if self.tub and self.tub.doorkeeper else 0,
+                waiting=self.identities.doorkeeper.waiting() if self.identities else 0,
             )
         self._near_open_files_limit = near
 
@@ -372,10 +471,11 @@ class EnrollmentService(service.MultiService):
         try:
             self._reload()
             now = self.now()
-            for obj in list(self.connections.values()):
-                decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
-                if not decision.accepted:
-                    self._kick(obj, decision)
+            self._sync_identities(now)
+            self._recheck(now)
+            self._offer_due()
+            self._rotate_due(now)
+            self.writer.flush()  # a batch that failed is retried here
             usable = self.gate.usable_workers(now)
             self.sessions.end_all_but(usable, "worker no longer enrolled")
             view = self._buildbot_view(usable)
@@ -388,11 +488,284 @@ class EnrollmentService(service.MultiService):
         except Exception:
             log.failure("bbenroll: unexpected error in the registry loop")
 
+    def _recheck(self, now: datetime) -> None:
+        for obj in list(self.connections.values()):
+            decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
+            if not decision.accepted:
+                self._kick(obj, decision)
+
     def _reload(self) -> None:
         loaded = self.reloader.poll()
         if loaded is not None:
             self.gate = gatemod.Gate(loaded.registry)
             self.status.forget(set(loaded.registry.workers))
+            self._to_check |= self._subscribed  # a serial may have grown
+            self._rotation_check_at = None  # a policy or a worker may have changed
+            if self.identities is not None:
+                self._sync_identities(self.now())  # a roll: serve the new identity at once
+
+    # -- master identities (key rollover) -------------------------------------------
+
+    def _sync_identities(self, now: datetime) -> None:
+        """Serve the registry's identity, and its previous one until it retires; retire the rest.
+
+        The previous identity retires by this clock at once (its ``until``, or every
+        usable worker confirmed), even before the registry write that removes it lands.
+        """
+        identities = self.identities
+        if identities is None:
+            return
+        registry = self.gate.registry
+        master = registry.master
+        wanted = {master.tubid: master.identity}
+        retirement = model.identity_retirement(master, registry.workers.values(), now)
+        previous = master.previous
+        # once retired, for good: a rotation after the roll may make a worker look
+        # unconfirmed again before the registry write that removes `previous` lands
+        if previous is not None and retirement is None and previous.tubid not in self._retired_tubids:
+            wanted[previous.tubid] = previous.identity
+        for tubid, identity in wanted.items():
+            if tubid not in identities.tubs:
+                try:
+                    pem = load_identity(identity_path(self.registry_path, identity)).pem
+                    identities.add(pem, master.location)
+                except (BBEnrollError, ValueError) as e:  # store.load checked it: a file changed since
+                    log.error("bbenroll: cannot serve master identity {tubid}: {error}", tubid=tubid,
+                              error=str(e))
+                    continue
+                log.info("bbenroll: serving master identity {tubid}", tubid=tubid)
+        if master.tubid in identities.tubs:
+            self.tub = identities.tubs[master.tubid]
+        for tubid in identities.tubids():
+            if tubid not in wanted and len(identities.tubs) > 1:
+                self._retire_identity(tubid, retirement or "it is no longer in the registry")
+        if previous is not None and (retirement is not None or previous.tubid in self._retired_tubids):
+            self._remove_previous_identity(previous.tubid, retirement or "retired earlier")
+
+    def _retire_identity(self, tubid: str, why: str) -> None:
+        assert self.identities is not None
+        old = [obj for obj in self.connections.values() if obj.broker.tub.tubID == tubid]
+        log.info(
+            "bbenroll: retiring master identity {tubid} ({why}); dropping its {count} connections",
+            tubid=tubid,
+            why=why,
+            count=len(old),
+        )
+        for obj in old:  # nothing is offered over them any more; their sessions wait for a resume
+            self._subscribed.discard(obj)
+            self._to_check.discard(obj)
+            obj.updater = None
+            if not obj.broker.disconnected:  # (the Tub's stop would too, for the brokers it knows)
+                self._audit(auditing.dropped(obj.name, obj.swissnum, obj.peer, "master identity retired"))
+                obj.broker.shutdown(Failure(DeadReferenceError(RETIRED)))
+        self._retired_tubids.add(tubid)
+        d = self.identities.retire(tubid)  # stops its Tub: the rest of its connections end
+        d.addErrback(lambda f: log.failure("bbenroll: while retiring a master identity", f))
+
+    def _remove_previous_identity(self, tubid: str, why: str) -> None:
+        """Remove ``[master] previous`` from the registry (once; retried by the writer)."""
+        if self._retiring_identity == tubid:
+            return
+        self._retiring_identity = tubid
+
+        def edit(editor: Editor) -> None:  # in the writer's thread, under the lock
+            master = editor.master
+            if master.previous is not None and master.previous.tubid == tubid:
+                editor.set_master(model.retire_identity(master))
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                self._retiring_identity = None  # the next tick asks again
+                log.info("bbenroll: cannot remove the retired identity from the registry: {why}",
+                         why=str(result.value))
+            else:
+                log.info("bbenroll: removed the retired master identity {tubid} from the registry ({why})",
+                         tubid=tubid, why=why)
+
+        self.writer.submit(edit).addBoth(done)
+
+    # -- pushed rotation ------------------------------------------------------------
+
+    def subscribe(self, obj: EnrolledWorker, updater: Any, serial: int) -> None:
+        """``subscribe_updates``: remember the updater (a second one replaces the first)."""
+        if obj.updater is not updater:
+            # an offer in flight through the old updater no longer counts; but when the last
+            # offer was made still does: re-subscribing is no way around OFFER_RETRY
+            obj.offering = False
+        obj.updater = updater
+        obj.serial = serial
+        obj.call_failed_logged = False
+        self._subscribed.add(obj)
+        self._to_check.add(obj)
+        self._offer_due()
+
+    def _needs_offer(self, obj: EnrolledWorker, worker: model.Worker) -> bool:
+        # a different secret than the current one: the one a rotation replaced (the gate let it in);
+        # or the identity a roll replaced: the newest FURL carries the new TubID
+        return (
+            obj.serial < worker.serial
+            or obj.swissnum != worker.swissnum
+            or obj.broker.tub.tubID != self.gate.registry.master.tubid
+        )
+
+    def _offer_due(self) -> None:
+        """Offer the registry's newest FURL to the subscribed connections that lack it."""
+        now = self.now()
+        seconds = self.clock.seconds()
+        for obj in list(self._to_check):
+            if obj.updater is None:
+                self._to_check.discard(obj)
+                continue
+            decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
+            if not decision.accepted:
+                self._to_check.discard(obj)  # the re-check drops it; never offer over it
+                continue
+            worker = self.gate.registry.workers[obj.name]
+            if not worker.is_usable(now) or not self._needs_offer(obj, worker):
+                self._to_check.discard(obj)
+                continue
+            if obj.offering:
+                continue
+            newer = obj.offered_serial is None or worker.serial > obj.offered_serial
+            if not newer and obj.offered_at is not None and seconds - obj.offered_at < self.offer_retry:
+                continue
+            self._offer(obj, worker)
+
+    def _offer(self, obj: EnrolledWorker, worker: model.Worker) -> None:
+        serial, furl = worker.serial, self.gate.registry.furl(worker)
+        obj.offering = True
+        obj.offered_serial = serial
+        obj.offered_at = self.clock.seconds()
+        updater = obj.updater
+        self.status.offered(obj.name, serial)
+        log.info("offering worker {worker!r} FURL serial {serial}", worker=obj.name, serial=serial)
+
+        def settled(result: Any) -> None:
+            if obj.updater is updater:
+                obj.offering = False
+            if isinstance(result, Failure) and not obj.call_failed_logged:
+                obj.call_failed_logged = True  # once per connection: a dead link fails every call
+                log.info(
+                    "worker {worker!r} ({peer}): FURL offer failed: {why}",
+                    worker=obj.name,
+                    peer=obj.peer,
+                    why=clean_reason(str(result.value) or type(result.value).__name__),
+                )
+
+        try:
+            d = updater.callRemote("offer_furl", serial, furl)
+        except Exception:  # a reference Foolscap already knows to be dead, or a violation
+            d = defer.fail(Failure())
+        d.addBoth(settled)
+
+    def confirm(self, obj: EnrolledWorker, serial: int) -> Any:
+        """``confirm_furl``: only over the worker's current secret; answered once on disk."""
+        worker = self.worker_for(obj)
+        if obj.swissnum != worker.swissnum or obj.broker.tub.tubID != self.gate.registry.master.tubid:
+            raise Refused(CONFIRM_OVER_NEW)
+        if serial > worker.serial:
+            self._reload()  # the CLI may have rotated it since our last poll
+            worker = self.worker_for(obj)
+            if serial > worker.serial:
+                raise Refused(UNKNOWN_SERIAL)
+        obj.serial = max(obj.serial, serial)
+        if serial < worker.serial:
+            # it moved to an older FURL than the newest: the offer of the newest was lost or
+            # raced a rotation; offer it now (one offer per confirm: bounded by its own calls)
+            obj.offered_at = None
+            self._to_check.add(obj)
+            self._offer_due()
+            return {"status": "stale"}
+        if worker.delivered is not None and worker.delivered >= serial:
+            self.status.delivered(obj.name, serial)
+            return {"status": "confirmed"}  # a repeated confirmation: nothing to write
+        name, now = obj.name, self.now()  # read here: the edit runs in the writer's thread
+
+        def edit(editor: Editor) -> None:
+            current = editor.worker(name)  # as on disk, under the lock
+            if not current.is_usable(now):
+                raise WrongState(f"worker {name!r} is {current.state(now)}")
+            editor.update(model.confirm(current, serial, now))
+
+        def written(_: None) -> dict[str, str]:
+            self.status.delivered(name, serial)
+            return {"status": "confirmed"}
+
+        def not_applied(failure: Failure) -> None:
+            failure.trap(BBEnrollError)  # removed or revoked meanwhile: one line for the worker
+            raise Refused(str(failure.value))
+
+        d = self.writer.submit(edit)
+        d.addCallbacks(written, not_applied)
+        return d
+
+    def update_failed(self, obj: EnrolledWorker, serial: int, reason: str) -> None:
+        """``furl_update_failed``: the worker keeps its old FURL; the offer is made again later."""
+        why = clean_reason(reason)
+        log.info(
+            "worker {worker!r} could not move to FURL serial {serial}: {why}",
+            worker=obj.name,
+            serial=serial,
+            why=why,
+        )
+        self.status.update_failed(obj.name, serial, why, self.now())
+        obj.offering = False
+        obj.offered_at = self.clock.seconds()  # not again before OFFER_RETRY
+        self._to_check.add(obj)
+        self._write_status()
+
+    def _after_write(self) -> None:
+        """The master wrote the registry: use it now, not at the next poll."""
+        if not self.running:  # a write that was under way when the service stopped
+            return
+        self._reload()
+        self._recheck(self.now())
+        self._offer_due()
+
+    def _rotate_due(self, now: datetime) -> None:
+        """``rotate_every``: queue the rotation of (a bounded number of) workers that reached it.
+
+        The whole registry is looked at once a :data:`ROTATION_CHECK` (a policy counts in
+        days), on a reload, and on every tick while more are due than one tick rotates.
+        """
+        seconds = self.clock.seconds()
+        if self._rotation_check_at is not None and seconds < self._rotation_check_at:
+            return
+        default = self.gate.registry.master.rotate_every
+        room = max(0, self.max_rotations_per_tick - len(self._rotating))
+        candidates = (
+            name
+            for name, worker in self.gate.registry.workers.items()
+            if name not in self._rotating and model.rotation_due(worker, default, now)
+        )
+        due = list(itertools.islice(candidates, room + 1))
+        more = len(due) > room or bool(self._rotating)
+        due = due[:room]
+        self._rotation_check_at = None if more else seconds + self.rotation_check
+        if not due:
+            return
+        log.info(
+            "bbenroll: rotating {count} workers by policy (rotate_every): {names}",
+            count=len(due),
+            names=", ".join(due[:10]) + (f" and {len(due) - 10} more" if len(due) > 10 else ""),
+        )
+        for name in due:
+            self._rotating.add(name)
+            self.writer.submit(self._policy_rotation(name, now)).addBoth(self._rotated, name)
+
+    @staticmethod
+    def _policy_rotation(name: str, now: datetime) -> Callable[[Editor], None]:
+        def edit(editor: Editor) -> None:  # in the writer's thread
+            worker = editor.worker(name)  # as on disk, under the lock: the CLI may have rotated it
+            if worker.is_usable(now) and model.rotation_due(worker, editor.registry.master.rotate_every, now):
+                editor.update(model.rotate(worker, now))
+
+        return edit
+
+    def _rotated(self, result: Any, name: str) -> None:
+        self._rotating.discard(name)
+        if isinstance(result, Failure):
+            log.info("bbenroll: not rotating {worker!r}: {why}", worker=name, why=str(result.value))
 
     @staticmethod
     def _buildbot_view(usable: dict[str, Any]) -> dict[str, tuple[str, Any]]:

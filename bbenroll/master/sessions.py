@@ -176,9 +176,20 @@ class SessionTable:
     # -- ending sessions ----------------------------------------------------------
 
     def end_connection(self, connection: Connection, reason: str) -> None:
-        """End the session a connection carries (its streams die with it: no resume)."""
-        if connection.session is not None:
-            connection.session.terminate(reason)
+        """End the session a connection carries (its streams die with it: no resume).
+
+        Only a session this connection still carries: after a pushed rotation the
+        session moved to the worker's new connection, and dropping the old one
+        (its secret retired) must not end it.
+        """
+        session = connection.session
+        if session is None:
+            return
+        attachment = self._attached.get(session)
+        if attachment is not None and attachment.connection is not connection:
+            connection.session = None  # a stale binding: the session lives on elsewhere
+            return
+        session.terminate(reason)
 
     def end_all_but(self, workers: Iterable[str], reason: str) -> None:
         """End every session of a worker not in ``workers``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,14 @@ class WorkerLink:
     since: datetime | None = None  # of the current state
     peer: str | None = None
     last_seen: datetime | None = None
+    # pushed rotation (docs/rotation.md): the serial offered and not confirmed yet, and
+    # the last failure the worker reported; strings in the file, so older readers accept them
+    offer_pending: int | None = None
+    update_failure: str | None = None
+    update_failure_at: datetime | None = None
+    # live connections per master identity (TubID) they were made to: during a key rollover
+    # ``bbenroll status`` can tell who is still on the old one
+    tubids: dict[str, int] = field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -47,11 +55,13 @@ class StatusBook:
         self.workers: dict[str, WorkerLink] = {}
         self.changed = True
 
-    def connected(self, name: str, peer: str, now: datetime) -> None:
+    def connected(self, name: str, peer: str, now: datetime, tubid: str | None = None) -> None:
         link = self.workers.setdefault(name, WorkerLink())
         if not link.connections:
             link.since = now
         link.connections += 1
+        if tubid is not None:
+            link.tubids[tubid] = link.tubids.get(tubid, 0) + 1
         link.peer = peer
         link.last_seen = now
         self.changed = True
@@ -61,15 +71,42 @@ class StatusBook:
         if link is not None:
             link.last_seen = now  # saved with the next heartbeat, not on every call
 
-    def disconnected(self, name: str, now: datetime) -> None:
+    def disconnected(self, name: str, now: datetime, tubid: str | None = None) -> None:
         link = self.workers.get(name)
         if link is None or not link.connections:
             return
         link.connections -= 1
+        if tubid is not None and tubid in link.tubids:
+            link.tubids[tubid] -= 1
+            if not link.tubids[tubid]:
+                del link.tubids[tubid]
         link.last_seen = now
         if not link.connections:
             link.since = now
         self.changed = True
+
+    def offered(self, name: str, serial: int) -> None:
+        link = self.workers.get(name)
+        if link is not None and link.offer_pending != serial:
+            link.offer_pending = serial
+            self.changed = True
+
+    def delivered(self, name: str, serial: int) -> None:
+        """``name`` confirmed ``serial``: no offer pending up to it, its failure is history."""
+        link = self.workers.get(name)
+        if link is None:
+            return
+        if link.offer_pending is not None and link.offer_pending <= serial:
+            link.offer_pending = None
+            link.update_failure = link.update_failure_at = None
+            self.changed = True
+
+    def update_failed(self, name: str, serial: int, reason: str, now: datetime) -> None:
+        link = self.workers.get(name)
+        if link is not None:
+            link.update_failure = f"serial {serial}: {reason}"
+            link.update_failure_at = now
+            self.changed = True
 
     def forget(self, names: set[str]) -> None:
         """Drop workers that are no longer in the registry and not connected."""
@@ -92,10 +129,24 @@ class StatusBook:
                     "since": format_time(link.since),
                     "peer": link.peer,
                     "last_seen": format_time(link.last_seen),
+                    **_update_fields(link),
                 }
                 for name, link in sorted(self.workers.items())
             },
         }
+
+
+def _update_fields(link: WorkerLink) -> dict[str, str]:
+    """The optional pushed-rotation fields: present only when there is something to say."""
+    fields: dict[str, str] = {}
+    if link.offer_pending is not None:
+        fields["offer_pending"] = f"serial {link.offer_pending}"
+    if link.update_failure is not None:
+        fields["update_failure"] = link.update_failure
+        fields["update_failure_at"] = format_time(link.update_failure_at) or ""
+    if link.tubids:
+        fields["tubids"] = ",".join(sorted(link.tubids))  # a string: older readers accept only those
+    return fields
 
 
 def write_status(path: Path, document: dict[str, Any]) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from bbenroll.errors import FurlError
+from bbenroll.errors import FurlError, TimeSpecError
 from bbenroll.furl import check_hint, check_swissnum, check_tubid
-from bbenroll.times import to_utc
+from bbenroll.times import parse_duration, to_utc
 
 TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
 
@@ -122,6 +122,47 @@ def _hints(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _count(value: Any) -> int:
+    if type(value) is int and value >= 0:
+        return value
+    if type(value) is not int:
+        raise Invalid(f"must be an integer, not {toml_type(value)}")
+    raise Invalid("may not be negative")
+
+
+def _duration(value: Any) -> timedelta:
+    if type(value) is not str:
+        raise Invalid(f'must be a duration string like "90d", not {toml_type(value)}')
+    try:
+        return parse_duration(value)
+    except TimeSpecError as e:
+        raise Invalid(str(e)) from None
+
+
+def format_duration(value: timedelta) -> str:
+    """``90d``: the largest unit that says ``value`` exactly (how bbenroll writes a duration)."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+NEVER_TEXT = "never"
+
+
+def _policy(value: Any) -> timedelta:
+    # timedelta(0) is model.NEVER: an explicit "no policy rotation", which a
+    # missing key (None: follow [master]) cannot say
+    if type(value) is str and value.strip().lower() == NEVER_TEXT:
+        return timedelta(0)
+    return _duration(value)
+
+
+def _policy_to_data(value: timedelta) -> str:
+    return NEVER_TEXT if not value else format_duration(value)
+
+
 def _table(value: Any) -> Mapping[str, Any]:
     if type(value) is dict:
         return value
@@ -136,3 +177,6 @@ TIME = Kind("date-time", _time)
 TAGS = Kind("array of non-empty strings", _tags, to_data=list)
 HINTS = Kind("array of strings", _hints, to_data=list)
 TABLE = Kind("table", _table, to_data=dict, is_table=True)
+COUNT = Kind("integer", _count)
+DURATION = Kind('duration string (`"90d"`, `"12h"`, `"2w"`)', _duration, to_data=format_duration)
+POLICY = Kind('duration string or `"never"`', _policy, to_data=_policy_to_data)

@@ -28,6 +28,8 @@ WORKER_NAME_MAX = 50
 DEFAULT_EXPIRING_WITHIN = timedelta(days=7)
 # how long a rotated-away secret keeps working unless --grace says otherwise
 DEFAULT_GRACE = timedelta(days=7)
+# a worker's ``rotate_every = "never"``: no policy rotation, whatever [master] says
+NEVER = timedelta(0)
 
 # Buildbot's own identifier rule (buildbot.util.identifiers.ident_re), which it
 # applies to worker names with a maximum length of 50: what a registry may hold.
@@ -139,6 +141,12 @@ class Worker:
     tags: tuple[str, ...] = ()
     note: str | None = None
     previous: Previous | None = None
+    # the number of the worker's newest FURL: grows by one whenever its FURL changes
+    serial: int = 0
+    changed: datetime | None = None  # when serial last grew
+    delivered: int | None = None  # the newest serial the worker confirmed
+    delivered_at: datetime | None = None
+    rotate_every: timedelta | None = None  # overrides [master] rotate_every; NEVER: not by policy
     revoked: datetime | None = None
     revoked_reason: str | None = None
     # per-worker Buildbot options ([workers.NAME.buildbot]), kept as written
@@ -169,12 +177,87 @@ class Worker:
 
 
 @dataclass(frozen=True)
+class PreviousIdentity:
+    """The master identity a ``master roll-identity`` replaced, still served until ``until``."""
+
+    identity: str  # as written, like MasterSettings.identity
+    tubid: str
+    until: datetime
+
+
+@dataclass(frozen=True)
 class MasterSettings:
     identity: str  # as written: relative to the registry's directory unless absolute
     tubid: str
     location: tuple[str, ...]
     listen: str
     pb: str | None = None  # the master's loopback PB endpoint (used by the master hook)
+    rotate_every: timedelta | None = None  # the rotation policy; None: secrets are rotated only by hand
+    # the identity a roll replaced, served beside this one during the overlap (docs/rotation.md)
+    previous: PreviousIdentity | None = None
+
+    def in_overlap(self, now: datetime) -> bool:
+        """A previous identity is still served at ``now``."""
+        return self.previous is not None and self.previous.until > now
+
+
+def roll_identity(
+    master: MasterSettings, identity: str, tubid: str, now: datetime, grace: timedelta = DEFAULT_GRACE
+) -> MasterSettings:
+    """``master`` with a new identity; the current one is served ``grace`` longer (0: not at all).
+
+    One roll at a time: during an overlap a second roll would have to drop the
+    previous identity at once, cutting off the workers still on it.
+    """
+    now = to_utc(now)
+    check_roll(master, now)
+    if tubid == master.tubid:
+        raise WrongState("the new identity has the same tubid as the current one")
+    previous = PreviousIdentity(master.identity, master.tubid, to_utc(now + grace)) if grace else None
+    return replace(master, identity=identity, tubid=tubid, previous=previous)
+
+
+def check_roll(master: MasterSettings, now: datetime) -> None:
+    """Refuse a roll while a previous identity is still served (WrongState)."""
+    if master.previous is not None and master.in_overlap(to_utc(now)):
+        raise WrongState(
+            f"the master identity was rolled already: the old tubid {master.previous.tubid} is served "
+            f"until {format_time(master.previous.until)}; roll again after that, or once every worker "
+            "confirmed its new FURL (the running master then retires the old identity)"
+        )
+
+
+def retire_identity(master: MasterSettings) -> MasterSettings:
+    """``master`` without its previous identity (the overlap ended)."""
+    return replace(master, previous=None)
+
+
+def on_previous_identity(master: MasterSettings, worker: Worker) -> bool:
+    """Whether ``worker`` may still hold a FURL under the previous identity's TubID.
+
+    True while a previous identity exists and the worker has not confirmed its
+    newest FURL (every FURL minted since the roll carries the new TubID; a worker
+    added since has serial 0 and never held an old one).
+    """
+    if master.previous is None or worker.revoked is not None or worker.serial == 0:
+        return False
+    return (worker.delivered or 0) < worker.serial
+
+
+def identity_retirement(master: MasterSettings, workers: Iterable[Worker], now: datetime) -> str | None:
+    """Why the previous identity should retire at ``now`` (None: not yet, or there is none).
+
+    At the first of: its overlap ended, or every usable worker confirmed a FURL
+    minted since the roll (revoked and expired workers do not count).
+    """
+    previous = master.previous
+    if previous is None:
+        return None
+    if previous.until <= now:
+        return f"its overlap ended at {format_time(previous.until)}"
+    if all(not on_previous_identity(master, w) for w in workers if w.is_usable(now)):
+        return "every worker confirmed a FURL under the new identity"
+    return None
 
 
 def location_mismatch(master: MasterSettings) -> str | None:
@@ -260,9 +343,18 @@ def change(
     tag: tuple[str, ...] = (),
     untag: tuple[str, ...] = (),
     note: str | None = KEEP,
+    rotate_every: timedelta | None = KEEP,
 ) -> Worker:
-    """``worker`` with new settings (``bbenroll set``); its secrets and dates are never touched."""
+    """``worker`` with new settings (``bbenroll set``); its secrets and dates are never touched.
+
+    ``rotate_every``: the worker's own rotation policy (NEVER: exempt; None:
+    follow ``[master] rotate_every``).
+    """
     changes: dict[str, Any] = {}
+    if rotate_every is not KEEP:
+        if rotate_every is not None and rotate_every < timedelta(0):
+            raise ValueError("rotate_every may not be negative")
+        changes["rotate_every"] = rotate_every
     if expires is not KEEP:
         check_expiry(expires, to_utc(now))
         changes["expires"] = expires
@@ -303,6 +395,8 @@ def rotate(
         password=new_password() if compromised else worker.password,
         rotated=now,
         previous=previous,
+        serial=worker.serial + 1,
+        changed=now,
     )
 
 
@@ -325,7 +419,84 @@ def restore(worker: Worker, now: datetime) -> Worker:
         revoked=None,
         revoked_reason=None,
         previous=None,
+        serial=worker.serial + 1,
+        changed=now,
     )
+
+
+def change_location(worker: Worker, now: datetime) -> Worker:
+    """The master's connection hints changed (``master set-location``): the worker's
+    FURL is new, its secrets are not. The serial grows so that a running master
+    pushes the new FURL."""
+    if worker.revoked is not None:
+        raise WrongState(f"worker {worker.name!r} is revoked: its FURL is never handed out")
+    return replace(worker, serial=worker.serial + 1, changed=to_utc(now))
+
+
+def confirm(worker: Worker, serial: int, now: datetime) -> Worker:
+    """The worker confirmed that it connects with FURL ``serial`` (pushed rotation).
+
+    Idempotent: a confirmation of a serial already confirmed (or older) returns
+    ``worker`` itself, not even the date changes, so a repeated or late
+    confirmation writes nothing. Serial 0 is the enrolment FURL, which is never
+    pushed: there is nothing to confirm. Confirming the newest serial ends the
+    previous secret's grace now; its record stays, so the master refuses the old
+    FURL as "retired by rotation" rather than as an unknown secret.
+    """
+    if serial > worker.serial:
+        raise WrongState(
+            f"worker {worker.name!r} cannot confirm FURL {serial}: "
+            f"the registry issued only up to {worker.serial}"
+        )
+    if serial < 1 or (worker.delivered is not None and worker.delivered >= serial):
+        return worker
+    now = to_utc(now)
+    previous = worker.previous
+    if serial == worker.serial and previous is not None and previous.until > now:
+        previous = Previous(previous.swissnum, until=now)
+    return replace(worker, delivered=serial, delivered_at=now, previous=previous)
+
+
+class DeliveryState(StrEnum):
+    """Whether the worker holds the registry's newest FURL (a ``str``, like State)."""
+
+    CURRENT = "current"  # never changed since the worker was added
+    PENDING = "pending"  # changed, not confirmed yet
+    CONFIRMED = "confirmed"  # the worker confirmed the newest FURL
+
+
+@dataclass(frozen=True)
+class Delivery:
+    state: DeliveryState
+    serial: int  # the registry's newest serial for the worker
+    since: datetime
+
+
+def delivery(worker: Worker) -> Delivery:
+    if worker.serial == 0:
+        return Delivery(DeliveryState.CURRENT, 0, worker.created)
+    if worker.delivered is not None and worker.delivered >= worker.serial and worker.delivered_at is not None:
+        return Delivery(DeliveryState.CONFIRMED, worker.serial, worker.delivered_at)
+    return Delivery(DeliveryState.PENDING, worker.serial, worker.changed or worker.rotated)
+
+
+def rotation_due(worker: Worker, default_every: timedelta | None, now: datetime) -> bool:
+    """Whether the rotation policy says ``worker``'s secret is old enough to rotate at ``now``.
+
+    The worker's own ``rotate_every`` wins over ``default_every`` ([master]
+    rotate_every); NEVER (``"never"`` in the file) turns the policy off for it.
+    Never due for a revoked or expired worker, nor while a previous secret is
+    still in its grace period: the last rotation has not been delivered yet, and
+    rotating again would cut off a worker still on the older secret.
+    """
+    every = worker.rotate_every if worker.rotate_every is not None else default_every
+    if not every:  # None or NEVER
+        return False
+    if not worker.is_usable(now):
+        return False
+    if worker.previous is not None and worker.previous.until > now:
+        return False
+    return now - worker.rotated >= every
 
 
 # --- views -----------------------------------------------------------------
@@ -335,6 +506,7 @@ def worker_summary(
     worker: Worker, now: datetime, expiring_within: timedelta = DEFAULT_EXPIRING_WITHIN
 ) -> dict[str, Any]:
     """What ``list`` shows: no secrets."""
+    sent = delivery(worker)
     return {
         "name": worker.name,
         "state": worker.state(now, expiring_within),
@@ -346,6 +518,8 @@ def worker_summary(
         "grace_until": format_time(worker.previous.until) if worker.previous else None,
         "tags": list(worker.tags),
         "note": worker.note,
+        "serial": worker.serial,
+        "delivery": {"state": sent.state, "serial": sent.serial, "since": format_time(sent.since)},
     }
 
 

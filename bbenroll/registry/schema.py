@@ -27,8 +27,11 @@ from bbenroll.errors import InvalidName
 from bbenroll.furl import MIN_SWISSNUM_LENGTH, SWISSNUM_BITS, TUBID_LENGTH
 from bbenroll.registry.audit import AuditHead
 from bbenroll.registry.kinds import (
+    COUNT,
+    DURATION,
     HINTS,
     NON_EMPTY_STRING,
+    POLICY,
     SECRET,
     STRING,
     TABLE,
@@ -44,6 +47,7 @@ from bbenroll.registry.model import (
     REGISTRY_VERSION,
     MasterSettings,
     Previous,
+    PreviousIdentity,
     Registry,
     Worker,
     check_buildbot_name,
@@ -106,6 +110,29 @@ PREVIOUS_FIELDS = (
 )
 _PREVIOUS_KEYS = {field.key for field in PREVIOUS_FIELDS}
 
+def _previous_identity(value: Any) -> PreviousIdentity:
+    if type(value) is not dict or value.keys() != _PREVIOUS_IDENTITY_KEYS:
+        raise Invalid("must be a table with exactly 'identity', 'tubid' and 'until'")
+    return PreviousIdentity(**_convert_all(PREVIOUS_IDENTITY_FIELDS, value))
+
+
+def _previous_identity_to_data(previous: PreviousIdentity) -> Any:
+    import tomlkit  # only when writing: an inline table, as bbenroll writes a worker's previous
+
+    table = tomlkit.inline_table()
+    table.update({field.key: getattr(previous, field.attr) for field in PREVIOUS_IDENTITY_FIELDS})
+    return table
+
+
+PREVIOUS_IDENTITY = Kind("inline table", _previous_identity, to_data=_previous_identity_to_data)
+
+PREVIOUS_IDENTITY_FIELDS = (
+    Field("identity", NON_EMPTY_STRING, "Path of the replaced identity's PEM file.", required=True),
+    Field("tubid", TUBID, "Its TubID, checked against the file.", required=True),
+    Field("until", TIME, "Served until then.", required=True),
+)
+_PREVIOUS_IDENTITY_KEYS = {field.key for field in PREVIOUS_IDENTITY_FIELDS}
+
 MASTER_FIELDS = (
     Field(
         "identity",
@@ -142,6 +169,21 @@ MASTER_FIELDS = (
         "The master's own Buildbot PB port, loopback only (default written by `init`: "
         "`tcp:9990:interface=127.0.0.1`). Used by the master hook.",
     ),
+    Field(
+        "rotate_every",
+        DURATION,
+        "The rotation policy: the running master rotates (and pushes) a worker's secret once it is this "
+        "old (`rotated`), unless the worker's own `rotate_every` says otherwise. Absent: secrets are "
+        "rotated only by `bbenroll rotate`.",
+    ),
+    Field(
+        "previous",
+        PREVIOUS_IDENTITY,
+        '`{identity = "...", tubid = "...", until = DATE-TIME}`: the identity a `bbenroll master '
+        "roll-identity` replaced, served on the same port beside the new one until `until` (or until "
+        "every worker confirmed its new FURL; then the running master removes it). Same rules as "
+        "`identity`/`tubid`, and its tubid differs from `tubid`.",
+    ),
 )
 
 # in the order bbenroll writes them
@@ -169,6 +211,28 @@ WORKER_FIELDS = (
         "period), accepted until "
         "`until`. Only the most recent previous secret is kept.",
     ),
+    Field(
+        "serial",
+        COUNT,
+        "The number of the worker's newest FURL: 0 when added, one more with every change of its FURL "
+        "(`rotate`, `restore`, `master set-location`). Written once it is not 0.",
+        default=0,
+    ),
+    Field("changed", TIME, "When `serial` last grew."),
+    Field(
+        "delivered",
+        COUNT,
+        "The newest serial the worker confirmed it connects with (written by the running master); "
+        "never above `serial`.",
+        requires="delivered_at",
+    ),
+    Field("delivered_at", TIME, "When the worker confirmed `delivered`.", requires="delivered"),
+    Field(
+        "rotate_every",
+        POLICY,
+        "This worker's rotation policy, instead of `[master] rotate_every`; `\"never\"`: the master never "
+        "rotates it by itself.",
+    ),
     Field("revoked", TIME, "Present when revoked: the master refuses the worker."),
     Field("revoked_reason", STRING, "Why (only with `revoked`).", requires="revoked"),
     Field(
@@ -181,14 +245,6 @@ WORKER_FIELDS = (
 
 
 
-def _count(value: Any) -> int:
-    if type(value) is not int:
-        raise Invalid(f"must be an integer, not {toml_type(value)}")
-    if value < 0:
-        raise Invalid("may not be negative")
-    return value
-
-
 def _hash(value: Any) -> str:
     if type(value) is not str or not _HASH_RE.fullmatch(value):
         raise Invalid('must be "sha256:" and 64 lowercase hex digits')
@@ -196,7 +252,6 @@ def _hash(value: Any) -> str:
 
 
 _HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
-COUNT = Kind("integer", _count)
 HASH = Kind("string", _hash)
 
 # [audit]: written by bbenroll under the registry's lock, with each append to the audit log
@@ -210,7 +265,12 @@ AUDIT_FIELDS = (
     Field("count", COUNT, "How many records the audit log holds (its last record's `seq`).", required=True),
 )
 
-_REQUIRES_MESSAGES = {"revoked": "set, but the worker is not revoked"}
+_WORKER_BY_KEY = {field.key: field for field in WORKER_FIELDS}
+_REQUIRES_MESSAGES = {
+    "revoked": "set, but the worker is not revoked",
+    "delivered": "set without delivered",
+    "delivered_at": "set without delivered_at",
+}
 
 
 # --- reading ---------------------------------------------------------------
@@ -287,7 +347,17 @@ def worker_from_data(name: str, data: Any, problems: Problems) -> Worker | None:
         _table_values(WORKER_FIELDS, data, where, problems)  # and every other problem
         return None
     values = _table_values(WORKER_FIELDS, data, where, problems)
-    return Worker(name, **values) if values is not None else None
+    if values is None:
+        return None
+    delivered = values.get("delivered")
+    if delivered is not None and delivered > values.get("serial", 0):
+        problems.add(
+            where() + ".delivered",
+            f"is {delivered}, above serial {values.get('serial', 0)}: no worker can confirm a FURL "
+            "the registry never issued",
+        )
+        return None
+    return Worker(name, **values)
 
 
 def registry_from_data(data: Mapping[str, Any], problems: Problems) -> Registry | None:
@@ -346,10 +416,19 @@ def worker_to_data(worker: Worker) -> dict[str, Any]:
         value = getattr(worker, field.attr)
         if not field.required and value == field.default:
             continue
-        if field.requires is not None and field.requires not in data:
-            continue
+        if field.requires is not None and getattr(worker, _WORKER_BY_KEY[field.requires].attr) is None:
+            continue  # (revoked_reason without revoked: not written)
         data[field.key] = field.kind.to_data(value)
     return data
+
+
+def master_to_data(master: MasterSettings) -> dict[str, Any]:
+    """The [master] table's keys as the registry stores them (optional ones only when set)."""
+    return {
+        field.key: field.kind.to_data(getattr(master, field.attr))
+        for field in MASTER_FIELDS
+        if field.required or getattr(master, field.attr) != field.default
+    }
 
 
 # --- Buildbot options ([workers.NAME.buildbot]) ------------------------------

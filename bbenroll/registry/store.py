@@ -31,7 +31,7 @@ from bbenroll.fileio import atomic_write, exclusive_lock, owner_of, permission_p
 from bbenroll.identity import load_identity
 from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, audit, schema
 from bbenroll.registry.audit import AuditHead
-from bbenroll.registry.model import Registry, Worker
+from bbenroll.registry.model import MasterSettings, Registry, Worker
 from bbenroll.registry.schema import Problems
 
 
@@ -202,6 +202,46 @@ def _identity_problems(path: Path, master: Any) -> list[Problem]:
                 f"(its tubid is {identity.tubid}); was the identity file replaced?",
             )
         ]
+    return _previous_identity_problems(path, master)
+
+
+def _previous_identity_file(path: Path, master: Any) -> Path | None:
+    """The file of the raw ``[master] previous`` table (None: absent or a schema problem already)."""
+    previous = master.get("previous") if isinstance(master, dict) else None
+    if not isinstance(previous, dict) or not isinstance(previous.get("identity"), str):
+        return None
+    if not previous["identity"]:
+        return None
+    return identity_path(path, previous["identity"])
+
+
+def _previous_identity_problems(path: Path, master: dict[str, Any]) -> list[Problem]:
+    """``[master] previous`` (a rolled-over identity) loads, matches its tubid and is another one."""
+    ident_path = _previous_identity_file(path, master)
+    if ident_path is None:
+        return []
+    try:
+        identity = load_identity(ident_path)
+    except IdentityError as e:
+        hint = "; if its overlap is over, remove master.previous with 'bbenroll edit'"
+        return [Problem(str(path), f"master.previous.identity: {e}{hint}")]
+    tubid = master["previous"].get("tubid")
+    if isinstance(tubid, str) and tubid != identity.tubid:
+        return [
+            Problem(
+                str(path),
+                f"master.previous.tubid {tubid} does not match the identity {ident_path} "
+                f"(its tubid is {identity.tubid}); was the identity file replaced?",
+            )
+        ]
+    if identity.tubid == master.get("tubid"):
+        return [
+            Problem(
+                str(path),
+                f"master.previous: the previous identity {ident_path} is the current one "
+                f"(tubid {identity.tubid}); a roll needs a new key",
+            )
+        ]
     return []
 
 
@@ -240,7 +280,7 @@ def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> In
         problems += _placed(path, text, options)
     master = data.get("master")
     problems += _identity_problems(path, master)
-    private = [path, _identity_file(path, master)]
+    private = [path, _identity_file(path, master), _previous_identity_file(path, master)]
     warnings = [problem for file in private if file and (problem := permission_problem(file))]
     head = schema.audit_from_data(data.get("audit"), Problems()) if not problems else None
     return Inspection(path, text, None if problems else registry, problems, warnings, head)
@@ -286,13 +326,18 @@ class Editor:
         self.path = loaded.path  # as the user named it: for messages
         self.target = target or real_path(loaded.path)  # the file that save() replaces
         self.workers = dict(loaded.registry.workers)
+        self.master = loaded.registry.master
         self._changed: dict[str, Worker | None] = {}  # None: removed
         self._added: list[str] = []
         self._notes: list[audit.Change] = []  # records of events that change no table
 
     @property
     def registry(self) -> Registry:
-        return Registry(self.loaded.registry.master, self.workers, self.loaded.registry.version)
+        return Registry(self.master, self.workers, self.loaded.registry.version)
+
+    def set_master(self, master: MasterSettings) -> None:
+        """New ``[master]`` settings (``master set-location``); only the keys that differ are rewritten."""
+        self.master = master
 
     def worker(self, name: str) -> Worker:
         return _worker(self.path, self.workers, name)
@@ -304,7 +349,8 @@ class Editor:
         self._added.append(worker.name)
 
     def update(self, worker: Worker) -> None:
-        self.worker(worker.name)
+        if self.worker(worker.name) == worker:
+            return  # (a repeated confirmation, say): nothing to write
         self.workers[worker.name] = worker
         if worker.name not in self._added:
             self._changed[worker.name] = worker
@@ -319,7 +365,7 @@ class Editor:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._changed or self._added)
+        return bool(self._changed or self._added or self.master != self.loaded.registry.master)
 
     def render(self) -> str:
         """The new text of the registry, checked to read back as intended."""

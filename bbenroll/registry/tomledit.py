@@ -25,7 +25,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable, Table
 
 from bbenroll.registry import schema
-from bbenroll.registry.model import Registry, Worker
+from bbenroll.registry.model import MasterSettings, Registry, Worker
 from bbenroll.registry.schema import Problems
 from bbenroll.registry.tomlscan import Header, Scan, ScanError, scan, table_span
 
@@ -69,7 +69,7 @@ class Edit:
 def apply(text: str, edit: Edit) -> str:
     """The new text: spliced where the layout allows, else rewritten whole and
     checked to read back as ``edit.after``. Raises LayoutError."""
-    if not edit.changed and not edit.added:
+    if not edit.changed and not edit.added and edit.before.master == edit.after.master:
         return text
     try:
         return splice(text, edit)  # checks every table it cuts out or writes
@@ -133,6 +133,48 @@ def update_table(table: Table | InlineTable, old: Worker | None, new: Worker) ->
             continue  # hand-written Buildbot options are never rewritten
         if old_data.get(key) != value or key not in table:
             table[key] = _toml_value(key, value)
+
+
+def update_master_table(table: Table | InlineTable, old: MasterSettings, new: MasterSettings) -> None:
+    """Make ``table`` hold ``new``, changing only the keys whose value differs (comments stay)."""
+    old_data, new_data = schema.master_to_data(old), schema.master_to_data(new)
+    for key in old_data:
+        if key not in new_data and key in table:
+            del table[key]
+    for key, value in new_data.items():
+        if old_data.get(key) != value or key not in table:
+            table[key] = value
+
+
+def _master_holds_exactly(chunk: str, expected: MasterSettings) -> bool:
+    try:
+        data = tomllib.loads(chunk)
+    except tomllib.TOMLDecodeError:
+        return False
+    if set(data) != {"master"}:
+        return False
+    problems = Problems()
+    return schema.master_from_data(data["master"], problems) == expected and not problems
+
+
+def _master_span(text: str, scanned: Scan, edit: Edit, newline: str) -> tuple[int, int, str]:
+    """The span of the ``[master]`` table and its new text; Fallback unless it is one plain table."""
+    found = [i for i, h in enumerate(scanned.headers) if h.path == ("master",) and not h.is_array]
+    if len(found) != 1 or any(h.path[:1] == ("master",) and len(h.path) > 1 for h in scanned.headers):
+        raise Fallback
+    start, end = table_span(scanned, found[0], subtables=False)
+    chunk = text[start:end]
+    if not _master_holds_exactly(chunk, edit.before.master):
+        raise Fallback
+    try:
+        doc = tomlkit.parse(chunk)
+        update_master_table(doc["master"], edit.before.master, edit.after.master)
+        new_chunk = with_newline(doc.as_string(), newline)
+    except TOMLKIT_ERRORS:
+        raise Fallback from None
+    if not _master_holds_exactly(new_chunk, edit.after.master):
+        raise Fallback
+    return start, end, new_chunk
 
 
 def render_new_table(worker: Worker, newline: str = "\n") -> str:
@@ -262,6 +304,8 @@ def splice(text: str, edit: Edit) -> str:
         if not _holds_exactly(new_chunk, name, worker):
             raise Fallback
         spans.append((start, end, new_chunk))
+    if edit.before.master != edit.after.master:
+        spans.append(_master_span(text, scanned, edit, newline))
     tables = []
     for name in edit.added:
         try:
@@ -328,6 +372,8 @@ def rewrite_whole(text: str, edit: Edit) -> str:
     source = _cut_removed_tables(text, removed) if removed else text
     try:
         doc = tomlkit.parse(source)
+        if edit.before.master != edit.after.master:
+            update_master_table(doc["master"], edit.before.master, edit.after.master)
         for name, worker in changed.items():
             if worker is None:
                 if "workers" in doc and name in doc["workers"]:

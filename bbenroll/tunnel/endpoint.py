@@ -21,13 +21,20 @@ from zope.interface import implementer
 from bbenroll.errors import BBEnrollError
 from bbenroll.furl import parse_furl
 from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT
+from bbenroll.tunnel.furlfile import FurlFile, FurlFileError, read_furl_file
 from bbenroll.tunnel.worker_side import CONNECT_TIMEOUT, WorkerTunnel
 
 log = Logger(namespace="bbenroll")
 
 
 class TunnelTable:
-    """The tunnels of one process, one per (FURL, resume deadline).
+    """The tunnels of one process, one per (FURL file, resume deadline).
+
+    Keyed by the file, not by the FURL in it: a tunnel that moved to a pushed FURL
+    (docs/rotation.md) rewrote the file itself and keeps serving its endpoint. A file
+    that holds a FURL the tunnel does not know was replaced from outside (``worker
+    create --force``): an idle tunnel is stopped and a fresh one started; one with
+    streams keeps running, as buildbot-worker's connection is alive on it.
 
     A tunnel leaves the table when it stops, so a later ``connect()`` starts a fresh
     one. ``make_tunnel`` builds a tunnel (tests pass one that needs no network).
@@ -35,22 +42,38 @@ class TunnelTable:
 
     def __init__(self, make_tunnel: Any = WorkerTunnel) -> None:
         self.make_tunnel = make_tunnel
-        self._tunnels: dict[tuple[str, float], WorkerTunnel] = {}
+        self._tunnels: dict[tuple[Path, float], WorkerTunnel] = {}
         self._shutdown_trigger_added = False
         self._shutting_down = False
 
     def __len__(self) -> int:
         return len(self._tunnels)
 
-    def get(self, furl: str, reactor: Any, resume_deadline: float = RESUME_DEADLINE_DEFAULT) -> WorkerTunnel:
-        """The running tunnel to ``furl``; started (with a shutdown trigger) on first use."""
+    def get(
+        self,
+        furlfile: Path,
+        current: FurlFile,
+        reactor: Any,
+        resume_deadline: float = RESUME_DEADLINE_DEFAULT,
+    ) -> WorkerTunnel:
+        """The running tunnel of ``furlfile`` (which holds ``current``); started on first use."""
         if self._shutting_down:  # a tunnel started now would outlive the shutdown
             raise error.ConnectError(string="the worker is shutting down")
-        key = (furl, resume_deadline)
+        key = (Path(furlfile).absolute(), resume_deadline)
         tunnel = self._tunnels.get(key)
+        if tunnel is not None and not tunnel.holds(current.furl) and not tunnel.streams:
+            log.info("bbenroll: {path} holds another FURL; starting a new tunnel with it", path=key[0])
+            tunnel.stop()  # on_stopped takes it out of the table
+            self._tunnels.pop(key, None)
+            tunnel = None
         if tunnel is None:
             tunnel = self.make_tunnel(
-                furl, reactor=reactor, resume_deadline=resume_deadline, on_stopped=self._forget
+                current.furl,
+                reactor=reactor,
+                resume_deadline=resume_deadline,
+                on_stopped=self._forget,
+                furlfile=key[0],
+                serial=current.serial,
             )
             self._tunnels[key] = tunnel
             tunnel.start()
@@ -90,25 +113,24 @@ class TunnelEndpoint:
         self.timeout = timeout
         self.tunnels = tunnels
 
-    def _furl(self) -> str:
+    def _furl(self) -> FurlFile:
         try:
-            text = self.furlfile.read_text(encoding="utf-8")
-        except OSError as e:
-            raise error.ConnectError(string=f"cannot read FURL file {self.furlfile}: {e.strerror}") from None
-        furl = text.strip()
+            current = read_furl_file(self.furlfile)
+        except FurlFileError as e:
+            raise error.ConnectError(string=str(e)) from None
         try:
-            parse_furl(furl)
+            parse_furl(current.furl)
         except BBEnrollError as e:
             raise error.ConnectError(string=f"{self.furlfile}: {e}") from None
-        return furl
+        return current
 
     def connect(self, protocolFactory: Any) -> defer.Deferred:
         # like Twisted's connectors: doStart now, doStop when the attempt fails or the
         # connection ends (buildbot-worker's shutdown waits for stopFactory)
         protocolFactory.doStart()
         try:
-            furl = self._furl()
-            tunnel = self.tunnels.get(furl, self.reactor, self.resume)
+            current = self._furl()
+            tunnel = self.tunnels.get(self.furlfile, current, self.reactor, self.resume)
         except Exception as e:
             failure = e if isinstance(e, error.ConnectError) else error.ConnectError(string=str(e))
             return defer.fail(self._failed(Failure(failure), protocolFactory))  # connect() gives a Deferred

@@ -28,6 +28,7 @@ from bbenroll.endpoints import endpoint_parts, tcp_server
 from bbenroll.tunnel import frames
 from bbenroll.tunnel.adapter import TunnelAdapter
 from bbenroll.tunnel.core import Settings
+from bbenroll.tunnel.pblogin import LoginCheck, Verdict
 
 log = Logger(namespace="bbenroll")
 
@@ -53,6 +54,7 @@ LOGIN_COOL_DOWN = 60.0  # seconds during which a session's new streams are reset
 TOO_MANY_STREAMS = "too many streams in this session"
 TOO_MUCH_PENDING = "too much data before the PB connection was made"
 TOO_MANY_SHORT_LEGS = "too many short PB connections in a row (failed logins?)"
+LOGIN_REFUSED = "PB login refused: a tunnel logs in only as its own worker"
 
 
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
@@ -142,6 +144,10 @@ class MasterSession(TunnelAdapter):
         self.pb_endpoint = pb_endpoint
         self.legs: dict[int, PBLeg] = {}
         self.pending: dict[int, bytearray] = {}  # data that arrived before the PB connection
+        # streams whose PB login was not seen yet (pblogin.py), and the bytes held until it is:
+        # nothing reaches Buildbot before the login names this session's worker
+        self.logins: dict[int, LoginCheck] = {}
+        self.held: dict[int, bytearray] = {}
         self.refused_streams = 0  # opens past max_streams (logged once)
         self.short_legs = 0  # PB connections in a row that ended within short_leg seconds
         self.cool_down_until: float | None = None  # opens before then are reset
@@ -251,6 +257,8 @@ class MasterSession(TunnelAdapter):
 
     def _close_leg(self, stream: int) -> None:
         self.pending.pop(stream, None)
+        self.logins.pop(stream, None)
+        self.held.pop(stream, None)
         leg = self.legs.pop(stream, None)
         if leg is not None and leg.transport is not None:
             leg.closed_by_tunnel = True
@@ -259,14 +267,47 @@ class MasterSession(TunnelAdapter):
     # -- events of the core -----------------------------------------------------------
 
     def on_deliver(self, event: frames.Deliver) -> None:
+        data = event.data
+        check = self.logins.get(event.stream)
+        if check is not None:
+            data = self._check_login(event.stream, check, data)
+            if data is None:
+                return
         leg = self.legs.get(event.stream)
         if leg is not None:
-            leg.transport.write(event.data)
+            leg.transport.write(data)
         elif event.stream in self.pending:
             early = self.pending[event.stream]
-            early += event.data
+            early += data
             if len(early) > self.max_pending:
                 self.reset(event.stream, TOO_MUCH_PENDING)
+
+    def _check_login(self, stream: int, check: LoginCheck, data: bytes) -> bytes | None:
+        """The bytes to pass on once the login is allowed; None while it is not (yet)."""
+        held = self.held.setdefault(stream, bytearray())
+        held += data  # bounded: the check refuses past MAX_LOGIN_BYTES
+        outcome = check.feed(data)
+        if outcome.verdict is Verdict.PENDING:
+            return None
+        del self.logins[stream]
+        data = bytes(self.held.pop(stream))
+        if outcome.verdict is Verdict.ALLOWED:
+            return data
+        if outcome.name is not None:
+            log.warn(
+                "bbenroll: worker {worker!r}: its tunnel tried to log in to Buildbot as {name!r};"
+                " refused (a tunnel logs in only as its own worker)",
+                worker=self.worker,
+                name=outcome.name,
+            )
+        else:
+            log.warn(
+                "bbenroll: worker {worker!r}: refused a PB connection through its tunnel: {why}",
+                worker=self.worker,
+                why=outcome.reason,
+            )
+        self.reset(stream, LOGIN_REFUSED)
+        return None
 
     def on_opened(self, event: frames.Opened) -> None:
         if len(self.core.streams) > self.max_streams:  # the new stream is counted
@@ -275,6 +316,7 @@ class MasterSession(TunnelAdapter):
         if self.cool_down_until is not None and self.clock.seconds() < self.cool_down_until:
             self.reset(event.stream, TOO_MANY_SHORT_LEGS)  # logged when the cool-down began
             return
+        self.logins[event.stream] = LoginCheck(self.worker)
         self._connect_leg(event.stream)
 
     def _refuse_stream(self, stream: int) -> None:

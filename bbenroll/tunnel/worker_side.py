@@ -13,6 +13,7 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from foolscap.api import Referenceable
@@ -28,6 +29,7 @@ from bbenroll.tunnel.core import Settings
 from bbenroll.tunnel.failures import FailureKind, classify
 from bbenroll.tunnel.frames import Closed, Deliver, Expired, Frame, LinkDead, ProtocolError, Role
 from bbenroll.tunnel.transport import StreamTransport, TunnelAddress
+from bbenroll.tunnel.updater import FurlUpdater
 from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, abort_connection, start_client_tub
 
 log = Logger(namespace="bbenroll")
@@ -98,10 +100,17 @@ class WorkerTunnel(TunnelAdapter):
         resume_deadline: float = core.RESUME_DEADLINE_DEFAULT,
         settings: Settings | None = None,
         on_stopped: Callable[[WorkerTunnel], None] | None = None,
+        furlfile: Path | None = None,
+        serial: int = 0,
     ) -> None:
         self.furl = furl
-        parsed = parse_furl(furl)
-        self.address = TunnelAddress(",".join(parsed.hints))
+        self.furlfile = furlfile  # where a pushed FURL is written (None: not written anywhere)
+        self.serial = serial  # the number of ``furl`` (docs/rotation.md), from the FURL file
+        self.address = TunnelAddress(",".join(parse_furl(furl).hints))
+        self.updater = FurlUpdater(self)
+        self.make_client_tub: Callable[[], Any] = start_client_tub  # for the tunnel and each update
+        self._reconnect_after_update = False  # a reconnect waits while an update is under way
+        self._told_no_updates = False  # an old master's "no subscribe_updates" is logged once
         self.resume_deadline = resume_deadline
         self.on_stopped = on_stopped
         self.receiver = Receiver(self)
@@ -126,11 +135,24 @@ class WorkerTunnel(TunnelAdapter):
     def ticking(self) -> bool:
         return not self._stopped
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def connecting(self) -> bool:
+        return self._connecting
+
+    def holds(self, furl: str) -> bool:
+        """Whether ``furl`` is this tunnel's FURL, or the one it is moving to (and has written)."""
+        target = self.updater.target
+        return furl == self.furl or (target is not None and furl == target[1])
+
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         if self.tub is None:
-            self.tub = start_client_tub()
+            self.tub = self.make_client_tub()
             self._connect()
 
     def shutdown(self) -> defer.Deferred:
@@ -145,6 +167,7 @@ class WorkerTunnel(TunnelAdapter):
 
     def stop(self) -> defer.Deferred:
         self._stopped = True
+        self.updater.cancel()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._timer.cancel()
@@ -188,6 +211,11 @@ class WorkerTunnel(TunnelAdapter):
     def _connect(self) -> None:
         if self._connecting or self._stopped or self.tub is None:
             return
+        if self.updater.busy:
+            # the update either moves the session to the new FURL or gives up; only then
+            # is it known which FURL to reconnect with (never two links for one session)
+            self._reconnect_after_update = True
+            return
         self._connecting = True
         d = self.tub.getReference(self.furl)
         d.addCallback(self._got_reference)
@@ -219,6 +247,19 @@ class WorkerTunnel(TunnelAdapter):
         self._connecting = False
         self._attempt = 0
         self.last_error = None
+        return self._attach(answer, ref)
+
+    def session_opened(self, answer: dict[str, Any], ref: Any) -> Any:
+        """The master's answer to ``move_session``: handled exactly as after a reconnect."""
+        return self._session_opened(answer, ref)
+
+    def _attach(self, answer: dict[str, Any], ref: Any) -> None:
+        """Make ``ref`` (the master's answer to open_session was ``answer``) the tunnel's link.
+
+        After a reconnect, or a move to a pushed FURL while the old link is still up: either
+        way the core goes link down -> link up with the master's received map, so that
+        what the master did not get is sent again over ``ref``.
+        """
         self.peer = ref
         ref.notifyOnDisconnect(self._lost, ref)
         granted = answer.get("deadline")  # masters that cap the resume deadline say what they grant
@@ -226,6 +267,7 @@ class WorkerTunnel(TunnelAdapter):
             # past it the master has forgotten the session: keeping streams longer would only
             # delay the "unknown session" restart
             self.core.settings = replace(self.core.settings, resume_deadline=float(granted))
+        self.core.link_down(self.clock.seconds())  # a no-op after a reconnect; the old link on a move
         try:
             self.core.link_up(self.clock.seconds(), received_offsets(answer.get("received", {})))
         except ProtocolError as e:
@@ -244,7 +286,53 @@ class WorkerTunnel(TunnelAdapter):
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(self)
+        self._subscribe(ref)
         return None
+
+    # -- pushed rotation (updater.py does the update; these are its hooks) ------------------
+
+    def _subscribe(self, ref: Any) -> None:
+        try:
+            d = ref.callRemote("subscribe_updates", updater=self.updater, serial=self.serial)
+        except Exception as e:  # a local Violation: treated like a remote refusal
+            d = defer.fail(e)
+        d.addErrback(self._not_subscribed)
+        if self.updater.pending is not None and not self.updater.busy:  # an update finishes with its own
+            pending, self.updater.pending = self.updater.pending, None
+            self.updater.offer(*pending)  # an offer that came while we were reconnecting
+
+    def _not_subscribed(self, failure: Failure) -> None:
+        if not self._told_no_updates:  # a master before pushed rotation: it never offers
+            self._told_no_updates = True
+            log.info(
+                "bbenroll: the master does not push FURL updates ({why}); carrying on without",
+                why=failure.getErrorMessage()[:200],
+            )
+
+    def move_session(self, ref: Any) -> defer.Deferred:
+        """Ask the master, over ``ref`` (made with a new FURL), to move our session there."""
+        return ref.callRemote(
+            "open_session",
+            session=self.session_id,
+            receiver=self.receiver,
+            received=self.core.received(),
+            resume=True,
+            deadline=int(self.resume_deadline),
+        )
+
+    def adopt(self, furl: str, serial: int, tub: Any) -> Any:
+        """From now on the tunnel is ``furl`` (number ``serial``) on ``tub``; the old Tub, to stop."""
+        old, self.tub = self.tub, tub
+        self.furl, self.serial = furl, serial
+        self.address = TunnelAddress(",".join(parse_furl(furl).hints))
+        return old
+
+    def update_finished(self) -> None:
+        """The update is done, either way: a reconnect that waited for it goes ahead."""
+        if self._reconnect_after_update and not self._stopped:
+            self._reconnect_after_update = False
+            if self.peer is None:
+                self._connect()
 
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = False

@@ -20,6 +20,7 @@ from typing import Any
 from bbenroll.errors import BBEnrollError
 from bbenroll.fileio import atomic_write
 from bbenroll.furl import parse_furl
+from bbenroll.tunnel.furlfile import furl_file_text
 
 FURL_FILE = "bbenroll.furl"
 DEFAULT_TIMEOUT = 30.0  # seconds to reach the master and fetch the settings
@@ -157,7 +158,9 @@ def create_worker_dir(
         if created != 0:
             reason = said.getvalue().strip().splitlines()[:1]
             raise WorkerSetupError(f"buildbot-worker could not create {basedir}: {' '.join(reason)}")
-        atomic_write(furl_file, (furl.strip() + "\n").encode("ascii"))  # the secret: once all else worked
+        # the secret, once all else worked: the FURL file's format (furlfile.py) at serial 0,
+        # that is the FURL line alone; atomic_write itself, so that an OSError keeps its path
+        atomic_write(furl_file, furl_file_text(furl).encode("ascii"))
         if os.name == "posix":
             os.chmod(tac, 0o600)  # it holds the PB password
     except BaseException as e:

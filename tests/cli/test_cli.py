@@ -149,7 +149,7 @@ def test_list_table_and_json(cli, clock):
     result = cli("list")
     assert result.code == 0
     lines = result.out.splitlines()
-    assert lines[0].split() == ["name", "state", "created", "rotated", "expires", "tags", "note"]
+    assert lines[0].split() == ["name", "state", "created", "rotated", "expires", "delivery", "tags", "note"]
     assert lines[2].split() == [
         "alpha",
         "active",
@@ -157,6 +157,7 @@ def test_list_table_and_json(cli, clock):
         "06:00",
         "2026-11-29",
         "06:00",
+        "current",
         "linux",
         "rack",
         "3",
@@ -170,6 +171,7 @@ def test_list_table_and_json(cli, clock):
         "06:00",
         "2026-12-02",
         "06:00",
+        "current",
         "mac",
     ]
     assert lines[4].split()[:2] == ["gamma", "revoked"]
@@ -210,7 +212,7 @@ def test_rotate_with_grace(cli, reg_path, clock):
     assert result.code == 0, result.err
     new = registry_data(reg_path)["workers"]["w1"]
     assert result.out == old_furl.rsplit("/", 1)[0] + "/" + new["swissnum"] + "\n"
-    assert result.err.startswith("old FURLs keep working until 2026-12-06T07:00:00Z; ")
+    assert "until 2026-12-06T07:00:00Z" in result.err and "worker create" not in result.err
     assert new["swissnum"] != old["swissnum"]
     assert new["password"] == old["password"]  # workers on the old FURL still log in to Buildbot
     assert new["previous"]["swissnum"] == old["swissnum"]
@@ -532,3 +534,54 @@ def test_a_registry_holding_an_unsafe_name_loads_and_check_warns(cli, reg_path):
     assert (result.code, result.err.splitlines()) == (0, [warning, f"{reg_path}: OK (1 worker)"])
     checked = json.loads(cli("check", "--json").out)
     assert checked["ok"] is True and checked["warnings"] == [warning.removeprefix("warning: ")]
+
+
+def test_list_and_show_give_the_delivery_state(cli, reg_path, clock):
+    """current until the FURL changes, pending until the worker confirms, then confirmed."""
+    from bbenroll.registry import model, store
+
+    cli("add", "alpha")
+    cli("add", "beta")
+    cli("add", "gamma")
+    clock.now += timedelta(hours=1)
+    assert cli("rotate", "beta").code == 0
+    assert cli("rotate", "gamma").code == 0
+    confirmed_at = clock.now + timedelta(seconds=4)
+    with store.edit(reg_path, now=confirmed_at) as editor:  # what the running master does
+        editor.update(model.confirm(editor.worker("gamma"), 1, confirmed_at))
+    lines = cli("list").out.splitlines()
+    column = lines[0].index("delivery")
+    assert [line[column:].split("  ")[0] for line in lines[2:]] == [
+        "current", "pending since 2026-11-29 07:00", "confirmed 2026-11-29 07:00"]
+    listed = {w["name"]: w for w in json.loads(cli("list", "--json").out)}
+    assert listed["alpha"]["delivery"] == {"state": "current", "serial": 0, "since": "2026-11-29T06:00:00Z"}
+    assert listed["beta"]["delivery"] == {"state": "pending", "serial": 1, "since": "2026-11-29T07:00:00Z"}
+    assert listed["gamma"]["delivery"] == {"state": "confirmed", "serial": 1,
+                                           "since": "2026-11-29T07:00:04Z"}
+    assert [listed[n]["serial"] for n in ("alpha", "beta", "gamma")] == [0, 1, 1]
+    shown = cli("show", "beta")
+    assert shown.out.count("\n") == 1 and shown.out.startswith("pb://")  # stdout: the FURL alone
+    assert shown.err == "delivery: FURL 1 pending since 2026-11-29 07:00\n"
+    assert cli("show", "alpha").err == ""  # the FURL it was enrolled with: nothing to say
+    assert json.loads(cli("show", "gamma", "--json").out)["delivery"]["state"] == "confirmed"
+    # a repeated confirmation writes nothing at all
+    text = reg_path.read_bytes()
+    with store.edit(reg_path, now=confirmed_at + timedelta(hours=1)) as editor:
+        editor.update(model.confirm(editor.worker("gamma"), 1, confirmed_at + timedelta(hours=1)))
+    assert reg_path.read_bytes() == text
+
+
+def test_worker_create_reads_a_pushed_furl_file_with_its_serial_line(tmp_path):
+    from tests.helpers.net import free_port
+
+    # a worker's own bbenroll.furl after a pushed update: "# serial N", then the FURL
+    furl = f"pb://{'a' * 32}@tcp:127.0.0.1:{free_port()}/{'b' * 32}"
+    pushed = tmp_path / "bbenroll.furl"
+    pushed.write_text(f"# serial 3\n{furl}\n")
+    from tests.helpers.buildbot import BIN, run
+
+    proc = run(BIN / "bbenroll", "worker", "create", tmp_path / "w", "--furl-file", pushed, "--timeout", "2",
+               check=False)
+    assert proc.returncode == 1
+    # the FURL was understood and tried (nothing listens there), not refused as malformed
+    assert "cannot reach the master" in proc.stderr, proc.stderr

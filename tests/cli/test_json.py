@@ -45,6 +45,8 @@ SUCCESSES = {
     "audit verify": (["audit", "verify"], None,
                      {"registry", "log", "ok", "intact", "records", "head"}),
     "status": (["status"], None, {"running", "why", "updated", "workers"}),
+    "master set-location": (["master", "set-location", "tcp:new.example.org:9989"], None,
+                            {"changed", "location", "old_location", "workers"}),
     "completion": (["completion", "bash"], None, {"shell", "script"}),
     "demo": (["demo"], "demo success", {"ok", "result", "build", "furl"}),
 }
@@ -68,6 +70,9 @@ ERRORS = {
     "remove": (["remove", "w1"], None, 1,
                "refusing to remove worker 'w1' without --yes (no terminal to ask)"),
     "status": (["status"], "damaged status", 1, None),
+    "master set-location": (["master", "set-location", "tcp:h:0"], None, 1,
+                            "HINTS: connection hint 'tcp:h:0': port must be 1-65535"),
+    "master, usage": (["master", "set-location"], None, 2, None),
     "audit, usage": (["audit", "--action", "frobbed"], None, 2, None),
     "audit verify": (["audit", "verify"], "broken registry", 1, None),
     "completion": (["completion", "tcsh"], None, 2, None),

@@ -31,9 +31,12 @@ def test_default_grace_is_seven_days_and_the_password_stays(cli, reg_path, fleet
     assert after["previous"]["swissnum"] == fleet["a"]["swissnum"]
     assert after["previous"]["until"] - after["rotated"] == timedelta(days=7)
     assert result.err == (
-        "old FURLs keep working until 2026-12-06T06:00:00Z; before then each worker admin must run "
-        "'bbenroll worker create --force BASEDIR NEWFURL' (the PB password is unchanged)\n"
+        "a running master pushes each connected worker its new FURL within seconds and retires the "
+        "old one when the worker confirms; workers offline now are updated when they next connect, "
+        "until 2026-12-06T06:00:00Z. Nothing to do on the workers ('bbenroll list' shows who has "
+        "confirmed)\n"
     )
+    assert "worker create" not in result.err  # a routine rotation needs no hands on the workers
     assert json.loads(cli("show", "a", "--json").out)["state"] == "rotating"
 
 

@@ -57,8 +57,11 @@ def test_json_is_the_summaries(cli, two):
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (("a",), 2, "error: nothing to change: give --expires, --tag, --untag or --note "
+        (("a",), 2, "error: nothing to change: give --expires, --tag, --untag, --note or --rotate-every "
                     "(see 'bbenroll set --help')"),
+        (("a", "--rotate-every", "0s"), 2, "error: Invalid value for '--rotate-every': duration '0s' "
+                                            "must be longer than zero (see 'bbenroll set --help')"),
+        (("a", "--rotate-every", "soon"), 2, None),
         (("a", "--expires", "2020-01-01"), 1, "error: expiry 2020-01-01T00:00:00Z is in the past"),
         (("a", "nope", "--note", "x"), 1, "error: {p}: no worker named 'nope'"),
         (("a", "--tag", "x", "--untag", "x"), 2,
@@ -69,7 +72,11 @@ def test_errors_leave_the_file_untouched(cli, reg_path, two, args, code, message
     before = reg_path.read_bytes()
     result = cli("set", *args)
     assert result.code == code
-    assert result.err == message.format(p=reg_path) + "\n"
+    if message is not None:
+        assert result.err == message.format(p=reg_path) + "\n"
+    else:
+        assert result.err.startswith("error: Invalid value for '--rotate-every'")
+        assert result.err.count("\n") == 1
     assert reg_path.read_bytes() == before
 
 
@@ -78,3 +85,14 @@ def test_an_empty_tag_is_a_usage_error(cli, reg_path, two):
     result = cli("set", "a", "--tag", "")
     assert result.code == 2 and result.err.count("\n") == 1 and "a tag may not be empty" in result.err
     assert reg_path.read_bytes() == before
+
+
+def test_rotate_every_sets_never_and_default_without_touching_secrets(cli, reg_path, two):
+    assert cli("set", "a", "--rotate-every", "30d").code == 0
+    assert workers(reg_path)["a"]["rotate_every"] == "30d"
+    assert cli("set", "a", "--rotate-every", "never").code == 0
+    assert workers(reg_path)["a"]["rotate_every"] == "never"
+    assert cli("set", "a", "--rotate-every", "default").code == 0  # follow [master] rotate_every again
+    after = workers(reg_path)["a"]
+    assert "rotate_every" not in after
+    assert {k: after[k] for k in SECRETS} == {k: two["a"][k] for k in SECRETS}

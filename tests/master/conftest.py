@@ -18,3 +18,4 @@ def world(reg_path, monkeypatch):
     if w.service is not None and w.service.running:  # a test that failed half-way
         w.finish()
     globalLogPublisher.removeObserver(w.events.append)  # a no-op after finish()
+

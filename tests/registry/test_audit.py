@@ -360,3 +360,52 @@ def test_a_torn_last_line_costs_no_later_record(tmp_path: Path):
     lines, _ = audit.read_lines(log)
     report = audit.verify(lines, count=3, head=recs[-1]["hash"])
     assert [p.line for p in report.problems] == [2]  # the fragment is damage, and said to be
+
+
+# --- pushed rotation: confirmations and location changes --------------------------
+
+
+def test_a_confirmation_is_its_own_record_with_its_serial():
+    r = model.rotate(_worker(), NOW)
+    confirmed = model.confirm(r, 1, NOW + timedelta(seconds=4))
+    (change,) = audit.diff({"w1": r}, {"w1": confirmed})
+    assert change == Change("confirmed", "w1", audit.fingerprint(r.previous.swissnum),
+                            audit.fingerprint(r.swissnum), "serial 1; previous secret retired")
+    r2 = model.rotate(r, NOW)
+    stale = model.confirm(r2, 1, NOW)  # an older serial: the grace goes on
+    (change,) = audit.diff({"w1": r2}, {"w1": stale})
+    assert (change.action, change.old_secret, change.reason) == ("confirmed", None, "serial 1")
+    # anything else changed at the same time is not a mere confirmation
+    (change,) = audit.diff({"w1": r}, {"w1": replace(confirmed, note="n")})
+    assert change.action == "changed"
+
+
+def test_a_location_change_is_one_record_not_one_per_worker():
+    master = model.MasterSettings("m.pem", "a" * 32, ("tcp:h:1",), "tcp:1")
+    moved = replace(master, location=("tcp:new:1", "tcp:10.0.0.1:1"))
+    before = {f"w{i}": _worker(f"w{i}") for i in range(5)}
+    before["gone"] = model.revoke(_worker("gone"), NOW)
+    after = {name: (w if w.revoked else model.change_location(w, NOW)) for name, w in before.items()}
+    after["w4"] = replace(after["w4"], note="also a note")  # not only the bump: recorded
+    changes = audit.diff(before, after, master, moved)
+    assert [(c.action, c.worker) for c in changes] == [("location-changed", None), ("changed", "w4")]
+    assert changes[0].reason == "tcp:h:1 -> tcp:new:1,tcp:10.0.0.1:1; FURLs of 4 workers changed"
+    # a bump without a location change is a plain change, never hidden
+    (change,) = audit.diff({"w0": before["w0"]}, {"w0": after["w0"]})
+    assert change.action == "changed"
+    # another master setting changed as well: both are said
+    changes = audit.diff({}, {}, master, replace(moved, listen="tcp:2"))
+    assert [c.action for c in changes] == ["master-changed", "location-changed"]
+
+
+def test_new_actions_chain_and_verify_after_an_old_log(tmp_path):
+    """A log written before these actions existed verifies, and so does one that goes on with them."""
+    old = records(3)
+    new = audit.chain([Change("confirmed", "w1", None, "sha256:0000000000000001", "serial 1"),
+                       Change("location-changed", reason="a -> b; FURLs of 1 workers changed")],
+                      after_seq=3, prev=old[-1]["hash"], now=NOW, actor={"actor": "master"})
+    report = check(old, 3, old[-1]["hash"])
+    assert report.intact and not report.warnings
+    report = check(old + new, 5, new[-1]["hash"])
+    assert report.intact and not report.warnings and report.records == 5
+    assert {"confirmed", "location-changed"} <= set(audit.ACTIONS)

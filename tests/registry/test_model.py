@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -173,3 +174,112 @@ def test_states_read_as_their_plain_names():
     assert model.STATES == ("active", "expiring", "rotating", "expired", "revoked")
     assert all(type(s) is str for s in model.STATES)
     assert {model.revoke(w, NOW).state(NOW), w.state(NOW + timedelta(days=3))} == model.REFUSED_STATES
+
+
+# --- pushed rotation: serials, confirmations, delivery, policy ------------------
+
+
+def test_every_change_of_a_furl_raises_the_serial():
+    w = model.new_worker("w1", NOW)
+    assert (w.serial, w.changed, w.delivered) == (0, None, None)
+    later = NOW + timedelta(hours=1)
+    r = model.rotate(w, later)
+    assert (r.serial, r.changed) == (1, later)
+    c = model.rotate(r, later + timedelta(hours=1), None, compromised=True)
+    assert (c.serial, c.changed) == (2, later + timedelta(hours=1))
+    s = model.restore(model.revoke(c, later), later + timedelta(days=1))
+    assert (s.serial, s.changed) == (3, later + timedelta(days=1))
+    moved = model.change_location(s, later + timedelta(days=2))
+    assert (moved.serial, moved.changed) == (4, later + timedelta(days=2))
+    assert (moved.swissnum, moved.password, moved.rotated, moved.previous) == (
+        s.swissnum, s.password, s.rotated, s.previous)
+    with pytest.raises(WrongState):
+        model.change_location(model.revoke(s, later), later)
+    # settings are not a new FURL
+    assert model.change(s, NOW, note="n").serial == 3
+
+
+def test_confirm_of_the_newest_serial_ends_the_grace_now():
+    r = model.rotate(model.new_worker("w1", NOW), NOW)  # grace: 7 days
+    old = r.previous.swissnum
+    at = NOW + timedelta(minutes=5)
+    c = model.confirm(r, 1, at)
+    assert (c.delivered, c.delivered_at) == (1, at)
+    assert c.previous == model.Previous(old, at)  # kept: the gate says "retired by rotation"
+    assert not c.accepts(old, at) and c.accepts(c.swissnum, at)
+    assert c.state(at) == "active"
+
+
+def test_confirm_is_idempotent_and_never_goes_back():
+    r = model.rotate(model.new_worker("w1", NOW), NOW)
+    c = model.confirm(r, 1, NOW + timedelta(minutes=1))
+    assert model.confirm(c, 1, NOW + timedelta(hours=1)) is c  # not even the date changes
+    r2 = model.rotate(c, NOW + timedelta(hours=2))
+    assert model.confirm(r2, 1, NOW + timedelta(hours=3)) is r2  # stale: 1 was confirmed already
+    assert model.confirm(r2, 0, NOW) is r2  # the enrolment FURL is never pushed
+    with pytest.raises(WrongState, match="issued only up to 2"):
+        model.confirm(r2, 3, NOW)
+
+
+def test_a_stale_confirm_records_it_but_keeps_the_grace():
+    r1 = model.rotate(model.new_worker("w1", NOW), NOW)
+    r2 = model.rotate(r1, NOW + timedelta(hours=1))  # serial 2; previous: r1's secret
+    at = NOW + timedelta(hours=2)
+    c = model.confirm(r2, 1, at)
+    assert (c.delivered, c.delivered_at) == (1, at)
+    assert c.previous == r2.previous  # the worker is not on the newest FURL yet
+    assert model.delivery(c).state == "pending"
+
+
+def test_confirm_after_the_grace_leaves_previous_alone():
+    r = model.rotate(model.new_worker("w1", NOW), NOW, timedelta(hours=1))
+    at = NOW + timedelta(hours=2)
+    c = model.confirm(r, 1, at)
+    assert c.previous == r.previous and c.delivered == 1
+
+
+def test_delivery_states():
+    w = model.new_worker("w1", NOW)
+    assert model.delivery(w) == model.Delivery(model.DeliveryState.CURRENT, 0, NOW)
+    later = NOW + timedelta(hours=1)
+    r = model.rotate(w, later)
+    assert model.delivery(r) == model.Delivery("pending", 1, later)
+    c = model.confirm(r, 1, later + timedelta(seconds=4))
+    assert model.delivery(c) == model.Delivery("confirmed", 1, later + timedelta(seconds=4))
+    # a hand-edited serial without `changed`: pending since the last rotation
+    assert model.delivery(replace(w, serial=2)) == model.Delivery("pending", 2, NOW)
+    assert json.dumps(model.worker_summary(c, later)["delivery"]) == (
+        '{"state": "confirmed", "serial": 1, "since": "2026-11-29T07:00:04Z"}')
+    assert model.worker_summary(c, later)["serial"] == 1
+
+
+def test_rotation_due():
+    w = model.new_worker("w1", NOW)
+    day = timedelta(days=1)
+    assert not model.rotation_due(w, None, NOW + 1000 * day)  # no policy
+    assert not model.rotation_due(w, 90 * day, NOW + 89 * day)
+    assert model.rotation_due(w, 90 * day, NOW + 90 * day)
+    own = replace(w, rotate_every=10 * day)  # the worker's own policy wins
+    assert model.rotation_due(own, 90 * day, NOW + 10 * day)
+    assert model.rotation_due(own, None, NOW + 10 * day)
+    never = replace(w, rotate_every=model.NEVER)
+    assert not model.rotation_due(never, 90 * day, NOW + 1000 * day)
+    assert not model.rotation_due(model.revoke(w, NOW), 90 * day, NOW + 90 * day)
+    expiring = replace(w, expires=NOW + 30 * day)
+    assert not model.rotation_due(expiring, 10 * day, NOW + 30 * day)  # expired
+    assert model.rotation_due(expiring, 10 * day, NOW + 29 * day)
+    # mid-grace: the last rotation is still being delivered
+    r = model.rotate(replace(w, rotate_every=day), NOW)
+    assert not model.rotation_due(r, None, NOW + 3 * day)
+    assert model.rotation_due(r, None, NOW + 7 * day)
+    assert model.rotation_due(model.confirm(r, 1, NOW + day), None, NOW + day)
+
+
+def test_change_sets_the_workers_own_policy_and_leaves_the_furl_alone():
+    w = model.rotate(model.new_worker("w1", NOW), NOW)
+    day = timedelta(days=1)
+    own = model.change(w, NOW, rotate_every=30 * day)
+    assert own.rotate_every == 30 * day and (own.serial, own.swissnum) == (w.serial, w.swissnum)
+    assert model.change(own, NOW, note="n").rotate_every == 30 * day  # kept unless given
+    assert model.change(own, NOW, rotate_every=model.NEVER).rotate_every == model.NEVER
+    assert model.change(own, NOW, rotate_every=None).rotate_every is None  # back to [master]'s

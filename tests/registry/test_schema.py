@@ -182,3 +182,111 @@ def test_any_data_reads_as_a_worker_or_as_problems(name: str, data: Any) -> None
     assert not problems
     again = Problems()
     assert schema.worker_from_data(name, schema.worker_to_data(worker), again) == worker and not again
+
+
+# --- pushed rotation: serial, delivery and the rotation policy ------------------
+
+
+def test_delivery_keys_round_trip_in_the_documented_order() -> None:
+    w = model.confirm(model.rotate(model.new_worker("w", T), T), 1, T + timedelta(seconds=4))
+    w = dataclasses.replace(w, rotate_every=timedelta(days=90))
+    data = schema.worker_to_data(w)
+    assert list(data) == ["swissnum", "password", "created", "rotated", "previous", "serial", "changed",
+                          "delivered", "delivered_at", "rotate_every"]
+    assert (data["serial"], data["delivered"], data["rotate_every"]) == (1, 1, "90d")
+    problems = Problems()
+    assert schema.worker_from_data("w", data, problems) == w and not problems
+    never = dataclasses.replace(w, rotate_every=model.NEVER)
+    assert schema.worker_to_data(never)["rotate_every"] == "never"
+    assert schema.worker_from_data("w", schema.worker_to_data(never), problems) == never and not problems
+
+
+def test_a_worker_from_before_serials_reads_with_the_defaults() -> None:
+    problems = Problems()
+    worker = schema.worker_from_data("w", good(), problems)
+    assert worker is not None and not problems
+    assert (worker.serial, worker.changed, worker.delivered, worker.delivered_at, worker.rotate_every) == (
+        0, None, None, None, None)
+    assert list(schema.worker_to_data(worker)) == ["swissnum", "password", "created", "rotated"]
+
+
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (good(serial=-1), [("workers.w.serial", "may not be negative")]),
+        (good(serial="3"), [("workers.w.serial", "must be an integer, not a string")]),
+        (good(serial=True), [("workers.w.serial", "must be an integer, not a boolean")]),
+        (good(changed="x"), [("workers.w.changed", "must be a date-time, like 2027-01-01T00:00:00Z")]),
+        (good(serial=2, delivered=3, delivered_at=T),
+         [("workers.w.delivered", "is 3, above serial 2: no worker can confirm a FURL the registry never "
+                                  "issued")]),
+        (good(delivered=1, delivered_at=T),
+         [("workers.w.delivered", "is 1, above serial 0: no worker can confirm a FURL the registry never "
+                                  "issued")]),
+        (good(serial=1, delivered=1), [("workers.w.delivered", "set without delivered_at")]),
+        (good(serial=1, delivered_at=T), [("workers.w.delivered_at", "set without delivered")]),
+        (good(rotate_every="soon"),
+         [("workers.w.rotate_every", "duration 'soon' not understood: use a number and a unit, like 90m, "
+                                     "24h, 7d or 2w")]),
+        (good(rotate_every=90), [("workers.w.rotate_every", 'must be a duration string like "90d", not an '
+                                                            "integer")]),
+    ],
+)
+def test_delivery_problems_are_reported_with_their_key(data: Any, expected: list[tuple[str, str]]) -> None:
+    problems = Problems()
+    assert schema.worker_from_data("w", data, problems) is None
+    assert problems.items == expected
+
+
+def test_master_rotate_every() -> None:
+    base = {"identity": "m.pem", "tubid": "a" * 32, "location": ["tcp:h:1"], "listen": "tcp:1"}
+    problems = Problems()
+    master = schema.master_from_data(base, problems)
+    assert master is not None and master.rotate_every is None and not problems
+    assert "rotate_every" not in schema.master_to_data(master)
+    master = schema.master_from_data({**base, "rotate_every": "2w"}, problems)
+    assert master is not None and master.rotate_every == timedelta(days=14) and not problems
+    assert schema.master_to_data(master)["rotate_every"] == "14d"
+    assert schema.master_from_data({**base, "rotate_every": "never"}, problems) is None
+    assert [key for key, _ in problems.items] == ["master.rotate_every"]
+
+
+def test_a_delivered_above_serial_is_located_on_its_table(tmp_path: Path) -> None:
+    from bbenroll.errors import RegistryError
+    from bbenroll.registry import store
+    from tests.helpers.registry import COMMENTS, on_disk
+
+    text = COMMENTS.text.replace('[workers.beta]\n', '[workers.beta]\nserial = 1\ndelivered = 2\n'
+                                 'delivered_at = 2026-12-01T00:00:00Z\n')
+    path = on_disk(tmp_path, text)
+    line = text.splitlines().index("[workers.beta]") + 1
+    with pytest.raises(RegistryError) as e:
+        store.load(path)
+    assert str(e.value) == (f"{path}:{line}: workers.beta.delivered: is 2, above serial 1: no worker can "
+                            "confirm a FURL the registry never issued")
+
+
+def test_an_old_registry_stays_byte_identical_outside_the_edited_worker(tmp_path: Path) -> None:
+    """A registry from before serials: rotating one worker adds the new keys to that
+    worker only; every other byte, the other workers' tables included, is kept."""
+    from bbenroll.registry import store
+    from tests.helpers.registry import COMMENTS, on_disk
+
+    path = on_disk(tmp_path, COMMENTS.text)
+    original = path.read_text()
+    with store.edit(path, now=T) as editor:
+        editor.update(model.rotate(editor.worker("beta"), T))
+    text = path.read_text()
+    before, _ = COMMENTS.outside("beta")
+    head = before.replace("pw5oewkytqcf2pqdvhfhtrcgq2wsftzt", store.load(path).registry.master.tubid)
+    assert text.startswith(head)
+    beta = text[len(head):].split("# trailing comment of beta")[0]
+    assert "serial = 1\n" in beta and "changed = 2026-11-29T06:00:00Z\n" in beta
+    assert "delivered" not in beta
+    rest = original[original.index("# trailing comment of beta"):]
+    assert rest in text  # alpha's, gamma's tables and every comment after beta, unchanged
+    assert text.count("serial =") == 1
+    # and a load + save that changes nothing writes nothing
+    with store.edit(path, now=T):
+        pass
+    assert path.read_text() == text

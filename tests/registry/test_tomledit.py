@@ -245,3 +245,46 @@ def test_apply_checks_what_the_fallback_wrote(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(tomledit.LayoutError) as info:
         tomledit.apply(layout.text, edit)
     assert str(info.value) == "the edited text would not read back as intended"
+
+
+# --- the [master] table: master set-location ------------------------------------
+
+
+def _moved(text: str) -> tuple[str, model.Registry]:
+    """``text`` after the edit ``master set-location`` makes: new hints, a serial bump each."""
+    from dataclasses import replace
+
+    editor = editor_for(text)
+    editor.set_master(replace(editor.master, location=("tcp:new.example.org:9989",)))
+    for worker in list(editor.workers.values()):
+        editor.update(model.change_location(worker, NOW))
+    assert editor.dirty
+    return editor.render(), editor.registry
+
+
+@pytest.mark.parametrize("layout", [*SPLICE_LAYOUTS, *FALLBACK_LAYOUTS], ids=lambda layout: layout.name)
+def test_a_location_change_reads_back_and_keeps_every_comment(layout: Layout) -> None:
+    new_text, expected = _moved(layout.text)
+    assert registry_from_text(PATH, new_text) == expected
+    assert comment_lines(new_text) == [
+        line for line in comment_lines(layout.text) if line not in ("# primary [the one]", "# ]]")
+    ] or layout.fallback
+    if not layout.fallback:
+        # the master table keeps its comments; only the location value is new
+        assert "# about the master" in new_text and 'identity = "master.pem"  # relative' in new_text
+        newline = "\r\n" if "\r\n" in layout.text else "\n"
+        assert new_text.startswith(MASTER_HEAD.replace("\n", newline))
+
+
+def test_only_the_master_changes_outside_its_table_nothing_moves() -> None:
+    from dataclasses import replace
+
+    editor = editor_for(COMMENTS.text)
+    editor.set_master(replace(editor.master, location=("tcp:new.example.org:9989",)))
+    new_text = editor.render()
+    before, _, after = COMMENTS.text.partition(MASTER_TABLE)
+    assert new_text.startswith(before) and new_text.endswith(after)
+    table = new_text[len(before): len(new_text) - len(after)]
+    old_location = MASTER_TABLE[MASTER_TABLE.index("location = ["): MASTER_TABLE.index("listen")]
+    assert table == MASTER_TABLE.replace(old_location, 'location = ["tcp:new.example.org:9989"]\n')
+    assert tomllib.loads(new_text)["master"]["location"] == ["tcp:new.example.org:9989"]

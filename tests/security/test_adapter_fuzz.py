@@ -32,6 +32,7 @@ from bbenroll.tunnel.master_side import (
 from bbenroll.tunnel.wire import MAX_PAYLOAD
 from bbenroll.tunnel.worker_side import WorkerTunnel
 from tests.helpers.frames import frames, payloads, received_maps, stream_ids, wire_values
+from tests.helpers.pb import login_bytes
 from tests.tunnel.test_master_side import FakePBEndpoint, FakePeer
 from tests.tunnel.test_worker_side import FURL, FakeRef, Recorder
 
@@ -65,6 +66,9 @@ class SlowPBEndpoint(FakePBEndpoint):
         waiting, self.waiting = self.waiting, []
         for factory, d in waiting:
             super().connect(factory).chainDeferred(d)
+
+
+LOGIN = login_bytes("w1")  # master_session() is worker w1's
 
 
 def master_session(clock, endpoint) -> tuple[MasterSession, list, list]:
@@ -165,6 +169,8 @@ def test_bytes_waiting_for_a_pb_connection_stay_within_max_pending(data):
     sent = {1: 0, 2: 0, 3: 0}
     for stream in sent:
         session.receive(Open(stream))
+        session.receive(Data(stream, 0, LOGIN))  # held bytes count towards max_pending too
+        sent[stream] = len(LOGIN)
     for stream, size in data:  # in order, so legitimate, but faster than the PB port connects
         known = session.core.streams.get(stream)
         if known is None:
@@ -179,7 +185,8 @@ def test_bytes_waiting_for_a_pb_connection_stay_within_max_pending(data):
     # the legs connect in the order of the opens
     for stream, transport in zip(sent, endpoint.transports, strict=True):
         if stream in session.core.streams:
-            assert transport.value() == b"d" * sent[stream] and not transport.disconnecting
+            assert transport.value() == LOGIN + b"d" * (sent[stream] - len(LOGIN))
+            assert not transport.disconnecting
         else:
             assert transport.value() == b"" and transport.disconnecting
     session.terminate("test over")
@@ -311,3 +318,17 @@ def test_an_ill_typed_answer_from_the_master_is_a_clean_reconnect(received):
     assert tunnel.link_up or (tunnel.peer is None and reconnect_scheduled(clock, tunnel))
     tunnel.stop()
     assert clock.getDelayedCalls() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=4096), max_size=8), name=st.sampled_from(["w1", "w2", "wörker"]))
+@example(chunks=[login_bytes("w2")], name="w2")
+def test_random_bytes_before_a_login_get_a_verdict_never_an_exception(chunks, name):
+    from bbenroll.tunnel.pblogin import MAX_LOGIN_BYTES, LoginCheck, Verdict
+
+    check = LoginCheck(name)
+    for chunk in chunks:
+        outcome = check.feed(chunk)  # never raises
+        assert outcome.verdict is Verdict.PENDING or outcome.reason is not None or outcome is check.outcome
+    if sum(map(len, chunks)) > MAX_LOGIN_BYTES:
+        assert check.outcome.verdict is not Verdict.PENDING  # the bound holds whatever the bytes

@@ -6,6 +6,8 @@ tunnels are fakes that record what the endpoint asks of them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from twisted.internet import defer, error
 from twisted.internet.protocol import Factory, Protocol
@@ -13,16 +15,22 @@ from twisted.internet.testing import MemoryReactorClock
 
 from bbenroll.tunnel import core, endpoint, worker_side
 from bbenroll.tunnel.endpoint import TunnelEndpoint, TunnelTable, endpoint_from_string
+from bbenroll.tunnel.furlfile import FurlFile
 
 FURL = "pb://" + "a" * 32 + "@tcp:127.0.0.1:9/" + "b" * 32
+OTHER_FURL = "pb://" + "c" * 32 + "@tcp:127.0.0.1:10/" + "d" * 32
+PATH = Path("/worker/bbenroll.furl")
+CURRENT = FurlFile(FURL)
 
 
 class FakeTunnel:
     """What TunnelTable makes and TunnelEndpoint uses of a WorkerTunnel."""
 
-    def __init__(self, furl, *, reactor, resume_deadline, on_stopped):
+    def __init__(self, furl, *, reactor, resume_deadline, on_stopped, furlfile, serial):
         self.furl, self.reactor, self.resume_deadline = furl, reactor, resume_deadline
+        self.furlfile, self.serial = furlfile, serial
         self.on_stopped = on_stopped
+        self.stopped = False
         self.started = False
         self.address = "tunnel-address"
         self.ready: defer.Deferred = defer.Deferred()
@@ -35,7 +43,11 @@ class FakeTunnel:
         return defer.succeed(None)
 
     def stop(self):
+        self.stopped = True
         self.on_stopped(self)
+
+    def holds(self, furl):
+        return furl == self.furl
 
     def when_ready(self, timeout):
         self.timeout = timeout
@@ -65,34 +77,58 @@ def furl_file(tmp_path):
     return path
 
 
-def test_one_tunnel_per_furl_and_deadline_until_it_stops():
+def test_one_tunnel_per_furl_file_and_deadline_until_it_stops():
     reactor = MemoryReactorClock()
     table = TunnelTable(make_tunnel=FakeTunnel)
-    first = table.get(FURL, reactor, 600)
-    assert table.get(FURL, reactor, 600) is first and first.started
-    assert table.get(FURL, reactor, 60) is not first  # another deadline: another session
+    first = table.get(PATH, CURRENT, reactor, 600)
+    assert table.get(PATH, CURRENT, reactor, 600) is first and first.started
+    assert table.get(PATH, CURRENT, reactor, 60) is not first  # another deadline: another session
     assert len(table) == 2
     # one trigger for the whole table (tunnels that come and go add none)
     before_shutdown = [trigger[0] for trigger in reactor.triggers["before"]["shutdown"]]
     assert before_shutdown == [table.shutdown]
     first.stop()
     assert len(table) == 1
-    assert table.get(FURL, reactor, 600) is not first  # a later connect starts afresh
+    assert table.get(PATH, CURRENT, reactor, 600) is not first  # a later connect starts afresh
     assert [trigger[0] for trigger in reactor.triggers["before"]["shutdown"]] == [table.shutdown]
     assert reactor.getDelayedCalls() == []
+
+
+def test_a_tunnel_that_moved_to_a_pushed_furl_keeps_serving_its_file():
+    reactor = MemoryReactorClock()
+    table = TunnelTable(make_tunnel=FakeTunnel)
+    first = table.get(PATH, CURRENT, reactor, 600)
+    assert (first.furlfile, first.serial) == (PATH, 0)
+    first.furl = OTHER_FURL  # what an update does: the file and the tunnel now hold the new FURL
+    assert table.get(PATH, FurlFile(OTHER_FURL, 3), reactor, 600) is first and not first.stopped
+    assert len(table) == 1
+
+
+def test_a_furl_replaced_from_outside_restarts_an_idle_tunnel_only():
+    reactor = MemoryReactorClock()
+    table = TunnelTable(make_tunnel=FakeTunnel)
+    busy = table.get(PATH, CURRENT, reactor, 600)
+    busy.streams.append(("protocol", "factory"))
+    # `worker create --force` wrote another FURL: buildbot-worker's live connection stays on the tunnel
+    assert table.get(PATH, FurlFile(OTHER_FURL), reactor, 600) is busy and not busy.stopped
+    busy.streams.clear()
+    fresh = table.get(PATH, FurlFile(OTHER_FURL, 2), reactor, 600)
+    assert busy.stopped and fresh is not busy
+    assert (fresh.furl, fresh.serial, fresh.started) == (OTHER_FURL, 2, True)
+    assert len(table) == 1
 
 
 def test_shutdown_closes_every_tunnel_and_starts_no_new_one():
     reactor = MemoryReactorClock()
     table = TunnelTable(make_tunnel=FakeTunnel)
-    tunnels = [table.get(FURL, reactor, 600), table.get(FURL, reactor, 60)]
+    tunnels = [table.get(PATH, CURRENT, reactor, 600), table.get(PATH, CURRENT, reactor, 60)]
     closed = []
     for tunnel in tunnels:
         tunnel.shutdown = lambda tunnel=tunnel: closed.append(tunnel) or defer.succeed(None)
     d = table.shutdown()
     assert closed == tunnels and d.called
     with pytest.raises(error.ConnectError, match="shutting down"):
-        table.get(FURL, reactor, 30)
+        table.get(PATH, CURRENT, reactor, 30)
     assert reactor.getDelayedCalls() == []
 
 
@@ -103,7 +139,7 @@ def test_connect_opens_a_stream_once_the_tunnel_is_ready(furl_file):
     assert (ep.furlfile, ep.resume, ep.timeout) == (furl_file, 42.0, 7.0)
     factory = CountingFactory()
     d = ep.connect(factory)
-    (tunnel,) = [table.get(FURL, reactor, 42.0)]
+    (tunnel,) = [table.get(furl_file, CURRENT, reactor, 42.0)]
     assert tunnel.timeout == 7.0 and not d.called
     tunnel.ready.callback(tunnel)
     protocol = d.result
@@ -137,7 +173,7 @@ def test_a_failed_wait_fails_the_connect(furl_file):
     factory = CountingFactory()
     failures = []
     endpoint_from_string(table, reactor, str(furl_file)).connect(factory).addErrback(failures.append)
-    table.get(FURL, reactor, core.RESUME_DEADLINE_DEFAULT).ready.errback(
+    table.get(furl_file, CURRENT, reactor, core.RESUME_DEADLINE_DEFAULT).ready.errback(
         error.ConnectError(string="the master did not answer in time")
     )
     assert failures[0].check(error.ConnectError) and (factory.starts, factory.stops) == (1, 1)
@@ -165,3 +201,18 @@ def test_the_plugin_parser_owns_one_table_and_the_historical_target_shares_it(fu
     assert isinstance(old, endpoint.TunnelEndpoint)
     assert isinstance(bbenroll_endpoint_parser.tunnels, TunnelTable)
     assert new.tunnels is old.tunnels is bbenroll_endpoint_parser.tunnels
+
+
+def test_connect_reads_the_serial_and_skips_comments(tmp_path):
+    path = tmp_path / "bbenroll.furl"
+    path.write_text(f"# pushed by the master\n# serial 4\n{FURL}\n")
+    reactor = MemoryReactorClock()
+    table = TunnelTable(make_tunnel=FakeTunnel)
+    TunnelEndpoint(reactor, str(path), tunnels=table).connect(CountingFactory())
+    (tunnel,) = table._tunnels.values()
+    assert (tunnel.furl, tunnel.serial, tunnel.furlfile) == (FURL, 4, path)
+    path.write_text(f"# serial x\n{FURL}\n")
+    failures = []
+    TunnelEndpoint(reactor, str(path), tunnels=table).connect(CountingFactory()).addErrback(failures.append)
+    assert failures[0].check(error.ConnectError) and "malformed serial line" in failures[0].getErrorMessage()
+    assert reactor.getDelayedCalls() == []

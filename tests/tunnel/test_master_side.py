@@ -17,6 +17,9 @@ from bbenroll.tunnel.master_side import (
     MasterSession,
     master_settings,
 )
+from tests.helpers.pb import login_bytes
+
+LOGIN = login_bytes("w1")  # the sessions below are worker w1's
 
 
 class FakePeer:
@@ -61,9 +64,9 @@ def test_stream_carries_bytes_both_ways_and_resumes_after_a_drop():
     peer = FakePeer()
     assert session.attach(peer, {}) == {}
     session.receive(Open(1))
-    session.receive(Data(1, 0, b"hello pb"))
+    session.receive(Data(1, 0, LOGIN + b"hello pb"))
     (pb,) = endpoint.transports
-    assert pb.value() == b"hello pb"
+    assert pb.value() == LOGIN + b"hello pb"
     # Buildbot answers; the master sends it to the worker
     leg = session.legs[1]
     leg.dataReceived(b"hello worker")
@@ -75,7 +78,7 @@ def test_stream_carries_bytes_both_ways_and_resumes_after_a_drop():
     assert not ended and not pb.disconnecting  # Buildbot's PB connection stays up during the outage
     peer2 = FakePeer()
     ours = session.attach(peer2, {1: 0})  # the worker got nothing
-    assert ours == {1: len(b"hello pb")}
+    assert ours == {1: len(LOGIN + b"hello pb")}
     assert ("frame_data", 1, 0, b"hello worker and more") in peer2.calls
     session.terminate("test over")
     assert ended == [session] and pb.disconnecting
@@ -271,8 +274,9 @@ def test_data_held_for_a_pb_connection_being_made_is_bounded():
     peer = FakePeer()
     session.attach(peer, {})
     session.receive(Open(1))
+    session.receive(Data(1, 0, LOGIN))
     chunk = b"x" * (256 * 1024)
-    offset = 0
+    offset = len(LOGIN)
     while ("frame_reset", 1) not in peer.calls:
         assert offset <= MAX_PENDING_BYTES, "the data before the PB connection was never bounded"
         session.receive(Data(1, offset, chunk))
@@ -352,5 +356,44 @@ def test_a_leg_that_ignores_the_pause_is_reset_past_the_master_buffer():
     for _ in range(MASTER_MAX_BUFFER // len(chunk) + 1):  # a StringTransport ignores pauseProducing
         leg.dataReceived(chunk)
     assert 1 not in session.core.streams and pb.disconnecting
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_login_as_another_worker_never_reaches_buildbot():
+    clock = task.Clock()
+    session, endpoint, _, _ = make_session(clock)
+    peer = FakePeer()
+    session.attach(peer, {})
+    messages = []
+    globalLogPublisher.addObserver(messages.append)
+    try:
+        session.receive(Open(1))
+        session.receive(Data(1, 0, login_bytes("w2")))
+    finally:
+        globalLogPublisher.removeObserver(messages.append)
+    (pb,) = endpoint.transports
+    assert pb.value() == b""  # not one byte of the login for w2 reached the PB port
+    assert pb.disconnecting and ("frame_reset", 1) in peer.calls
+    (warning,) = [m for m in messages if m.get("log_level") == LogLevel.warn]
+    assert warning["worker"] == "w1" and warning["name"] == "w2"  # both names in the master's log
+    assert session.core.streams == {}  # reset: the worker's buildbot-worker reconnects, and cools down
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
+
+
+def test_bytes_are_held_until_the_login_is_seen_then_pass_unchanged():
+    clock = task.Clock()
+    session, endpoint, _, _ = make_session(clock)
+    peer = FakePeer()
+    session.attach(peer, {})
+    session.receive(Open(1))
+    half = len(LOGIN) // 2
+    session.receive(Data(1, 0, LOGIN[:half]))
+    (pb,) = endpoint.transports
+    assert pb.value() == b""  # held: the name is not known yet
+    session.receive(Data(1, half, LOGIN[half:] + b"respond..."))
+    assert pb.value() == LOGIN + b"respond..."
+    assert session.logins == {} and session.held == {}  # nothing more is inspected or kept
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
