@@ -17,10 +17,11 @@ FURL answered, and put back if the session cannot move.
 from __future__ import annotations
 
 import enum
+import random
 from typing import TYPE_CHECKING, Any
 
-from foolscap.api import Referenceable
-from twisted.internet import defer
+from foolscap.api import DeadReferenceError, Referenceable
+from twisted.internet import defer, error, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -39,6 +40,9 @@ log = Logger(namespace="bbenroll")
 UPDATE_TIMEOUT = 30.0  # seconds for the new FURL to answer, and again for the session to move
 MAX_REASON = 300  # wire.FailureText
 KEEP_OUTCOMES = 16  # what became of the last offers, for tests and a debugger
+# how a test connection ends when the master closes it before it answered: while
+# negotiating, or while it looks the secret up (Foolscap's dead reference)
+CLOSED_BY_MASTER = (error.ConnectionLost, error.ConnectionDone, DeadReferenceError)
 
 
 class State(enum.Enum):
@@ -118,11 +122,32 @@ class FurlUpdater(Referenceable):
         self.tub = self.tunnel.make_client_tub()
         # kept before the callbacks: a chain that fails at once ends (and may start the
         # pending offer, with its own chain) inside addCallbacks
-        d = self._step = self.tub.getReference(furl)
-        d.addTimeout(self.timeout, self.tunnel.clock)
+        d = self._step = self._test(furl, 0)
+        d.addTimeout(self.timeout, self.tunnel.clock)  # over all the attempts
         d.addCallbacks(self._reached, self._unreachable)
         d.addCallback(self._moved)
         d.addErrback(self._failed)
+
+    def _test(self, furl: str, attempt: int) -> defer.Deferred:
+        """Reach the new FURL on the fresh Tub. A connection the master closed before it
+        answered is tried again, with the tunnel's backoff, until the update's timeout: a
+        master drops the oldest of the connections one address has not authenticated yet
+        (master/guard.py), so more than a few workers behind one address that test their
+        new FURLs at once (``rotate --all``) would otherwise mostly fail, and wait for the
+        master's next offer (OFFER_RETRY, a minute)."""
+        d = self.tub.getReference(furl)
+
+        def again(failure: Failure) -> Any:
+            if self.tub is None or not failure.check(*CLOSED_BY_MASTER):
+                return failure
+            backoff = self.tunnel.backoff
+            delay = backoff[min(attempt, len(backoff) - 1)] * random.uniform(*self.tunnel.jitter)  # noqa: S311
+            log.info("bbenroll: the master closed the test connection of FURL {serial}; "
+                     "trying again in {delay:.1f}s", serial=self._current()[0], delay=delay)
+            return task.deferLater(self.tunnel.clock, delay, self._test, furl, attempt + 1)
+
+        d.addErrback(again)
+        return d
 
     def _unreachable(self, failure: Failure) -> None:
         if failure.check(defer.TimeoutError, defer.CancelledError):
