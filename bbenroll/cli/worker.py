@@ -20,6 +20,7 @@ from bbenroll.worker.setup import (
     check_basedir,
     create_worker_dir,
     fetch_worker_config,
+    worker_key,
 )
 
 MAX_FURL_BYTES = 16 * 1024  # far above any real FURL; stops reading /dev/zero or a log by mistake
@@ -111,16 +112,23 @@ def create(
         raise BBEnrollError("no FURL given")
     parse_furl(furl)
     check_basedir(basedir, force)
+    key = worker_key(basedir)  # the basedir's own, or a new one written with the rest
     config = react(
-        lambda reactor: fetch_worker_config(furl, reactor=reactor, timeout=timeout, progress=app.out.progress)
+        lambda reactor: fetch_worker_config(
+            furl, reactor=reactor, timeout=timeout, progress=app.out.progress, key=key
+        )
     )
     app.out.progress(f"writing {basedir}")
-    result = create_worker_dir(basedir, furl, config, resume=resume, force=force)
+    result = create_worker_dir(basedir, furl, config, resume=resume, force=force, key=key)
 
     def show(out: Output) -> None:
         out.data(result["basedir"])
+        bound = result["bound"]
+        if bound is None:
+            out.warn("this master does not bind FURLs to worker keys: the FURL works from any machine")
+        where = f" (FURL bound to its key {bound.get('fingerprint')})" if bound else ""
         out.info(
-            f"created worker {result['name']!r} in {result['basedir']}; start it with: "
+            f"created worker {result['name']!r} in {result['basedir']}{where}; start it with: "
             f"buildbot-worker start {result['basedir']}"
         )
 

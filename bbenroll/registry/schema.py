@@ -45,6 +45,7 @@ from bbenroll.registry.kinds import (
 )
 from bbenroll.registry.model import (
     REGISTRY_VERSION,
+    Bound,
     MasterSettings,
     Previous,
     Registry,
@@ -108,6 +109,24 @@ PREVIOUS_FIELDS = (
     Field("until", TIME, "Accepted until then.", required=True),
 )
 _PREVIOUS_KEYS = {field.key for field in PREVIOUS_FIELDS}
+
+def _bound(value: Any) -> Bound:
+    if type(value) is not dict or value.keys() != _BOUND_KEYS:
+        raise Invalid("must be a table with exactly 'tubid' and 'at'")
+    return Bound(**_convert_all(BOUND_FIELDS, value))
+
+
+def _bound_to_data(bound: Bound) -> dict[str, Any]:
+    return {field.key: getattr(bound, field.attr) for field in BOUND_FIELDS}
+
+
+BOUND = Kind("table", _bound, to_data=_bound_to_data)
+
+BOUND_FIELDS = (
+    Field("tubid", TUBID, "The worker key's TubID.", required=True),
+    Field("at", TIME, "When it was bound.", required=True),
+)
+_BOUND_KEYS = {field.key for field in BOUND_FIELDS}
 
 MASTER_FIELDS = (
     Field(
@@ -195,6 +214,14 @@ WORKER_FIELDS = (
         requires="delivered_at",
     ),
     Field("delivered_at", TIME, "When the worker confirmed `delivered`.", requires="delivered"),
+    Field(
+        "bound",
+        BOUND,
+        '`{tubid = "...", at = DATE-TIME}`: the worker key (the TubID of the key in the worker\'s '
+        "`bbenroll.pem`) this FURL is bound to, written by the running master when `worker create` asks "
+        "for it; from then on the master refuses the FURL from any other key. Absent: any key may use "
+        "it. `bbenroll rebind`, `rotate --compromised` and `restore` remove it.",
+    ),
     Field(
         "rotate_every",
         POLICY,
