@@ -97,7 +97,7 @@ async def test_worker_create_binds_and_only_that_key_gets_in_afterwards(master, 
     assert bound_of(master.path, "w1")["tubid"] == tubid
     again = await fetch_worker_config(furl, reactor=reactor, key=pem)  # worker create --force, same basedir
     assert again["bound"] == {"status": "already", "fingerprint": tubid}
-    # the tunnel of that basedir gets in; a copy of the FURL without the key (old basedir: random key) does not
+    # the tunnel of that basedir gets in; a copy of the FURL without the key (a random one) does not
     furlfile, keyfile = basedir_files(tmp_path, furl, pem)
     await tunnel_up(table, furlfile, keyfile)
     copy = tmp_path / "copy"
