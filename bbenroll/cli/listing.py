@@ -57,7 +57,14 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
         ):
             continue
         rows.append(worker)
-    summaries = [model.worker_summary(w, now, within) for w in rows]
+    master = loaded.registry.master
+    summaries = []
+    for w in rows:
+        summary = model.worker_summary(w, now, within)
+        # a master key rollover: whether its FURL may still carry the TubID being replaced
+        summary["identity"] = "previous" if model.on_previous_identity(master, w) else "current"
+        summaries.append(summary)
+    on_previous = [s["name"] for s in summaries if s["identity"] == "previous"]
 
     def show(out: Output) -> None:
         if not rows:
@@ -81,5 +88,12 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
             ],
             wrap=("tags", "note"),
         )
+        if master.previous is not None and on_previous:
+            count = f"{len(on_previous)} worker{'' if len(on_previous) == 1 else 's'}"
+            out.info(
+                f"{count} not yet confirmed on the new master identity ({', '.join(on_previous[:5])}"
+                f"{', ...' if len(on_previous) > 5 else ''}); the old one ({master.previous.tubid}) "
+                f"is served until {format_short(master.previous.until)}"
+            )
 
     return Result(summaries, show)

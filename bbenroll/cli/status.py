@@ -9,7 +9,7 @@ from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import output_options
 from bbenroll.errors import BBEnrollError
 
-COLUMNS = ("name", "state", "since", "peer", "last seen")
+COLUMNS = ("name", "state", "since", "peer", "last seen", "update")
 
 
 @click.command("status")
@@ -37,6 +37,12 @@ def command(app: App) -> Result:
                 "since": entry.get("since") if running else None,
                 "peer": entry.get("peer"),
                 "last_seen": entry.get("last_seen"),
+                # pushed rotation (docs/rotation.md): an offer not confirmed yet, the last failure
+                "offer_pending": entry.get("offer_pending") if connected else None,
+                "update_failure": entry.get("update_failure"),
+                "update_failure_at": entry.get("update_failure_at") or None,
+                # the master identities (TubIDs) its connections use: two during a roll-identity
+                "tubids": [t for t in (entry.get("tubids") or "").split(",") if t] if connected else [],
             }
         )
     document = {
@@ -52,12 +58,20 @@ def command(app: App) -> Result:
         except BBEnrollError:
             return "?"
 
+    def update(w: dict) -> str:
+        parts = []
+        if w["offer_pending"]:
+            parts.append(f"offered {w['offer_pending']}")
+        if w["update_failure"]:
+            parts.append(f"failed {short(w['update_failure_at'])}: {w['update_failure']}")
+        return "; ".join(parts)
+
     def show(out: Output) -> None:
         if not running:
             out.warn(f"no master is running: {why}")
         out.table(
             COLUMNS,
-            [(w["name"], w["state"], short(w["since"]), w["peer"] or "", short(w["last_seen"]))
+            [(w["name"], w["state"], short(w["since"]), w["peer"] or "", short(w["last_seen"]), update(w))
              for w in rows],
         )
 

@@ -2,10 +2,11 @@
 
 The service polls every :data:`POLL_INTERVAL` seconds. A file whose signature
 (mtime, size, inode) is unchanged is not read again. A changed file is loaded
-and checked whole; if it is broken (or changes the master's identity) it is
-refused with one log line, and the last good registry stays in force until
-the file changes again. ``[master] listen/location/pb`` take effect only on a
-restart: a change to them is warned about once.
+and checked whole; if it is broken (or changes the master's identity other
+than by ``master roll-identity``) it is refused with one log line, and the
+last good registry stays in force until the file changes again.
+``[master] listen/location/pb`` take effect only on a restart: a change to
+them is warned about once.
 """
 
 from __future__ import annotations
@@ -67,10 +68,7 @@ class RegistryReloader:
             if signature is None:
                 raise BBEnrollError(f"{self.path}: the registry file disappeared")
             loaded = store.load(self.path)
-            if loaded.registry.master.tubid != self.loaded.registry.master.tubid:
-                raise BBEnrollError(
-                    f"{self.path}: master.tubid changed; restart the master to use a new identity"
-                )
+            self._check_identity_change(loaded)
         except BBEnrollError as e:
             self._refused = signature
             log.error(
@@ -88,6 +86,29 @@ class RegistryReloader:
             count=len(loaded.registry.workers),
         )
         return loaded
+
+    def _check_identity_change(self, loaded: LoadedRegistry) -> None:
+        """A new ``master.tubid`` is a roll (``master roll-identity``) or it is refused.
+
+        A roll names the identity being served as ``previous`` (served on beside the
+        new one), or has no ``previous`` at all (``--grace 0``: the old one is refused
+        from now on). A tubid that replaced some other identity is a hand edit that
+        would cut off every worker: restart the master to use it.
+        """
+        old, new = self.loaded.registry.master, loaded.registry.master
+        if new.tubid == old.tubid:
+            return
+        if new.previous is not None and new.previous.tubid != old.tubid:
+            raise BBEnrollError(
+                f"{self.path}: master.tubid changed, and master.previous is not the identity being served "
+                f"({old.tubid}); restart the master to use a new identity"
+            )
+        if new.previous is None:
+            log.warn(
+                "bbenroll: the master identity was rolled without an overlap: tub {tubid} is no longer "
+                "served; every worker needs its new FURL",
+                tubid=old.tubid,
+            )
 
     def _warn_if_master_changed(self, loaded: LoadedRegistry) -> None:
         running = self.running_settings

@@ -3,6 +3,8 @@
 This module is the lifecycle and the wiring; each concern has its own room:
 
 - :mod:`~bbenroll.master.tub`: the Tub, its options, the bounded Broker, listening;
+- :mod:`~bbenroll.master.identities`: the master's identities (one Tub each) on its
+  one port: two during a key rollover (``master roll-identity``), else one;
 - :mod:`~bbenroll.master.gate`: who may connect (pure);
 - :mod:`~bbenroll.master.guard`: bounds on unauthenticated connections and guessing (pure);
 - :mod:`~bbenroll.master.sessions`: tunnel sessions and their connections;
@@ -47,6 +49,7 @@ from bbenroll.identity import load_identity
 from bbenroll.master import auditing, binding
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
+from bbenroll.master.identities import RETIRED, ServedIdentities
 from bbenroll.master.reloader import POLL_INTERVAL, RegistryReloader
 from bbenroll.master.sessions import SessionTable
 from bbenroll.master.status import StatusBook, StatusWriter, status_path
@@ -57,15 +60,14 @@ from bbenroll.master.tub import (
     EnrollmentTub,
     ListenError,
     address_of,
-    listen,
-    make_tub,
     open_files,
     peer_of,
     raise_open_files_limit,
 )
 from bbenroll.master.writer import RegistryWriter, Runner, thread_runner
 from bbenroll.registry import model
-from bbenroll.registry.store import Editor, LoadedRegistry
+from bbenroll.registry.store import Editor, LoadedRegistry, identity_path
+from bbenroll.times import format_time
 from bbenroll.tunnel.core import Frame
 from bbenroll.tunnel.master_side import MasterSession
 from bbenroll.tunnel.wire import FrameSink, Refused, RIEnrolledWorker
@@ -177,7 +179,10 @@ class EnrollmentService(service.MultiService):
         self.status = StatusBook()
         self.status_writer = StatusWriter(status_path(self.registry_path), self.status)
         self.connections: dict[tuple[int, str], EnrolledWorker] = {}
-        self.tub: EnrollmentTub | None = None
+        self.tub: EnrollmentTub | None = None  # the current identity's (new FURLs carry its TubID)
+        self.identities: ServedIdentities | None = None  # every identity served on the port
+        self._retiring_identity: str | None = None  # the TubID whose removal from the registry is queued
+        self._retired_tubids: set[str] = set()  # never served again by this process
         self.port: Any = None  # the listening port, once bound
         self._listen_outcome: Failure | bool | None = None  # None until the bind settled
         self._listen_waiters: list[defer.Deferred[None]] = []
@@ -225,11 +230,12 @@ class EnrollmentService(service.MultiService):
         self.reloader.started()
         self._raise_open_files_limit()
         master = self.loaded.registry.master
-        tub = make_tub(load_identity(self.loaded.identity_path).pem, self, self.clock, self.guard)
-        listening = listen(tub, self.reactor, master.listen)
-        tub.setLocation(*master.location)
-        tub.setServiceParent(self)
-        self.tub = tub
+        identities = ServedIdentities(self, self.clock, self.guard)
+        self.identities = identities
+        self.tub = identities.add(load_identity(self.loaded.identity_path).pem, master.location)
+        self._sync_identities(self.now())  # the previous identity too, during an overlap
+        listening = identities.listen(self.reactor, master.listen)
+        identities.setServiceParent(self)
         super().startService()
         listening.addCallbacks(self._listening, self._cannot_listen)
 
@@ -268,6 +274,13 @@ class EnrollmentService(service.MultiService):
             listen=master.listen,
             location=",".join(master.location),
         )
+        if self.identities is not None and len(self.identities.tubs) > 1:
+            assert master.previous is not None
+            log.info(
+                "bbenroll: also serving the previous identity, tub {tubid}, until {until}",
+                tubid=master.previous.tubid,
+                until=format_time(master.previous.until),
+            )
         self._write_status(force=True)
         self._listen_settled(True)
         return None
@@ -291,6 +304,7 @@ class EnrollmentService(service.MultiService):
         if write_status:
             self._write_status(force=True, running=False)
         self.tub = None
+        self.identities = None
         return defer.gatherResults([defer.maybeDeferred(lambda: d), closed], consumeErrors=True)
 
     # -- the lookup -------------------------------------------------------------
@@ -305,6 +319,9 @@ class EnrollmentService(service.MultiService):
         """
         if broker.refusals >= self.guard.max_refusals_per_connection:
             return defer.fail(Refused(guardmod.TOO_MANY_REFUSALS))  # it is being dropped
+        if self.identities is not None and broker.tub.tubID not in self.identities.tubs:
+            # a late connection of a retired identity (it is being aborted): nothing to find
+            return defer.fail(Refused(RETIRED))
         if len(swissnum) > MAX_SWISSNUM_LENGTH:
             decision = gatemod.Decision(False, gatemod.UNKNOWN)
         else:
@@ -327,11 +344,11 @@ class EnrollmentService(service.MultiService):
         obj = EnrolledWorker(self, decision.worker, swissnum, broker)
         broker.mark_authenticated()
         self.connections[key] = obj
-        assert self.tub is not None
-        # its sturdy ref must be the worker's own FURL, not a fresh random name
-        self.tub.referenceToName[obj] = swissnum
+        # its sturdy ref must be the worker's own FURL, not a fresh random name; in the Tub of
+        # this connection (the identity its FURL named), which is the one that sends the answer
+        broker.tub.referenceToName[obj] = swissnum
         broker.notifyOnDisconnect(self._lost, key)  # fires once, with the connection
-        self.status.connected(obj.name, obj.peer, self.now())
+        self.status.connected(obj.name, obj.peer, self.now(), broker.tub.tubID)
         log.info(
             "accepted worker {worker!r} from {peer} ({which} secret)",
             worker=obj.name,
@@ -381,7 +398,7 @@ class EnrollmentService(service.MultiService):
         self._subscribed.discard(obj)
         self._to_check.discard(obj)
         obj.updater = None
-        self.status.disconnected(obj.name, self.now())
+        self.status.disconnected(obj.name, self.now(), obj.broker.tub.tubID)
         log.info("worker {worker!r} disconnected ({peer})", worker=obj.name, peer=obj.peer)
         self._write_status()
 
@@ -451,7 +468,7 @@ class EnrollmentService(service.MultiService):
                 "({waiting} connections without an accepted secret)",
                 count=files[0],
                 limit=files[1],
-                waiting=self.tub.doorkeeper.waiting() if self.tub and self.tub.doorkeeper else 0,
+                waiting=self.identities.doorkeeper.waiting() if self.identities else 0,
             )
         self._near_open_files_limit = near
 
@@ -462,6 +479,7 @@ class EnrollmentService(service.MultiService):
         try:
             self._reload()
             now = self.now()
+            self._sync_identities(now)
             self._recheck(now)
             self._offer_due()
             self._rotate_due(now)
@@ -529,6 +547,88 @@ class EnrollmentService(service.MultiService):
             self.status.forget(set(loaded.registry.workers))
             self._to_check |= self._subscribed  # a serial may have grown
             self._rotation_check_at = None  # a policy or a worker may have changed
+            if self.identities is not None:
+                self._sync_identities(self.now())  # a roll: serve the new identity at once
+
+    # -- master identities (key rollover) -------------------------------------------
+
+    def _sync_identities(self, now: datetime) -> None:
+        """Serve the registry's identity, and its previous one until it retires; retire the rest.
+
+        The previous identity retires by this clock at once (its ``until``, or every
+        usable worker confirmed), even before the registry write that removes it lands.
+        """
+        identities = self.identities
+        if identities is None:
+            return
+        registry = self.gate.registry
+        master = registry.master
+        wanted = {master.tubid: master.identity}
+        retirement = model.identity_retirement(master, registry.workers.values(), now)
+        previous = master.previous
+        # once retired, for good: a rotation after the roll may make a worker look
+        # unconfirmed again before the registry write that removes `previous` lands
+        if previous is not None and retirement is None and previous.tubid not in self._retired_tubids:
+            wanted[previous.tubid] = previous.identity
+        for tubid, identity in wanted.items():
+            if tubid not in identities.tubs:
+                try:
+                    pem = load_identity(identity_path(self.registry_path, identity)).pem
+                    identities.add(pem, master.location)
+                except (BBEnrollError, ValueError) as e:  # store.load checked it: a file changed since
+                    log.error("bbenroll: cannot serve master identity {tubid}: {error}", tubid=tubid,
+                              error=str(e))
+                    continue
+                log.info("bbenroll: serving master identity {tubid}", tubid=tubid)
+        if master.tubid in identities.tubs:
+            self.tub = identities.tubs[master.tubid]
+        for tubid in identities.tubids():
+            if tubid not in wanted and len(identities.tubs) > 1:
+                self._retire_identity(tubid, retirement or "it is no longer in the registry")
+        if previous is not None and (retirement is not None or previous.tubid in self._retired_tubids):
+            self._remove_previous_identity(previous.tubid, retirement or "retired earlier")
+
+    def _retire_identity(self, tubid: str, why: str) -> None:
+        assert self.identities is not None
+        old = [obj for obj in self.connections.values() if obj.broker.tub.tubID == tubid]
+        log.info(
+            "bbenroll: retiring master identity {tubid} ({why}); dropping its {count} connections",
+            tubid=tubid,
+            why=why,
+            count=len(old),
+        )
+        for obj in old:  # nothing is offered over them any more; their sessions wait for a resume
+            self._subscribed.discard(obj)
+            self._to_check.discard(obj)
+            obj.updater = None
+            if not obj.broker.disconnected:  # (the Tub's stop would too, for the brokers it knows)
+                self._audit(auditing.dropped(obj.name, obj.swissnum, obj.peer, "master identity retired"))
+                obj.broker.shutdown(Failure(DeadReferenceError(RETIRED)))
+        self._retired_tubids.add(tubid)
+        d = self.identities.retire(tubid)  # stops its Tub: the rest of its connections end
+        d.addErrback(lambda f: log.failure("bbenroll: while retiring a master identity", f))
+
+    def _remove_previous_identity(self, tubid: str, why: str) -> None:
+        """Remove ``[master] previous`` from the registry (once; retried by the writer)."""
+        if self._retiring_identity == tubid:
+            return
+        self._retiring_identity = tubid
+
+        def edit(editor: Editor) -> None:  # in the writer's thread, under the lock
+            master = editor.master
+            if master.previous is not None and master.previous.tubid == tubid:
+                editor.set_master(model.retire_identity(master))
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                self._retiring_identity = None  # the next tick asks again
+                log.info("bbenroll: cannot remove the retired identity from the registry: {why}",
+                         why=str(result.value))
+            else:
+                log.info("bbenroll: removed the retired master identity {tubid} from the registry ({why})",
+                         tubid=tubid, why=why)
+
+        self.writer.submit(edit).addBoth(done)
 
     # -- pushed rotation ------------------------------------------------------------
 
@@ -546,8 +646,13 @@ class EnrollmentService(service.MultiService):
         self._offer_due()
 
     def _needs_offer(self, obj: EnrolledWorker, worker: model.Worker) -> bool:
-        # a different secret than the current one: the one a rotation replaced (the gate let it in)
-        return obj.serial < worker.serial or obj.swissnum != worker.swissnum
+        # a different secret than the current one: the one a rotation replaced (the gate let it in);
+        # or the identity a roll replaced: the newest FURL carries the new TubID
+        return (
+            obj.serial < worker.serial
+            or obj.swissnum != worker.swissnum
+            or obj.broker.tub.tubID != self.gate.registry.master.tubid
+        )
 
     def _offer_due(self) -> None:
         """Offer the registry's newest FURL to the subscribed connections that lack it."""
@@ -602,7 +707,7 @@ class EnrollmentService(service.MultiService):
     def confirm(self, obj: EnrolledWorker, serial: int) -> Any:
         """``confirm_furl``: only over the worker's current secret; answered once on disk."""
         worker = self.worker_for(obj)
-        if obj.swissnum != worker.swissnum:
+        if obj.swissnum != worker.swissnum or obj.broker.tub.tubID != self.gate.registry.master.tubid:
             raise Refused(CONFIRM_OVER_NEW)
         if serial > worker.serial:
             self._reload()  # the CLI may have rotated it since our last poll

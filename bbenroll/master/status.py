@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,9 @@ class WorkerLink:
     offer_pending: int | None = None
     update_failure: str | None = None
     update_failure_at: datetime | None = None
+    # live connections per master identity (TubID) they were made to: during a key rollover
+    # ``bbenroll status`` can tell who is still on the old one
+    tubids: dict[str, int] = field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -52,11 +55,13 @@ class StatusBook:
         self.workers: dict[str, WorkerLink] = {}
         self.changed = True
 
-    def connected(self, name: str, peer: str, now: datetime) -> None:
+    def connected(self, name: str, peer: str, now: datetime, tubid: str | None = None) -> None:
         link = self.workers.setdefault(name, WorkerLink())
         if not link.connections:
             link.since = now
         link.connections += 1
+        if tubid is not None:
+            link.tubids[tubid] = link.tubids.get(tubid, 0) + 1
         link.peer = peer
         link.last_seen = now
         self.changed = True
@@ -66,11 +71,15 @@ class StatusBook:
         if link is not None:
             link.last_seen = now  # saved with the next heartbeat, not on every call
 
-    def disconnected(self, name: str, now: datetime) -> None:
+    def disconnected(self, name: str, now: datetime, tubid: str | None = None) -> None:
         link = self.workers.get(name)
         if link is None or not link.connections:
             return
         link.connections -= 1
+        if tubid is not None and tubid in link.tubids:
+            link.tubids[tubid] -= 1
+            if not link.tubids[tubid]:
+                del link.tubids[tubid]
         link.last_seen = now
         if not link.connections:
             link.since = now
@@ -135,6 +144,8 @@ def _update_fields(link: WorkerLink) -> dict[str, str]:
     if link.update_failure is not None:
         fields["update_failure"] = link.update_failure
         fields["update_failure_at"] = format_time(link.update_failure_at) or ""
+    if link.tubids:
+        fields["tubids"] = ",".join(sorted(link.tubids))  # a string: older readers accept only those
     return fields
 
 

@@ -6,10 +6,11 @@ socket on shutdown (after :data:`SHUTDOWN_GRACE` seconds on the Tub's injected
 clock). :class:`Doorkeeper` applies :mod:`bbenroll.master.guard`'s bounds to
 connections that have not authenticated yet, from the TCP accept on
 (:class:`EnrollmentNegotiation`), with deadlines on the same clock.
-:func:`make_tub` builds the Tub with :data:`TUB_OPTIONS`;
-:func:`listen` binds its port and reports the outcome, so the service can say
-"serving" only once the port is really bound, and a taken port is one
-:class:`ListenError` naming it.
+:func:`make_tub` builds the Tub with :data:`TUB_OPTIONS` (several, sharing one
+Doorkeeper, during a key rollover: :mod:`bbenroll.master.identities`);
+:class:`ReportingEndpoint` (used by :func:`listen`) reports whether the port got
+bound, so the service can say "serving" only once the port is really bound, and
+a taken port is one :class:`ListenError` naming it.
 """
 
 from __future__ import annotations
@@ -227,6 +228,12 @@ class EnrollmentBroker(SchemaReplies, Broker):
 
     def connectionMade(self) -> None:
         Broker.connectionMade(self)
+        if getattr(self.tub, "retired", False):
+            # its negotiation picked this Tub just before the identity retired: the connection
+            # must not be served by a stopped Tub. Its connectionLost settles it in the Doorkeeper.
+            with contextlib.suppress(Exception):  # already gone
+                self.transport.abortConnection()
+            return
         keeper = _doorkeeper(self.tub)
         if keeper is not None:
             keeper.arrived(self.transport, keeper.auth_timeout, guardmod.Progress.NEGOTIATED)
@@ -323,22 +330,46 @@ class EnrollmentTub(Tub):
     enrollment: EnrollmentService | None = None
     clock: IReactorTime | None = None  # for the brokers' shutdown abort and the Doorkeeper
     doorkeeper: Doorkeeper | None = None
+    # False when the Doorkeeper is shared by the identities of one port (ServedIdentities):
+    # then stopping this Tub must not abort the connections of the others, nor those negotiating
+    owns_doorkeeper = True
+    # set when the identity retires (master key rollover): a connection whose negotiation
+    # picked this Tub before and finishes after is aborted, and nothing keeps its Broker
+    retired = False
+
+    def brokerAttached(self, tubref: Any, broker: Any, isClient: bool) -> Any:
+        if self.retired:
+            return None  # Foolscap would assert a running Tub; the Broker is being aborted
+        return Tub.brokerAttached(self, tubref, broker, isClient)
 
     def stopService(self) -> Any:
-        if self.doorkeeper is not None:
+        if self.doorkeeper is not None and self.owns_doorkeeper:
             self.doorkeeper.drop_all()
         return Tub.stopService(self)
 
 
 def make_tub(
-    cert_pem: bytes, enrollment: EnrollmentService, clock: IReactorTime, guard: guardmod.Guard | None = None
+    cert_pem: bytes,
+    enrollment: EnrollmentService,
+    clock: IReactorTime,
+    guard: guardmod.Guard | None = None,
+    *,
+    doorkeeper: Doorkeeper | None = None,
 ) -> EnrollmentTub:
     """The master's Tub with :data:`TUB_OPTIONS`, resolving names through ``enrollment``,
-    its unauthenticated connections bounded by ``guard``."""
+    its unauthenticated connections bounded by ``guard``.
+
+    ``doorkeeper``: one shared with the other identities on the same port (its
+    guard then counts for all of them; ``guard`` is ignored); the Tub does not own it.
+    """
     tub = EnrollmentTub(certData=cert_pem)
     tub.enrollment = enrollment
     tub.clock = clock
-    tub.doorkeeper = Doorkeeper(guard if guard is not None else guardmod.Guard(), clock)
+    if doorkeeper is not None:
+        tub.doorkeeper = doorkeeper
+        tub.owns_doorkeeper = False
+    else:
+        tub.doorkeeper = Doorkeeper(guard if guard is not None else guardmod.Guard(), clock)
     tub.unsafeTracebacks = False  # clients never see server tracebacks
     for name, value in TUB_OPTIONS.items():
         tub.setOption(name, value)
@@ -346,8 +377,8 @@ def make_tub(
 
 
 @implementer(IStreamServerEndpoint)
-class _ReportingEndpoint:
-    """An endpoint that tells us whether the Tub's listener got its port.
+class ReportingEndpoint:
+    """An endpoint that tells us whether the Tub's listener got its port (``listening``).
 
     Foolscap's Listener drops the Deferred of ``endpoint.listen``: a failure there
     would only be an "Unhandled error in Deferred" traceback at garbage collection.
@@ -388,7 +419,7 @@ def listen(tub: Tub, reactor: Any, description: str) -> defer.Deferred[Any]:
         endpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         return defer.fail(ListenError(description, f"not a server endpoint ({e})"))
-    reporting = _ReportingEndpoint(endpoint, description)
+    reporting = ReportingEndpoint(endpoint, description)
     tub.listenOn(reporting)
     return reporting.listening
 

@@ -49,6 +49,8 @@ ACTIONS = (
     "location-changed",
     "accepted",
     "refused",
+    "identity-rolled",
+    "identity-retired",
     "bound",
     "unbound",
 )
@@ -193,6 +195,26 @@ def _only_location_bump(old: Any, new: Any) -> bool:
     return new.serial == old.serial + 1 and replace(old, serial=new.serial, changed=new.changed) == new
 
 
+def _identity_change(before_master: Any, after_master: Any) -> Change | None:
+    """``master roll-identity`` (a new tubid) or the end of its overlap (previous removed)."""
+    if before_master.tubid != after_master.tubid:
+        previous = after_master.previous
+        kept = (
+            f"previous identity served until {format_time(previous.until)}"
+            if previous is not None and previous.tubid == before_master.tubid
+            else "previous identity not served"
+        )
+        tubids = f"tubid {before_master.tubid} -> {after_master.tubid}"
+        return Change("identity-rolled", reason=f"{tubids}; {kept}")
+    old = before_master.previous
+    if old is not None and after_master.previous is None:
+        return Change("identity-retired", reason=f"tubid {old.tubid} is no longer served")
+    return None
+
+
+_IDENTITY_KEYS = ("identity", "tubid", "previous")
+
+
 def diff(
     before: Mapping[str, Any], after: Mapping[str, Any], before_master: Any = None, after_master: Any = None
 ) -> list[Change]:
@@ -201,33 +223,41 @@ def diff(
     A change of ``[master] location`` is one ``location-changed`` record, and
     the serial bumps it brings (``model.change_location``) are folded into it
     (counted in its reason) rather than logged as one ``changed`` record per
-    worker: with 500 workers that would be 500 records saying one thing. Any
-    other change of the master is ``master-changed``.
+    worker: with 500 workers that would be 500 records saying one thing. A
+    master key rollover (a new ``tubid``) is one ``identity-rolled`` record, its
+    bumps folded the same way; the end of its overlap is ``identity-retired``.
+    Any other change of the master is ``master-changed``.
     """
     changes = []
-    location_changed = (
-        before_master is not None
-        and after_master is not None
-        and before_master.location != after_master.location
-    )
-    if location_changed:
-        if replace(before_master, location=after_master.location) != after_master:
+    both = before_master is not None and after_master is not None
+    location_changed = both and before_master.location != after_master.location
+    identity = _identity_change(before_master, after_master) if both else None
+    if both:
+        rest = {"location": after_master.location} if location_changed else {}
+        if identity is not None:
+            rest.update({key: getattr(after_master, key) for key in _IDENTITY_KEYS})
+        if replace(before_master, **rest) != after_master:
             changes.append(Change("master-changed"))
-    elif before_master != after_master:
-        changes.append(Change("master-changed"))
+    folded = location_changed or (identity is not None and identity.action == "identity-rolled")
     bumped = 0
     for name in list(before) + [name for name in after if name not in before]:
         old, new = before.get(name), after.get(name)
-        if location_changed and old is not None and new is not None and _only_location_bump(old, new):
+        if folded and old is not None and new is not None and _only_location_bump(old, new):
             bumped += 1
             continue
         change = worker_change(old, new)
         if change is not None:
             changes.append(change)
+    at = 1 if changes and changes[0].action == "master-changed" else 0
+    if identity is not None:
+        if identity.action == "identity-rolled":
+            identity = replace(identity, reason=f"{identity.reason}; FURLs of {bumped} workers changed")
+        changes.insert(at, identity)
+        at += 1
     if location_changed:
         hints = f"{','.join(before_master.location)} -> {','.join(after_master.location)}"
         record = Change("location-changed", reason=f"{hints}; FURLs of {bumped} workers changed")
-        changes.insert(1 if changes and changes[0].action == "master-changed" else 0, record)
+        changes.insert(at, record)
     return changes
 
 

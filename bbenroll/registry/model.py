@@ -186,6 +186,15 @@ class Worker:
 
 
 @dataclass(frozen=True)
+class PreviousIdentity:
+    """The master identity a ``master roll-identity`` replaced, still served until ``until``."""
+
+    identity: str  # as written, like MasterSettings.identity
+    tubid: str
+    until: datetime
+
+
+@dataclass(frozen=True)
 class MasterSettings:
     identity: str  # as written: relative to the registry's directory unless absolute
     tubid: str
@@ -193,6 +202,71 @@ class MasterSettings:
     listen: str
     pb: str | None = None  # the master's loopback PB endpoint (used by the master hook)
     rotate_every: timedelta | None = None  # the rotation policy; None: secrets are rotated only by hand
+    # the identity a roll replaced, served beside this one during the overlap (docs/rotation.md)
+    previous: PreviousIdentity | None = None
+
+    def in_overlap(self, now: datetime) -> bool:
+        """A previous identity is still served at ``now``."""
+        return self.previous is not None and self.previous.until > now
+
+
+def roll_identity(
+    master: MasterSettings, identity: str, tubid: str, now: datetime, grace: timedelta = DEFAULT_GRACE
+) -> MasterSettings:
+    """``master`` with a new identity; the current one is served ``grace`` longer (0: not at all).
+
+    One roll at a time: during an overlap a second roll would have to drop the
+    previous identity at once, cutting off the workers still on it.
+    """
+    now = to_utc(now)
+    check_roll(master, now)
+    if tubid == master.tubid:
+        raise WrongState("the new identity has the same tubid as the current one")
+    previous = PreviousIdentity(master.identity, master.tubid, to_utc(now + grace)) if grace else None
+    return replace(master, identity=identity, tubid=tubid, previous=previous)
+
+
+def check_roll(master: MasterSettings, now: datetime) -> None:
+    """Refuse a roll while a previous identity is still served (WrongState)."""
+    if master.previous is not None and master.in_overlap(to_utc(now)):
+        raise WrongState(
+            f"the master identity was rolled already: the old tubid {master.previous.tubid} is served "
+            f"until {format_time(master.previous.until)}; roll again after that, or once every worker "
+            "confirmed its new FURL (the running master then retires the old identity)"
+        )
+
+
+def retire_identity(master: MasterSettings) -> MasterSettings:
+    """``master`` without its previous identity (the overlap ended)."""
+    return replace(master, previous=None)
+
+
+def on_previous_identity(master: MasterSettings, worker: Worker) -> bool:
+    """Whether ``worker`` may still hold a FURL under the previous identity's TubID.
+
+    True while a previous identity exists and the worker has not confirmed its
+    newest FURL (every FURL minted since the roll carries the new TubID; a worker
+    added since has serial 0 and never held an old one).
+    """
+    if master.previous is None or worker.revoked is not None or worker.serial == 0:
+        return False
+    return (worker.delivered or 0) < worker.serial
+
+
+def identity_retirement(master: MasterSettings, workers: Iterable[Worker], now: datetime) -> str | None:
+    """Why the previous identity should retire at ``now`` (None: not yet, or there is none).
+
+    At the first of: its overlap ended, or every usable worker confirmed a FURL
+    minted since the roll (revoked and expired workers do not count).
+    """
+    previous = master.previous
+    if previous is None:
+        return None
+    if previous.until <= now:
+        return f"its overlap ended at {format_time(previous.until)}"
+    if all(not on_previous_identity(master, w) for w in workers if w.is_usable(now)):
+        return "every worker confirmed a FURL under the new identity"
+    return None
 
 
 def location_mismatch(master: MasterSettings) -> str | None:

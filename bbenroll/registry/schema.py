@@ -48,6 +48,7 @@ from bbenroll.registry.model import (
     Bound,
     MasterSettings,
     Previous,
+    PreviousIdentity,
     Registry,
     Worker,
     check_buildbot_name,
@@ -110,17 +111,45 @@ PREVIOUS_FIELDS = (
 )
 _PREVIOUS_KEYS = {field.key for field in PREVIOUS_FIELDS}
 
+def _previous_identity(value: Any) -> PreviousIdentity:
+    if type(value) is not dict or value.keys() != _PREVIOUS_IDENTITY_KEYS:
+        raise Invalid("must be a table with exactly 'identity', 'tubid' and 'until'")
+    return PreviousIdentity(**_convert_all(PREVIOUS_IDENTITY_FIELDS, value))
+
+
+def _previous_identity_to_data(previous: PreviousIdentity) -> Any:
+    import tomlkit  # only when writing: an inline table, as bbenroll writes a worker's previous
+
+    table = tomlkit.inline_table()
+    table.update({field.key: getattr(previous, field.attr) for field in PREVIOUS_IDENTITY_FIELDS})
+    return table
+
+
+PREVIOUS_IDENTITY = Kind("inline table", _previous_identity, to_data=_previous_identity_to_data)
+
+PREVIOUS_IDENTITY_FIELDS = (
+    Field("identity", NON_EMPTY_STRING, "Path of the replaced identity's PEM file.", required=True),
+    Field("tubid", TUBID, "Its TubID, checked against the file.", required=True),
+    Field("until", TIME, "Served until then.", required=True),
+)
+_PREVIOUS_IDENTITY_KEYS = {field.key for field in PREVIOUS_IDENTITY_FIELDS}
+
+
 def _bound(value: Any) -> Bound:
     if type(value) is not dict or value.keys() != _BOUND_KEYS:
         raise Invalid("must be a table with exactly 'tubid' and 'at'")
     return Bound(**_convert_all(BOUND_FIELDS, value))
 
 
-def _bound_to_data(bound: Bound) -> dict[str, Any]:
-    return {field.key: getattr(bound, field.attr) for field in BOUND_FIELDS}
+def _bound_to_data(bound: Bound) -> Any:
+    import tomlkit  # only when writing: an inline table, like a worker's previous
+
+    table = tomlkit.inline_table()
+    table.update({field.key: getattr(bound, field.attr) for field in BOUND_FIELDS})
+    return table
 
 
-BOUND = Kind("table", _bound, to_data=_bound_to_data)
+BOUND = Kind("inline table", _bound, to_data=_bound_to_data)
 
 BOUND_FIELDS = (
     Field("tubid", TUBID, "The worker key's TubID.", required=True),
@@ -170,6 +199,14 @@ MASTER_FIELDS = (
         "The rotation policy: the running master rotates (and pushes) a worker's secret once it is this "
         "old (`rotated`), unless the worker's own `rotate_every` says otherwise. Absent: secrets are "
         "rotated only by `bbenroll rotate`.",
+    ),
+    Field(
+        "previous",
+        PREVIOUS_IDENTITY,
+        '`{identity = "...", tubid = "...", until = DATE-TIME}`: the identity a `bbenroll master '
+        "roll-identity` replaced, served on the same port beside the new one until `until` (or until "
+        "every worker confirmed its new FURL; then the running master removes it). Same rules as "
+        "`identity`/`tubid`, and its tubid differs from `tubid`.",
     ),
 )
 

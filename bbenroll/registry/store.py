@@ -202,6 +202,46 @@ def _identity_problems(path: Path, master: Any) -> list[Problem]:
                 f"(its tubid is {identity.tubid}); was the identity file replaced?",
             )
         ]
+    return _previous_identity_problems(path, master)
+
+
+def _previous_identity_file(path: Path, master: Any) -> Path | None:
+    """The file of the raw ``[master] previous`` table (None: absent or a schema problem already)."""
+    previous = master.get("previous") if isinstance(master, dict) else None
+    if not isinstance(previous, dict) or not isinstance(previous.get("identity"), str):
+        return None
+    if not previous["identity"]:
+        return None
+    return identity_path(path, previous["identity"])
+
+
+def _previous_identity_problems(path: Path, master: dict[str, Any]) -> list[Problem]:
+    """``[master] previous`` (a rolled-over identity) loads, matches its tubid and is another one."""
+    ident_path = _previous_identity_file(path, master)
+    if ident_path is None:
+        return []
+    try:
+        identity = load_identity(ident_path)
+    except IdentityError as e:
+        hint = "; if its overlap is over, remove master.previous with 'bbenroll edit'"
+        return [Problem(str(path), f"master.previous.identity: {e}{hint}")]
+    tubid = master["previous"].get("tubid")
+    if isinstance(tubid, str) and tubid != identity.tubid:
+        return [
+            Problem(
+                str(path),
+                f"master.previous.tubid {tubid} does not match the identity {ident_path} "
+                f"(its tubid is {identity.tubid}); was the identity file replaced?",
+            )
+        ]
+    if identity.tubid == master.get("tubid"):
+        return [
+            Problem(
+                str(path),
+                f"master.previous: the previous identity {ident_path} is the current one "
+                f"(tubid {identity.tubid}); a roll needs a new key",
+            )
+        ]
     return []
 
 
@@ -240,7 +280,7 @@ def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> In
         problems += _placed(path, text, options)
     master = data.get("master")
     problems += _identity_problems(path, master)
-    private = [path, _identity_file(path, master)]
+    private = [path, _identity_file(path, master), _previous_identity_file(path, master)]
     warnings = [problem for file in private if file and (problem := permission_problem(file))]
     head = schema.audit_from_data(data.get("audit"), Problems()) if not problems else None
     return Inspection(path, text, None if problems else registry, problems, warnings, head)

@@ -1,20 +1,27 @@
-"""Two master identities on one port (bbenroll/master/identities.py), with real Foolscap on 127.0.0.1."""
+"""Two master identities on one port (bbenroll/master/identities.py), with real Foolscap on 127.0.0.1.
+
+The second identity comes the way it does in production: a roll written to the
+registry (``[master] previous``), which the running service picks up by polling.
+"""
 
 from __future__ import annotations
 
 import socket
 import tomllib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_twisted
 from foolscap.api import Tub
 from twisted.internet import defer, reactor, task, tcp
 
+from bbenroll.fileio import atomic_write
 from bbenroll.identity import load_identity, make_identity_pem, tubid_from_pem
 from bbenroll.master import gate
-from bbenroll.master.identities import OverlapService, ServedIdentities
+from bbenroll.master.identities import RETIRED, ServedIdentities
+from bbenroll.master.service import EnrollmentService
 from bbenroll.master.tub import TUB_OPTIONS, EnrollmentBroker, ListenError
+from bbenroll.registry import model, store
 from tests.helpers.cli import run_cli
 
 pytestmark = pytest.mark.network
@@ -32,14 +39,49 @@ def sockets() -> set[object]:
     return {r for r in selectables if isinstance(r, tcp.Port | tcp.Connection)}
 
 
-class Master:
-    """An OverlapService on the real reactor, its registry's CLI, and client Tubs."""
+def roll(path, pem: bytes, grace: timedelta = model.DEFAULT_GRACE) -> str:
+    """What ``master roll-identity`` writes, with an identity made beforehand (key generation is slow)."""
+    tubid = tubid_from_pem(pem)
+    name = f"master-{tubid[:8]}.pem"
+    atomic_write(path.parent / name, pem, exclusive=True)
+    with store.edit(path) as editor:
+        now = datetime.now(UTC).replace(microsecond=0)
+        editor.set_master(model.roll_identity(editor.master, name, tubid, now, grace))
+        for worker in list(editor.workers.values()):
+            if worker.revoked is None:
+                editor.update(model.change_location(worker, now))
+    return tubid
 
-    def __init__(self, path, also=()):
+
+async def until(predicate, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.02, lambda: None)
+    assert predicate()
+
+
+class Master:
+    """An EnrollmentService on the real reactor, its registry's CLI, and client Tubs."""
+
+    def __init__(self, path):
         self.path = path
-        self.service = OverlapService(path, reactor=reactor, poll_interval=0.1, also=also)
+        self.service = EnrollmentService(path, reactor=reactor, poll_interval=0.1)
         self.clients: list[Tub] = []
         self.sockets = sockets()  # before we open anything
+
+    async def serve_also(self, pem: bytes) -> str:
+        """Roll to ``pem``'s identity: the service serves it beside the one it had; its TubID."""
+        tubid = roll(self.path, pem)
+        await until(lambda: tubid in self.service.identities.tubs)
+        return tubid
+
+    async def retire(self, tubid: str) -> None:
+        """End the overlap in the registry, as the master does itself once all workers confirmed."""
+        with store.edit(self.path) as editor:
+            assert editor.master.previous is not None and editor.master.previous.tubid == tubid
+            editor.set_master(model.retire_identity(editor.master))
+        await until(lambda: tubid not in self.service.identities.tubs)
 
     def cli(self, *args):
         result = run_cli(["--registry", str(self.path), *args], clock=lambda: datetime.now(UTC))
@@ -119,7 +161,7 @@ async def test_both_identities_answer_on_one_port(master, pems):
     second = swissnum_of(master.cli("add", "w2"))
     await master.start()
     old = master.tubid
-    new = master.service.serve_also(pems[0])
+    new = await master.serve_also(pems[0])
     assert new == tubid_from_pem(pems[0]) != old
 
     ref1 = await master.connect(master.furl(old, first))
@@ -135,11 +177,13 @@ async def test_both_identities_answer_on_one_port(master, pems):
 
 @pytest_twisted.ensureDeferred
 async def test_a_master_started_during_an_overlap_serves_both_from_the_start(served_reg_path, pems):
-    m = Master(served_reg_path, also=[pems[0]])
+    m = Master(served_reg_path)
     try:
         secret = swissnum_of(m.cli("add", "w1"))
+        old = m.tubid
+        new = roll(served_reg_path, pems[0])
         await m.start()
-        assert m.service.identities.tubids() == [m.tubid, tubid_from_pem(pems[0])]
+        assert m.service.identities.tubids() == [new, old]
         for tubid in m.service.identities.tubids():
             ref = await m.connect(m.furl(tubid, secret))
             assert (await ref.callRemote("get_worker_config"))["name"] == "w1"
@@ -152,12 +196,13 @@ async def test_the_same_secret_works_under_either_identity(master, pems):
     """A rollover changes the TubID only: the worker's swissnum is good under both."""
     secret = swissnum_of(master.cli("add", "w1"))
     await master.start()
-    new = master.service.serve_also(pems[0])
-    for tubid in (master.tubid, new):
+    old = master.tubid
+    new = await master.serve_also(pems[0])
+    for tubid in (old, new):
         ref = await master.connect(master.furl(tubid, secret))
         assert (await ref.callRemote("get_worker_config"))["name"] == "w1"
     tubs = {o.broker.tub.tubID for o in master.service.connections.values()}
-    assert tubs == {master.tubid, new}
+    assert tubs == {old, new}
     # the object is named by the worker's secret in the Tub that answered, never a random name
     for obj in master.service.connections.values():
         assert obj.broker.tub.referenceToName[obj] == secret
@@ -168,14 +213,14 @@ async def test_the_same_secret_works_under_either_identity(master, pems):
 async def test_an_unknown_tubid_is_refused_in_negotiation(master, pems):
     secret = swissnum_of(master.cli("add", "w1"))
     await master.start()
-    master.service.serve_also(pems[0])
+    await master.serve_also(pems[0])
     stranger = tubid_from_pem(pems[1])
     with pytest.raises(Exception) as info:
         await master.connect(master.furl(stranger, secret))
     # Foolscap's own refusal, before TLS: the client never sees a certificate
     assert f"unknown TubID {stranger}" in str(info.value)
     assert master.service.connections == {}
-    ref = await master.connect(master.furl(master.tubid, secret))  # the port still serves
+    ref = await master.connect(master.furl(master.tubid, secret))  # the port still serves (the new one)
     assert (await ref.callRemote("get_worker_config"))["name"] == "w1"
 
 
@@ -183,7 +228,7 @@ async def test_an_unknown_tubid_is_refused_in_negotiation(master, pems):
 async def test_the_gate_answers_for_the_second_identity_too(master, pems):
     master.cli("add", "w1")
     await master.start()
-    new = master.service.serve_also(pems[0])
+    new = await master.serve_also(pems[0])
     with pytest.raises(Exception) as info:
         await master.connect(master.furl(new, "a" * 32))
     copied = getattr(info.value, "failure", None)
@@ -194,8 +239,9 @@ async def test_the_gate_answers_for_the_second_identity_too(master, pems):
 
 @pytest_twisted.ensureDeferred
 async def test_every_identity_has_the_same_tub_options_and_one_doorkeeper(master, pems):
+    master.cli("add", "w1")  # not confirmed: the old identity stays served
     await master.start()
-    master.service.serve_also(pems[0])
+    await master.serve_also(pems[0])
     identities = master.service.identities
     assert isinstance(identities, ServedIdentities)
     assert len(identities.tubs) == 2
@@ -205,14 +251,15 @@ async def test_every_identity_has_the_same_tub_options_and_one_doorkeeper(master
         assert tub.disconnectTimeout == TUB_OPTIONS["disconnectTimeout"]
         assert tub.unsafeTracebacks is False
         assert tub.enrollment is master.service
-        assert tub.doorkeeper._keeper is identities.doorkeeper  # shared: caps hold across both
+        assert tub.doorkeeper is identities.doorkeeper  # shared: caps hold across both
+        assert tub.owns_doorkeeper is False
 
 
 @pytest_twisted.ensureDeferred
 async def test_an_unauthenticated_connection_is_counted_once_and_timed_on_either_identity(master, pems):
     master.cli("add", "w1")
     await master.start()
-    master.service.serve_also(pems[0])
+    await master.serve_also(pems[0])
     keeper = master.service.identities.doorkeeper
     raw = socket.create_connection(("127.0.0.1", master.port))
     try:
@@ -237,7 +284,7 @@ async def test_retiring_the_old_identity_keeps_the_port_and_the_new_connections(
     other = swissnum_of(master.cli("add", "w2"))
     await master.start()
     old = master.tubid
-    new = master.service.serve_also(pems[0])
+    new = await master.serve_also(pems[0])
     on_old = await master.connect(master.furl(old, secret))
     on_new = await master.connect(master.furl(new, other))
     dropped = defer.Deferred()
@@ -252,13 +299,13 @@ async def test_retiring_the_old_identity_keeps_the_port_and_the_new_connections(
             await task.deferLater(reactor, 0.02, lambda: None)
         assert keeper.waiting() == 1
 
-        await master.service.retire(old)
+        await master.retire(old)
         await dropped  # the old identity's connection ended
         assert master.service.identities.tubids() == [new]
         assert master.service.tub.tubID == new
         assert keeper.waiting() == 1  # not aborted by the retired Tub
         assert (await on_new.callRemote("get_worker_config"))["name"] == "w2"
-        with pytest.raises(Exception, match=f"unknown TubID {old}"):
+        with pytest.raises(Exception, match=f"unknown TubID {old}: {RETIRED}"):
             await master.connect(master.furl(old, secret))
         again = await master.connect(master.furl(new, secret))
         assert (await again.callRemote("get_worker_config"))["name"] == "w1"
@@ -273,7 +320,7 @@ async def test_retiring_the_old_identity_keeps_the_port_and_the_new_connections(
 async def test_the_last_identity_cannot_be_retired(master):
     await master.start()
     with pytest.raises(ValueError, match="last identity"):
-        master.service.retire(master.tubid)
+        master.service.identities.retire(master.tubid)
     assert master.service.identities.tubids() == [master.tubid]
 
 
@@ -282,7 +329,7 @@ async def test_an_identity_served_twice_is_refused(master):
     await master.start()
     pem = load_identity(master.service.loaded.identity_path).pem
     with pytest.raises(ValueError, match="already served"):
-        master.service.serve_also(pem)
+        master.service.identities.add(pem, ["tcp:127.0.0.1:1"])
 
 
 @pytest_twisted.ensureDeferred
@@ -305,7 +352,7 @@ async def test_a_negotiation_that_picked_the_old_identity_before_it_retired_is_e
     secret = swissnum_of(master.cli("add", "w1"))
     await master.start()
     old = master.tubid
-    new = master.service.serve_also(pems[0])
+    new = await master.serve_also(pems[0])
     paused: list[defer.Deferred[None]] = []
     # Foolscap's own test hook: the server holds its hello (TLS has started) until released
     master.service.identities.tubs[old]._test_options = {"debug_pause_sendHello": paused.append}
@@ -315,7 +362,7 @@ async def test_a_negotiation_that_picked_the_old_identity_before_it_retired_is_e
             break
         await task.deferLater(reactor, 0.02, lambda: None)
     assert paused, "the negotiation never reached the old Tub"
-    await master.service.retire(old)
+    await master.retire(old)
     paused[0].callback(None)
     attempt.addTimeout(10, reactor)
     with pytest.raises(Exception) as info:

@@ -92,6 +92,9 @@ def test_the_previous_secret_is_offered_the_new_furl_at_once_and_again_only_afte
     assert newer.offers == updater.offers
     status = json.loads(status_path(world.path).read_text())["workers"]["w1"]
     assert status["offer_pending"] == f"serial {serial_of(world, 'w1')}"
+    (row,) = [w for w in json.loads(world.cli("--json", "status"))["workers"] if w["name"] == "w1"]
+    assert row["offer_pending"] == status["offer_pending"] and row["tubids"] == [world.service.tub.tubID]
+    assert f"offered serial {serial_of(world, 'w1')}" in world.cli("status")
     world.finish()
 
 
@@ -220,7 +223,10 @@ def test_a_failed_update_keeps_the_old_secret_is_in_status_and_is_offered_again(
     world.advance(POLL_INTERVAL)
     status = json.loads(status_path(world.path).read_text())["workers"]["w1"]
     assert status["update_failure"] == f"serial {serial_of(world, 'w1')}: cannot write bbenroll.furl"
-    assert json.loads(world.cli("--json", "status"))["running"] is True  # `bbenroll status` reads it
+    shown = json.loads(world.cli("--json", "status"))  # `bbenroll status` shows it
+    (row,) = [w for w in shown["workers"] if w["name"] == "w1"]
+    assert shown["running"] is True and row["update_failure"] == status["update_failure"]
+    assert "failed" in world.cli("status") and "cannot write bbenroll.furl" in world.cli("status")
     _, again = world.accepted(old)  # the old secret still works
     assert world.call(again, "get_worker_config")["name"] == "w1"
     assert len(updater.offers) == 1

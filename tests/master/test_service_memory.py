@@ -10,8 +10,8 @@ from foolscap.api import DeadReferenceError
 from twisted.internet import defer
 
 from bbenroll.master import gate
-from bbenroll.master import service as service_module
 from bbenroll.master.guard import FAILURE_MEMORY
+from bbenroll.master.identities import ServedIdentities
 from bbenroll.master.reloader import POLL_INTERVAL
 from bbenroll.master.service import EnrollmentService
 from bbenroll.master.status import status_path
@@ -265,7 +265,7 @@ def test_stopping_before_the_port_is_bound_starts_nothing(world, monkeypatch):
     world.add("w1")
     world.service = EnrollmentService(world.path, reactor=world.clock, clock=world.clock)
     pending = defer.Deferred()
-    monkeypatch.setattr(service_module, "listen", lambda tub, reactor, description: pending)
+    monkeypatch.setattr(ServedIdentities, "listen", lambda self, reactor, description: pending)
     world.service.startService()  # the bind has not finished yet
     resolve(world.clock, world.service.stopService())
 
@@ -291,7 +291,7 @@ def test_a_port_that_cannot_be_bound_is_told_to_waiters_and_to_no_one_else(world
     world.add("w1")
     world.service = EnrollmentService(world.path, reactor=world.clock, clock=world.clock)
     pending = defer.Deferred()
-    monkeypatch.setattr(service_module, "listen", lambda tub, reactor, description: pending)
+    monkeypatch.setattr(ServedIdentities, "listen", lambda self, reactor, description: pending)
     assert world.service.startService() is None
     early = world.service.when_listening()
     pending.errback(Failure(ListenError("tcp:9989", "Address already in use")))

@@ -50,6 +50,7 @@ def test_the_file_round_trip_and_its_checks():
     bound = model.bind(worker(), KEY_A, FIXED_NOW)
     data = schema.worker_to_data(bound)
     assert data["bound"] == {"tubid": KEY_A, "at": FIXED_NOW}
+    data["bound"] = {"tubid": KEY_A, "at": FIXED_NOW}  # written as tomlkit items; tomllib reads plain ones
     assert "bound" not in schema.worker_to_data(worker())  # written only when bound
     problems = schema.Problems()
     assert schema.worker_from_data("w1", data, problems) == bound and not problems
@@ -88,3 +89,17 @@ def test_audit_records_of_binding():
     unrelated = audit.worker_change(plain, replace(plain, note="x"))
     assert unrelated.action == "changed"
     assert {"bound", "unbound"} <= set(audit.ACTIONS)
+
+
+def test_the_binding_is_written_inline_and_removed_cleanly(cli, reg_path):
+    from bbenroll.registry import store
+
+    cli("add", "w1")
+    with store.edit(reg_path, 5, actor={"by": "master", "host": "m"}, now=FIXED_NOW) as editor:
+        editor.update(model.bind(editor.worker("w1"), KEY_A, FIXED_NOW))
+    text = reg_path.read_text()
+    assert f'bound = {{tubid = "{KEY_A}", at = 2026-11-29T06:00:00Z}}\n' in text
+    assert tomllib.loads(text)["workers"]["w1"]["bound"]["tubid"] == KEY_A
+    assert cli("rebind", "w1").code == 0
+    assert "bound" not in reg_path.read_text()
+    assert store.load(reg_path).registry.workers["w1"].bound is None
