@@ -29,7 +29,7 @@ def test_a_copied_furl_is_refused_from_another_key(farm_factory, tmp_path):  # n
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert not copy.exists()  # nothing left behind, not even the new key
     log = (farm.basedir / "twistd.log").read_text()
-    assert f"worker 'worker1' (" in log and f"FURL bound to worker key {key}" in log  # worker create's
+    assert "worker 'worker1' (" in log and f"FURL bound to worker key {key}" in log  # worker create's
     (line,) = [text for text in log.splitlines() if "refused connection" in text and "bound to" in text]
     assert f"bound to worker key {key}, presented " in line and "'worker1'" in line
     assert line.split("presented ")[1][:32] != key  # the copy's own key
