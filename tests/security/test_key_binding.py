@@ -24,7 +24,8 @@ def test_a_copied_furl_is_refused_from_another_key(farm_factory, tmp_path):  # n
     copy = tmp_path / "copy"
     proc = run(BIN / "bbenroll", "worker", "create", copy, "-", check=False, input_text=farm.furl)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("error: the master refused this FURL: this FURL is bound to another worker key")
+    refused = "error: the master refused this FURL: this FURL is bound to another worker key"
+    assert proc.stderr.startswith(refused)
     assert "bbenroll rebind NAME" in proc.stderr and key not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert not copy.exists()  # nothing left behind, not even the new key

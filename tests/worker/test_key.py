@@ -43,7 +43,8 @@ def test_create_writes_the_key_privately_and_names_it_in_the_tac(tmp_path):
     assert (base / KEY_FILE).read_bytes() == pem
     if os.name == "posix":
         assert stat.S_IMODE((base / KEY_FILE).stat().st_mode) == 0o600
-    assert f":keyfile={setup.escape_endpoint_value(str(base / KEY_FILE))}" in (base / "buildbot.tac").read_text()
+    named = f":keyfile={setup.escape_endpoint_value(str(base / KEY_FILE))}"
+    assert named in (base / "buildbot.tac").read_text()
     # --force (a new FURL after `rotate --compromised`, say) keeps the key the master may be bound to
     again = worker_key(base)
     assert again == pem
