@@ -63,7 +63,7 @@ def worker_key(basedir: Path) -> bytes:
         raise WorkerSetupError(f"{path} is a symbolic link; refusing to use it as the worker's key")
     try:
         pem = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no key yet (the write says what is wrong)
         return make_identity_pem("bbenroll worker")
     except OSError as e:
         raise WorkerSetupError(f"{path}: cannot read the worker's key: {e.strerror}") from None
@@ -97,56 +97,14 @@ def fetch_worker_config(
     Returns a Deferred that fires with the configuration dict, or fails with
     :class:`WorkerSetupError` (one line for the user). ``progress`` is told
     each step, for a terminal that wants to show it. The reactor is the
-    caller's: the CLI runs this with ``task.react``.
-
-    With ``key`` (the worker's PEM key) the connection is made with it, and the
-    master is asked to bind the FURL to it: the dict then has ``"bound"``, the
-    master's answer (``{"status": "bound"|"already", "fingerprint": TUBID}``), or
-    None from a master that does not bind FURLs.
+    caller's: the CLI runs this with ``task.react``. ``key``: the worker's key
+    (PEM) to connect with; None: a random one.
     """
-    from twisted.internet import defer
-
-    from bbenroll.tunnel.failures import FailureKind, classify
-    from bbenroll.tunnel.wire import start_client_tub
-
-    # the progress line says where it connects and for how long, never the secret
-    hints = f"at {', '.join(parse_furl(furl).hints)}, for up to {timeout:.0f}s"
     tell = progress or (lambda text: None)
-    tub = start_client_tub(key)
-    tell(f"connecting to the master ({hints})")
 
-    def connected(ref: Any) -> Any:
+    def call(ref: Any) -> Any:
         tell("connected; the master's identity matches the FURL; fetching this worker's settings")
-        d = ref.callRemote("get_worker_config")
-        if key is not None:
-            d.addCallback(bind, ref)
-        return d
-
-    def bind(config: Any, ref: Any) -> Any:
-        tell("binding this FURL to this worker's key")
-        d = ref.callRemote("bind_key")
-
-        def answered(answer: Any) -> Any:
-            if isinstance(config, dict):
-                config["bound"] = answer if isinstance(answer, dict) else None
-            return config
-
-        def not_bound(failure: Any) -> Any:
-            if classify(failure).kind is FailureKind.REFUSED:
-                return failure  # the master refused: one line for the user (failed, below)
-            if isinstance(config, dict):  # a master before binding: nothing is bound
-                config["bound"] = None
-            return config
-
-        d.addCallbacks(answered, not_bound)
-        return d
-
-    def failed(failure: Any) -> None:
-        if failure.check(defer.TimeoutError, defer.CancelledError):
-            raise WorkerSetupError(
-                f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
-            )
-        raise WorkerSetupError(classify(failure).message)
+        return ref.callRemote("get_worker_config").addCallback(checked)
 
     def checked(config: Any) -> dict[str, Any]:
         if (
@@ -157,15 +115,78 @@ def fetch_worker_config(
             raise WorkerSetupError("the master sent an incomplete worker configuration")
         return config
 
+    return _over_furl(furl, call, reactor=reactor, timeout=timeout, tell=tell, key=key)
+
+
+def bind_worker_key(
+    furl: str,
+    *,
+    reactor: Any,
+    key: bytes,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Connect over ``furl`` with the worker's ``key`` and ask the master to bind the FURL to it.
+
+    Called once the basedir (and so the key) is written: a failed write binds nothing, so a
+    rerun with a new key is never locked out. Fires with the master's answer
+    (``{"status": "bound"|"already", "fingerprint": TUBID}``), or None from a master that
+    does not bind FURLs; fails with :class:`WorkerSetupError` when the master refuses.
+    """
+    from bbenroll.tunnel.failures import FailureKind, classify
+
+    tell = progress or (lambda text: None)
+
+    def call(ref: Any) -> Any:
+        tell("binding this FURL to this worker's key")
+        d = ref.callRemote("bind_key")
+        d.addCallbacks(lambda answer: answer if isinstance(answer, dict) else None, old_master)
+        return d
+
+    def old_master(failure: Any) -> Any:
+        if classify(failure).kind is FailureKind.REFUSED:
+            return failure  # one line for the user (_over_furl)
+        return None  # a master before binding: nothing is bound
+
+    return _over_furl(furl, call, reactor=reactor, timeout=timeout, tell=tell, key=key, announce=False)
+
+
+def _over_furl(
+    furl: str, call: Callable[[Any], Any], *, reactor: Any, timeout: float, tell: Callable[[str], None],
+    key: bytes | None, announce: bool = True,
+) -> Any:
+    """One Foolscap connection over ``furl``: ``call(reference)``, bounded by ``timeout``, its
+    failures as one :class:`WorkerSetupError` line, the client Tub stopped afterwards.
+    ``announce``: tell where it connects (the first connection of a command does)."""
+    from twisted.internet import defer
+
+    from bbenroll.tunnel.failures import classify
+    from bbenroll.tunnel.wire import start_client_tub
+
+    # the progress line says where it connects and for how long, never the secret
+    hints = f"at {', '.join(parse_furl(furl).hints)}, for up to {timeout:.0f}s"
+    tub = start_client_tub(key)
+    if announce:
+        tell(f"connecting to the master ({hints})")
+
+    def failed(failure: Any) -> Any:
+        if failure.check(WorkerSetupError):
+            return failure
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            raise WorkerSetupError(
+                f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
+            )
+        raise WorkerSetupError(classify(failure).message)
+
     def stopped(result: Any) -> Any:
         d = defer.maybeDeferred(tub.stopService)
         d.addBoth(lambda _: result)
         return d
 
     d = tub.getReference(furl)
-    d.addCallback(connected)
+    d.addCallback(call)
     d.addTimeout(timeout, reactor)
-    d.addCallbacks(checked, failed)
+    d.addErrback(failed)
     d.addBoth(stopped)
     return d
 
@@ -261,7 +282,6 @@ def create_worker_dir(
         "tac": str(tac),
         "master": master,
         "key_file": str(key_file) if key_file is not None else None,
-        "bound": config.get("bound"),
     }
 
 

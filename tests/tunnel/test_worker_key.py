@@ -16,7 +16,7 @@ from bbenroll.master import gate
 from bbenroll.tunnel.endpoint import TunnelTable, endpoint_from_string
 from bbenroll.tunnel.furlfile import read_furl_file, write_furl_file
 from bbenroll.tunnel.updater import State
-from bbenroll.worker.setup import fetch_worker_config
+from bbenroll.worker.setup import WorkerSetupError, bind_worker_key, fetch_worker_config
 from tests.helpers.binding import bound_of
 from tests.helpers.fake_master import wait_until
 from tests.helpers.registry_stub import delivered_of
@@ -92,11 +92,15 @@ async def test_the_tunnel_uses_the_basedir_key_across_tunnel_restarts(master, ta
 async def test_worker_create_binds_and_only_that_key_gets_in_afterwards(master, table, tmp_path, pem):
     furl = await serving(master)
     config = await fetch_worker_config(furl, reactor=reactor, key=pem)
+    assert config["name"] == "w1" and bound_of(master.path, "w1") is None  # fetching binds nothing
     tubid = tubid_from_pem(pem)
-    assert config["name"] == "w1" and config["bound"] == {"status": "bound", "fingerprint": tubid}
+    assert await bind_worker_key(furl, reactor=reactor, key=pem) == {"status": "bound", "fingerprint": tubid}
     assert bound_of(master.path, "w1")["tubid"] == tubid
-    again = await fetch_worker_config(furl, reactor=reactor, key=pem)  # worker create --force, same basedir
-    assert again["bound"] == {"status": "already", "fingerprint": tubid}
+    again = await bind_worker_key(furl, reactor=reactor, key=pem)  # worker create --force, same basedir
+    assert again == {"status": "already", "fingerprint": tubid}
+    # another key cannot bind it (nor even connect): one line for the worker admin
+    with pytest.raises(WorkerSetupError, match="bound to another worker key"):
+        await bind_worker_key(furl, reactor=reactor, key=make_identity_pem("bbenroll worker"))
     # the tunnel of that basedir gets in; a copy of the FURL without the key (a random one) does not
     furlfile, keyfile = basedir_files(tmp_path, furl, pem)
     await tunnel_up(table, furlfile, keyfile)
@@ -115,7 +119,7 @@ async def test_a_rotation_pushed_to_a_bound_worker_moves_it_with_the_same_key(ma
     same TubID and drops the old one (Foolscap: a new incarnation of the same client) while the
     update is under way; the session still moves and the binding stays."""
     furl = await serving(master)
-    await fetch_worker_config(furl, reactor=reactor, key=pem)
+    await bind_worker_key(furl, reactor=reactor, key=pem)
     tubid = tubid_from_pem(pem)
     furlfile, keyfile = basedir_files(tmp_path, furl, pem)
     tunnel = await tunnel_up(table, furlfile, keyfile)

@@ -12,7 +12,7 @@ from bbenroll.worker import setup
 from bbenroll.worker.setup import KEY_FILE, WorkerSetupError, create_worker_dir, worker_key
 
 FURL = "pb://" + "a" * 32 + "@tcp:127.0.0.1:9/" + "b" * 32
-CONFIG = {"name": "w1", "password": "secret-password", "bound": {"status": "bound", "fingerprint": "x"}}
+CONFIG = {"name": "w1", "password": "secret-password"}
 
 
 def test_a_new_basedir_gets_a_new_key_that_is_not_written_yet(tmp_path):
@@ -39,7 +39,7 @@ def test_create_writes_the_key_privately_and_names_it_in_the_tac(tmp_path):
     base = tmp_path / "w1"
     pem = worker_key(base)
     result = create_worker_dir(base, FURL, dict(CONFIG), resume=600, key=pem)
-    assert result["key_file"] == str(base / KEY_FILE) and result["bound"] == CONFIG["bound"]
+    assert result["key_file"] == str(base / KEY_FILE)
     assert (base / KEY_FILE).read_bytes() == pem
     if os.name == "posix":
         assert stat.S_IMODE((base / KEY_FILE).stat().st_mode) == 0o600
@@ -70,5 +70,5 @@ def test_a_failed_create_leaves_no_key_behind(tmp_path, monkeypatch):
 def test_without_a_key_the_basedir_is_as_before(tmp_path):
     base = tmp_path / "w1"
     result = create_worker_dir(base, FURL, {"name": "w1", "password": "p"}, resume=600)
-    assert result["key_file"] is None and result["bound"] is None
+    assert result["key_file"] is None
     assert not (base / KEY_FILE).exists() and "keyfile" not in (base / "buildbot.tac").read_text()

@@ -173,8 +173,8 @@ def test_progress_on_a_terminal(master, tmp_path):
     assert terminal.splitlines() == [
         f"connecting to the master (at {hints}, for up to 30s)",
         "connected; the master's identity matches the FURL; fetching this worker's settings",
-        "binding this FURL to this worker's key",
         f"writing {base}",
+        "binding this FURL to this worker's key",
         f"created worker 'worker1' in {base} (FURL bound to its key {key}); "
         f"start it with: buildbot-worker start {base}",
     ]
@@ -209,3 +209,16 @@ def test_a_worker_that_never_reached_its_master_still_stops(master, tmp_path):
     finally:
         stop_daemon("buildbot-worker", base)
     assert os.path.exists(base / "twistd.log")
+
+
+def test_a_basedir_that_cannot_be_written_binds_nothing(master, tmp_path):
+    """The FURL is bound only once the key is on disk: a rerun elsewhere (a new key) still works."""
+    furl = bbenroll(master, "add", "worker1")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = create(blocker / "w1", "-", furl=furl)
+    assert proc.returncode == 1 and "cannot write" in proc.stderr, proc.stderr
+    assert "bound" not in tomllib.loads(master.read_text())["workers"]["worker1"]
+    proc = create(tmp_path / "w1", "-", furl=furl)
+    assert proc.returncode == 0, proc.stderr
+    assert "bound" in tomllib.loads(master.read_text())["workers"]["worker1"]
