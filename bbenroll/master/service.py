@@ -527,8 +527,9 @@ class EnrollmentService(service.MultiService):
 
         def written(_: None) -> dict[str, str]:
             log.info(
-                "worker {worker!r} ({peer}): FURL {status} to worker key {key}",
-                worker=name, peer=obj.peer, status=outcome["status"], key=key,
+                "worker {worker!r} ({peer}): FURL {how} worker key {key}",
+                worker=name, peer=obj.peer, key=key,
+                how="bound to" if outcome["status"] == "bound" else "already bound to",
             )
             return outcome
 
