@@ -415,7 +415,7 @@ class EnrollmentService(service.MultiService):
             "dropping worker {worker!r} ({peer}): {why}",
             worker=obj.name,
             peer=obj.peer,
-            why=decision.reason,
+            why=f"{decision.reason}{binding.describe_keys(decision)}",  # a binding's drop: both keys
         )
         self.sessions.end_connection(obj, decision.reason)
         self._subscribed.discard(obj)  # nothing is ever offered over it again

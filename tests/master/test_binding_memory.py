@@ -109,6 +109,8 @@ def test_binding_drops_live_connections_of_other_keys_and_rebind_moves_the_worke
     old, _, _ = bound(world, "w1", KEY_A)
     world.advance(POLL_INTERVAL)
     assert old.connected and not other.connected  # the re-check: B lost its right
+    (dropped,) = world.logged("dropping worker")
+    assert dropped["why"] == f"{gate.Reason.WRONG_KEY} (bound to worker key {KEY_A}, presented {KEY_B})"
     # the worker moves to a new machine (key B): the admin rebinds, the new machine binds
     assert keyed_link(world, KEY_B).refusal(w1).startswith(str(gate.Reason.WRONG_KEY))
     result = world.cli("rebind", "w1")
