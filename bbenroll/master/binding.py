@@ -12,9 +12,13 @@ bound, and a worker that is not bound accepts any key, as before.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+from bbenroll.errors import WrongState
 from bbenroll.master.gate import Decision, Reason
+from bbenroll.registry import model
 from bbenroll.registry.model import Worker
 
 # Foolscap's TubIDs: base32 of a SHA-1 digest, 32 lowercase characters
@@ -68,3 +72,19 @@ def bind_answer(worker_before: Worker, worker_after: Worker) -> dict[str, str]:
     assert worker_after.bound is not None
     status = "already" if worker_before.bound == worker_after.bound else "bound"
     return {"status": status, "fingerprint": worker_after.bound.tubid}
+
+
+def bind_edit(name: str, key: str, now: datetime, outcome: dict[str, str]) -> Callable[[Any], None]:
+    """The RegistryWriter's edit for ``bind_key``: bind worker ``name`` to ``key``, as on disk
+    under the lock (it may have been revoked, or bound to another key, since the call);
+    ``outcome`` gets the answer (:func:`bind_answer`)."""
+
+    def edit(editor: Any) -> None:  # in the writer's thread
+        current = editor.worker(name)
+        if not current.is_usable(now):
+            raise WrongState(f"worker {name!r} is {current.state(now)}")
+        new = model.bind(current, key, now)  # WrongState: bound to another key meanwhile
+        outcome.update(bind_answer(current, new))
+        editor.update(new)  # unchanged ("already"): nothing written
+
+    return edit

@@ -514,16 +514,8 @@ class EnrollmentService(service.MultiService):
         key = obj.key
         if key is None:
             raise Refused(binding.NO_KEY)
-        name, now = obj.name, self.now()
+        name = obj.name
         outcome: dict[str, str] = {}
-
-        def edit(editor: Editor) -> None:  # in the writer's thread, under the lock
-            current = editor.worker(name)
-            if not current.is_usable(now):
-                raise WrongState(f"worker {name!r} is {current.state(now)}")
-            new = model.bind(current, key, now)  # WrongState: bound to another key meanwhile
-            outcome.update(binding.bind_answer(current, new))
-            editor.update(new)
 
         def written(_: None) -> dict[str, str]:
             log.info(
@@ -537,7 +529,7 @@ class EnrollmentService(service.MultiService):
             failure.trap(BBEnrollError)
             raise Refused(str(failure.value))
 
-        d = self.writer.submit(edit)
+        d = self.writer.submit(binding.bind_edit(name, key, self.now(), outcome))
         d.addCallbacks(written, not_applied)
         return d
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from foolscap.referenceable import TubRef
 
+from bbenroll.errors import WrongState
 from bbenroll.master import binding, gate
 from bbenroll.registry import model
 from tests.helpers.binding import KEY_A, KEY_B
@@ -53,3 +55,28 @@ def test_bind_answer():
     bound = model.bind(plain, KEY_A, FIXED_NOW)
     assert binding.bind_answer(plain, bound) == {"status": "bound", "fingerprint": KEY_A}
     assert binding.bind_answer(bound, bound) == {"status": "already", "fingerprint": KEY_A}
+
+
+class Editor:
+    def __init__(self, worker):
+        self.worker_ = worker
+        self.updated = []
+
+    def worker(self, name):
+        return self.worker_
+
+    def update(self, worker):
+        self.updated.append(worker)
+
+
+def test_bind_edit_applies_to_the_worker_as_on_disk():
+    plain = model.new_worker("w1", FIXED_NOW)
+    outcome: dict[str, str] = {}
+    editor = Editor(plain)
+    binding.bind_edit("w1", KEY_A, FIXED_NOW, outcome)(editor)
+    assert outcome == {"status": "bound", "fingerprint": KEY_A}
+    assert editor.updated[0].bound == model.Bound(KEY_A, FIXED_NOW)
+    with pytest.raises(WrongState, match="revoked"):
+        binding.bind_edit("w1", KEY_A, FIXED_NOW, {})(Editor(model.revoke(plain, FIXED_NOW)))
+    with pytest.raises(WrongState, match="bound to another worker key"):
+        binding.bind_edit("w1", KEY_B, FIXED_NOW, {})(Editor(editor.updated[0]))
