@@ -34,6 +34,7 @@ COMMANDS = {
     "edit": "bbenroll.cli.edit",
     "revoke": "bbenroll.cli.revoke",
     "restore": "bbenroll.cli.restore",
+    "rebind": "bbenroll.cli.rebind",
     "remove": "bbenroll.cli.remove",
     "check": "bbenroll.cli.check",
     "audit": "bbenroll.cli.audit",

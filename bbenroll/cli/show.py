@@ -36,16 +36,24 @@ def command(app: App, name: str, qr: bool, png: Path | None, svg: Path | None) -
         app.out.warn(warning)
     write_qr_images(app, details["furl"], png, svg)
     result = furl_result(details, qr=qr)
+    lines = []
     sent = model.delivery(worker)
-    if sent.state == model.DeliveryState.CURRENT or worker.revoked is not None:
-        return result  # the FURL it was enrolled with, or one nobody is sent: nothing to say
-    from bbenroll.cli.listing import delivery_text
+    # the FURL it was enrolled with, or one nobody is sent: nothing to say about its delivery
+    if sent.state != model.DeliveryState.CURRENT and worker.revoked is None:
+        from bbenroll.cli.listing import delivery_text
 
-    line = f"delivery: FURL {sent.serial} {delivery_text(worker)}"
+        lines.append(f"delivery: FURL {sent.serial} {delivery_text(worker)}")
+    if worker.bound is not None:
+        from bbenroll.times import format_short
+
+        lines.append(f"bound to worker key {worker.bound.tubid} since {format_short(worker.bound.at)}")
+    if not lines:
+        return result
 
     def show(out: Output) -> None:
         assert result.show is not None
         result.show(out)
-        out.info(line)  # stderr: stdout holds the FURL alone, for furl=$(bbenroll show NAME)
+        for line in lines:
+            out.info(line)  # stderr: stdout holds the FURL alone, for furl=$(bbenroll show NAME)
 
     return Result(details, show)

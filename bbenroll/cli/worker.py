@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,9 +18,11 @@ from bbenroll.worker.setup import (
     DEFAULT_TIMEOUT,
     MAX_TIMEOUT,
     MIN_TIMEOUT,
+    bind_worker_key,
     check_basedir,
     create_worker_dir,
     fetch_worker_config,
+    worker_key,
 )
 
 MAX_FURL_BYTES = 16 * 1024  # far above any real FURL; stops reading /dev/zero or a log by mistake
@@ -111,16 +114,40 @@ def create(
         raise BBEnrollError("no FURL given")
     parse_furl(furl)
     check_basedir(basedir, force)
-    config = react(
-        lambda reactor: fetch_worker_config(furl, reactor=reactor, timeout=timeout, progress=app.out.progress)
-    )
-    app.out.progress(f"writing {basedir}")
-    result = create_worker_dir(basedir, furl, config, resume=resume, force=force)
+    key = worker_key(basedir)  # the basedir's own, or a new one written with the rest
+    written: dict[str, Any] = {}
+
+    def run(reactor: Any) -> Any:
+        d = fetch_worker_config(furl, reactor=reactor, timeout=timeout, progress=app.out.progress, key=key)
+        d.addCallback(write)
+        # bound only once the key is on disk: a basedir that could not be written binds nothing
+        d.addCallback(lambda _: bind_worker_key(
+            furl, reactor=reactor, timeout=timeout, progress=app.out.progress, key=key
+        ))
+        return d
+
+    def write(config: dict[str, Any]) -> None:
+        app.out.progress(f"writing {basedir}")
+        written.update(create_worker_dir(basedir, furl, config, resume=resume, force=force, key=key))
+
+    try:
+        bound = react(run)
+    except BBEnrollError as e:
+        if not written:
+            raise
+        raise BBEnrollError(
+            f"{basedir} is written, but the FURL could not be bound to this worker's key: {e}"
+        ) from None
+    result = {**written, "bound": bound}
 
     def show(out: Output) -> None:
         out.data(result["basedir"])
+        bound = result["bound"]
+        if bound is None:
+            out.warn("this master does not bind FURLs to worker keys: the FURL works from any machine")
+        where = f" (FURL bound to its key {bound.get('fingerprint')})" if bound else ""
         out.info(
-            f"created worker {result['name']!r} in {result['basedir']}; start it with: "
+            f"created worker {result['name']!r} in {result['basedir']}{where}; start it with: "
             f"buildbot-worker start {result['basedir']}"
         )
 

@@ -27,6 +27,7 @@ class Reason(enum.StrEnum):
     REVOKED = "worker revoked"
     EXPIRED = "worker enrollment expired"
     RETIRED = "secret retired by rotation"
+    WRONG_KEY = "this FURL is bound to another worker key"  # master/binding.py
 
 
 UNKNOWN, REVOKED, EXPIRED, RETIRED = Reason.UNKNOWN, Reason.REVOKED, Reason.EXPIRED, Reason.RETIRED
@@ -40,6 +41,10 @@ class Decision:
     # when the rotation that retired this secret happened (a RETIRED refusal only):
     # the worker admin is told, so a stale FURL explains itself
     retired_on: datetime | None = field(default=None, compare=False)
+    # a WRONG_KEY refusal only: the TubID the connection presented (the client may be told
+    # its own key) and the one the FURL is bound to (for the master's log only)
+    key: str | None = field(default=None, compare=False)
+    bound_key: str | None = field(default=None, compare=False)
 
     @property
     def message(self) -> str:
@@ -49,6 +54,10 @@ class Decision:
                 f"{self.reason} on {format_time(self.retired_on)}; "
                 "ask the master admin for a new FURL"
             )
+        if self.reason is Reason.WRONG_KEY:
+            from bbenroll.master.binding import wrong_key_message
+
+            return wrong_key_message(self.key)
         return str(self.reason)
 
     def describe(self) -> str:

@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from bbenroll.errors import BBEnrollError, WrongState
 from bbenroll.identity import load_identity
-from bbenroll.master import auditing
+from bbenroll.master import auditing, binding
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
 from bbenroll.master.identities import RETIRED, ServedIdentities
@@ -100,6 +100,7 @@ class EnrolledWorker(FrameSink, Referenceable):
         self.swissnum = swissnum
         self.broker = broker
         self.peer = peer_of(broker)
+        self.key = binding.client_key(broker)  # the TubID of the worker's key, if it has one
         self.session: MasterSession | None = None  # set by the SessionTable only
         self.dropped_at: float | None = None  # when the master began to drop it (clock seconds)
         # pushed rotation: the worker's RIFurlUpdater on this connection (one; a new one replaces
@@ -121,6 +122,9 @@ class EnrolledWorker(FrameSink, Referenceable):
     def remote_furl_update_failed(self, serial: int, reason: str) -> None:
         self.service.worker_for(self)
         self.service.update_failed(self, serial, reason)
+
+    def remote_bind_key(self) -> Any:
+        return self.service.bind_key(self)
 
     def remote_get_worker_config(self) -> dict[str, Any]:
         worker = self.service.worker_for(self)
@@ -327,6 +331,9 @@ class EnrollmentService(service.MultiService):
                 # our last poll. Re-reading costs a stat() unless the file really changed.
                 self._reload()
                 decision = self.gate.decide(swissnum, self.now())
+        if decision.accepted:  # a bound FURL works only from its worker's key
+            worker = self.gate.registry.workers.get(decision.worker or "")
+            decision = binding.check(decision, worker, binding.client_key(broker))
         if not decision.accepted:
             return self._refuse(broker, decision)
         assert decision.worker is not None
@@ -357,6 +364,7 @@ class EnrollmentService(service.MultiService):
         why = decision.describe()  # counted by worker and reason: which stale FURL keeps trying
         refusal = self.guard.refused(address_of(broker.transport), why, self.clock.seconds())
         if refusal.log_now:  # later ones go into the address's summary line (and record)
+            why += binding.describe_keys(decision)  # a bound FURL from another key: both TubIDs
             log.info("refused connection from {peer}: {why}", peer=peer_of(broker), why=why)
             self._audit(auditing.refused_one(decision.worker, why, peer_of(broker)))
         answer: defer.Deferred[Any] = defer.Deferred()
@@ -372,7 +380,7 @@ class EnrollmentService(service.MultiService):
     def worker_for(self, obj: EnrolledWorker) -> Any:
         """The registry entry for a live connection; refuses if it lost its right."""
         now = self.now()
-        decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
+        decision = self._still_allowed(obj, now)
         if not decision.accepted:
             self._kick(obj, decision)
             raise Refused(decision.message)
@@ -407,7 +415,7 @@ class EnrollmentService(service.MultiService):
             "dropping worker {worker!r} ({peer}): {why}",
             worker=obj.name,
             peer=obj.peer,
-            why=decision.reason,
+            why=f"{decision.reason}{binding.describe_keys(decision)}",  # a binding's drop: both keys
         )
         self.sessions.end_connection(obj, decision.reason)
         self._subscribed.discard(obj)  # nothing is ever offered over it again
@@ -490,9 +498,40 @@ class EnrollmentService(service.MultiService):
 
     def _recheck(self, now: datetime) -> None:
         for obj in list(self.connections.values()):
-            decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
+            decision = self._still_allowed(obj, now)
             if not decision.accepted:
                 self._kick(obj, decision)
+
+    def _still_allowed(self, obj: EnrolledWorker, now: datetime) -> gatemod.Decision:
+        """The gate's re-check, and the binding: a FURL bound (or re-bound) to another key
+        since this connection was let in drops it too."""
+        decision = self.gate.still_allowed(obj.name, obj.swissnum, now)
+        return binding.check(decision, self.gate.registry.workers.get(obj.name), obj.key)
+
+    def bind_key(self, obj: EnrolledWorker) -> Any:
+        """``bind_key``: bind ``obj``'s worker to the key of its connection; answered once on disk."""
+        self.worker_for(obj)
+        key = obj.key
+        if key is None:
+            raise Refused(binding.NO_KEY)
+        name = obj.name
+        outcome: dict[str, str] = {}
+
+        def written(_: None) -> dict[str, str]:
+            log.info(
+                "worker {worker!r} ({peer}): FURL {how} worker key {key}",
+                worker=name, peer=obj.peer, key=key,
+                how="bound to" if outcome["status"] == "bound" else "already bound to",
+            )
+            return outcome
+
+        def not_applied(failure: Failure) -> None:
+            failure.trap(BBEnrollError)
+            raise Refused(str(failure.value))
+
+        d = self.writer.submit(binding.bind_edit(name, key, self.now(), outcome))
+        d.addCallbacks(written, not_applied)
+        return d
 
     def _reload(self) -> None:
         loaded = self.reloader.poll()

@@ -51,6 +51,8 @@ ACTIONS = (
     "refused",
     "identity-rolled",
     "identity-retired",
+    "bound",
+    "unbound",
 )
 # every key of a record, in the order a person reads them (lines are written with sorted keys)
 RECORD_KEYS = (
@@ -147,10 +149,16 @@ def worker_change(old: Any, new: Any) -> Change | None:
     if new is None:
         return Change("removed", old.name, old_secret=fingerprint(old.swissnum))
     old_fp, new_fp = fingerprint(old.swissnum), fingerprint(new.swissnum)
+    if replace(old, bound=new.bound) == new:  # only the key binding changed (docs/security.md)
+        if new.bound is not None and old.bound is None:
+            return Change("bound", new.name, new_secret=new_fp, reason=f"worker key {new.bound.tubid}")
+        if new.bound is None and old.bound is not None:
+            return Change("unbound", new.name, old_secret=old_fp, reason=f"worker key {old.bound.tubid}")
+    unbound = "; key binding cleared" if old.bound is not None and new.bound is None else ""
     if old.revoked is None and new.revoked is not None:
         return Change("revoked", new.name, old_fp, None if old_fp == new_fp else new_fp, new.revoked_reason)
     if old.revoked is not None and new.revoked is None:
-        return Change("restored", new.name, old_fp, new_fp)
+        return Change("restored", new.name, old_fp, new_fp, unbound[2:] or None)
     if old_fp != new_fp:
         grace = new.previous is not None and new.previous.swissnum == old.swissnum
         if grace:
@@ -158,7 +166,7 @@ def worker_change(old: Any, new: Any) -> Change | None:
         else:  # `rotate --compromised`: say so, the one rotation an investigation looks for
             reason = "old secret refused at once" + (
                 "; PB password changed" if new.password != old.password else ""
-            )
+            ) + unbound
         return Change("rotated", new.name, old_fp, new_fp, reason)
     if _only_confirmed(old, new):
         # the serial goes in ``reason``: a record's keys are fixed, and old logs must still verify

@@ -131,6 +131,14 @@ class Previous:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The worker key (its client TubID) a FURL is bound to (docs/security.md), since ``at``."""
+
+    tubid: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Worker:
     name: str
     swissnum: str
@@ -146,6 +154,7 @@ class Worker:
     changed: datetime | None = None  # when serial last grew
     delivered: int | None = None  # the newest serial the worker confirmed
     delivered_at: datetime | None = None
+    bound: Bound | None = None  # None: any worker key may use the FURL (as before binding existed)
     rotate_every: timedelta | None = None  # overrides [master] rotate_every; NEVER: not by policy
     revoked: datetime | None = None
     revoked_reason: str | None = None
@@ -397,6 +406,8 @@ def rotate(
         previous=previous,
         serial=worker.serial + 1,
         changed=now,
+        # the thief may hold the worker's key too: the next `worker create` binds afresh
+        bound=None if compromised else worker.bound,
     )
 
 
@@ -421,6 +432,7 @@ def restore(worker: Worker, now: datetime) -> Worker:
         previous=None,
         serial=worker.serial + 1,
         changed=now,
+        bound=None,  # whoever got the worker revoked may hold its key
     )
 
 
@@ -455,6 +467,26 @@ def confirm(worker: Worker, serial: int, now: datetime) -> Worker:
     if serial == worker.serial and previous is not None and previous.until > now:
         previous = Previous(previous.swissnum, until=now)
     return replace(worker, delivered=serial, delivered_at=now, previous=previous)
+
+
+def bind(worker: Worker, tubid: str, now: datetime) -> Worker:
+    """Bind ``worker``'s FURL to the worker key ``tubid`` (``worker create`` asked the master to).
+
+    Idempotent for the key already bound (the same worker back, not even the date
+    changes); another key is refused: only ``unbind`` (``bbenroll rebind``) moves a FURL.
+    """
+    if worker.bound is not None:
+        if worker.bound.tubid == tubid:
+            return worker
+        raise WrongState(
+            f"worker {worker.name!r} is bound to another worker key; 'bbenroll rebind {worker.name}' first"
+        )
+    return replace(worker, bound=Bound(tubid, to_utc(now)))
+
+
+def unbind(worker: Worker) -> Worker:
+    """Forget the bound key (``bbenroll rebind``): the next ``worker create`` binds anew."""
+    return replace(worker, bound=None)
 
 
 class DeliveryState(StrEnum):
@@ -502,6 +534,11 @@ def rotation_due(worker: Worker, default_every: timedelta | None, now: datetime)
 # --- views -----------------------------------------------------------------
 
 
+def bound_summary(bound: Bound | None) -> dict[str, Any] | None:
+    """The key binding as ``list``/``show --json`` give it: the key's TubID (its fingerprint), when."""
+    return {"fingerprint": bound.tubid, "at": format_time(bound.at)} if bound is not None else None
+
+
 def worker_summary(
     worker: Worker, now: datetime, expiring_within: timedelta = DEFAULT_EXPIRING_WITHIN
 ) -> dict[str, Any]:
@@ -519,6 +556,7 @@ def worker_summary(
         "tags": list(worker.tags),
         "note": worker.note,
         "serial": worker.serial,
+        "bound": bound_summary(worker.bound),
         "delivery": {"state": sent.state, "serial": sent.serial, "since": format_time(sent.since)},
     }
 

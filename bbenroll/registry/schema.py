@@ -45,6 +45,7 @@ from bbenroll.registry.kinds import (
 )
 from bbenroll.registry.model import (
     REGISTRY_VERSION,
+    Bound,
     MasterSettings,
     Previous,
     PreviousIdentity,
@@ -132,6 +133,29 @@ PREVIOUS_IDENTITY_FIELDS = (
     Field("until", TIME, "Served until then.", required=True),
 )
 _PREVIOUS_IDENTITY_KEYS = {field.key for field in PREVIOUS_IDENTITY_FIELDS}
+
+
+def _bound(value: Any) -> Bound:
+    if type(value) is not dict or value.keys() != _BOUND_KEYS:
+        raise Invalid("must be a table with exactly 'tubid' and 'at'")
+    return Bound(**_convert_all(BOUND_FIELDS, value))
+
+
+def _bound_to_data(bound: Bound) -> Any:
+    import tomlkit  # only when writing: an inline table, like a worker's previous
+
+    table = tomlkit.inline_table()
+    table.update({field.key: getattr(bound, field.attr) for field in BOUND_FIELDS})
+    return table
+
+
+BOUND = Kind("inline table", _bound, to_data=_bound_to_data)
+
+BOUND_FIELDS = (
+    Field("tubid", TUBID, "The worker key's TubID.", required=True),
+    Field("at", TIME, "When it was bound.", required=True),
+)
+_BOUND_KEYS = {field.key for field in BOUND_FIELDS}
 
 MASTER_FIELDS = (
     Field(
@@ -227,6 +251,14 @@ WORKER_FIELDS = (
         requires="delivered_at",
     ),
     Field("delivered_at", TIME, "When the worker confirmed `delivered`.", requires="delivered"),
+    Field(
+        "bound",
+        BOUND,
+        '`{tubid = "...", at = DATE-TIME}`: the worker key (the TubID of the key in the worker\'s '
+        "`bbenroll.pem`) this FURL is bound to, written by the running master when `worker create` asks "
+        "for it; from then on the master refuses the FURL from any other key. Absent: any key may use "
+        "it. `bbenroll rebind`, `rotate --compromised` and `restore` remove it.",
+    ),
     Field(
         "rotate_every",
         POLICY,

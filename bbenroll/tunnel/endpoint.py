@@ -1,4 +1,5 @@
-"""The Twisted client endpoint buildbot-worker uses: ``bbenroll:furlfile=PATH[:resume=S][:timeout=S]``.
+"""The Twisted client endpoint buildbot-worker uses:
+``bbenroll:furlfile=PATH[:resume=S][:timeout=S][:keyfile=PATH]``.
 
 buildbot-worker's ``connection_string`` makes Twisted call the plugin in
 ``twisted/plugins/bbenroll_endpoints.py``, whose parser owns one
@@ -18,8 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bbenroll.errors import BBEnrollError
+from bbenroll.errors import BBEnrollError, IdentityError
 from bbenroll.furl import parse_furl
+from bbenroll.identity import tubid_from_pem
 from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT
 from bbenroll.tunnel.furlfile import FurlFile, FurlFileError, read_furl_file
 from bbenroll.tunnel.worker_side import CONNECT_TIMEOUT, WorkerTunnel
@@ -55,8 +57,10 @@ class TunnelTable:
         current: FurlFile,
         reactor: Any,
         resume_deadline: float = RESUME_DEADLINE_DEFAULT,
+        worker_key: bytes | None = None,
     ) -> WorkerTunnel:
-        """The running tunnel of ``furlfile`` (which holds ``current``); started on first use."""
+        """The running tunnel of ``furlfile`` (which holds ``current``); started on first use,
+        with the worker's key ``worker_key`` (PEM; None: a random one)."""
         if self._shutting_down:  # a tunnel started now would outlive the shutdown
             raise error.ConnectError(string="the worker is shutting down")
         key = (Path(furlfile).absolute(), resume_deadline)
@@ -74,6 +78,7 @@ class TunnelTable:
                 on_stopped=self._forget,
                 furlfile=key[0],
                 serial=current.serial,
+                **({"key": worker_key} if worker_key is not None else {}),
             )
             self._tunnels[key] = tunnel
             tunnel.start()
@@ -96,7 +101,11 @@ class TunnelTable:
 
 @implementer(IStreamClientEndpoint)
 class TunnelEndpoint:
-    """``bbenroll:furlfile=PATH[:resume=SECONDS]``: a stream through the worker's tunnel."""
+    """``bbenroll:furlfile=PATH[:resume=SECONDS][:keyfile=PATH]``: a stream through the worker's tunnel.
+
+    ``keyfile``: the worker's key (``bbenroll.pem``), which every connection to the
+    master is made with (docs/security.md); without it the tunnel has a random key.
+    """
 
     def __init__(
         self,
@@ -106,12 +115,14 @@ class TunnelEndpoint:
         timeout: float = CONNECT_TIMEOUT,
         *,
         tunnels: TunnelTable,
+        keyfile: str | None = None,
     ) -> None:
         self.reactor = reactor
         self.furlfile = Path(furlfile)
         self.resume = resume
         self.timeout = timeout
         self.tunnels = tunnels
+        self.keyfile = Path(keyfile) if keyfile else None
 
     def _furl(self) -> FurlFile:
         try:
@@ -124,13 +135,29 @@ class TunnelEndpoint:
             raise error.ConnectError(string=f"{self.furlfile}: {e}") from None
         return current
 
+    def _key(self) -> bytes | None:
+        """The worker's key, read at each connect (a tunnel that runs keeps the one it started with)."""
+        if self.keyfile is None:
+            return None
+        try:
+            pem = self.keyfile.read_bytes()
+            if b"PRIVATE KEY-----" not in pem:
+                raise IdentityError(f"{self.keyfile}: no PEM private key found")
+            tubid_from_pem(pem, str(self.keyfile))
+        except OSError as e:
+            why = f"{self.keyfile}: cannot read the worker's key: {e.strerror}"
+            raise error.ConnectError(string=why) from None
+        except IdentityError as e:
+            raise error.ConnectError(string=str(e)) from None
+        return pem
+
     def connect(self, protocolFactory: Any) -> defer.Deferred:
         # like Twisted's connectors: doStart now, doStop when the attempt fails or the
         # connection ends (buildbot-worker's shutdown waits for stopFactory)
         protocolFactory.doStart()
         try:
             current = self._furl()
-            tunnel = self.tunnels.get(self.furlfile, current, self.reactor, self.resume)
+            tunnel = self.tunnels.get(self.furlfile, current, self.reactor, self.resume, self._key())
         except Exception as e:
             failure = e if isinstance(e, error.ConnectError) else error.ConnectError(string=str(e))
             return defer.fail(self._failed(Failure(failure), protocolFactory))  # connect() gives a Deferred
@@ -166,6 +193,7 @@ def endpoint_from_string(tunnels: TunnelTable, reactor: Any, *args: str, **kwarg
         raise ValueError("bbenroll endpoint needs furlfile=PATH")
     resume = float(kwargs.pop("resume", RESUME_DEADLINE_DEFAULT))
     timeout = float(kwargs.pop("timeout", CONNECT_TIMEOUT))
+    keyfile = kwargs.pop("keyfile", None)
     if kwargs:
         raise ValueError(f"unknown bbenroll endpoint options: {', '.join(sorted(kwargs))}")
-    return TunnelEndpoint(reactor, furlfile, resume=resume, timeout=timeout, tunnels=tunnels)
+    return TunnelEndpoint(reactor, furlfile, resume=resume, timeout=timeout, tunnels=tunnels, keyfile=keyfile)

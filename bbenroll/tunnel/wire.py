@@ -119,6 +119,13 @@ class RIEnrolledWorker(RITunnelPeer):
         """
         return DictOf(UnicodeConstraint(maxLength=16), Any(), maxKeys=8)
 
+    def bind_key():
+        """Bind this worker's FURL to the key this connection was made with (docs/security.md):
+        from then on the master refuses the FURL from any other key. Returns
+        ``{"status": "bound"|"already", "fingerprint": TUBID}`` once the binding is on disk.
+        ``worker create`` calls it; a master without it fails the call (nothing is bound)."""
+        return DictOf(UnicodeConstraint(maxLength=16), UnicodeConstraint(maxLength=64), maxKeys=4)
+
     # -- pushed rotation (docs/rotation.md); a master without them answers with a failure,
     # which a worker ignores: it then simply never gets offers --------------------------
 
@@ -208,9 +215,14 @@ CLIENT_TUB_OPTIONS: Mapping[str, AnyValue] = MappingProxyType({
 })
 
 
-def start_client_tub() -> Tub:
-    """A started Foolscap Tub with :data:`CLIENT_TUB_OPTIONS` (stop it with ``stopService``)."""
-    tub = Tub()
+def start_client_tub(key: bytes | None = None) -> Tub:
+    """A started Foolscap Tub with :data:`CLIENT_TUB_OPTIONS` (stop it with ``stopService``).
+
+    ``key``: the worker's key and certificate (PEM, its ``bbenroll.pem``), so that the
+    Tub has the worker's own TubID, to which the master may bind its FURL; None: a new
+    random key, as Foolscap makes for every Tub.
+    """
+    tub = Tub(certData=key) if key is not None else Tub()
     for name, value in CLIENT_TUB_OPTIONS.items():
         tub.setOption(name, value)
     tub.startService()

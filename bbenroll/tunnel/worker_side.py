@@ -102,13 +102,17 @@ class WorkerTunnel(TunnelAdapter):
         on_stopped: Callable[[WorkerTunnel], None] | None = None,
         furlfile: Path | None = None,
         serial: int = 0,
+        key: bytes | None = None,
     ) -> None:
         self.furl = furl
         self.furlfile = furlfile  # where a pushed FURL is written (None: not written anywhere)
         self.serial = serial  # the number of ``furl`` (docs/rotation.md), from the FURL file
         self.address = TunnelAddress(",".join(parse_furl(furl).hints))
         self.updater = FurlUpdater(self)
-        self.make_client_tub: Callable[[], Any] = start_client_tub  # for the tunnel and each update
+        # for the tunnel and each update, with the worker's key (``keyfile=``): one TubID for all,
+        # the one a bound FURL needs; without a key every Tub has a random one
+        self.key = key
+        self.make_client_tub: Callable[[], Any] = lambda: start_client_tub(self.key)
         self._reconnect_after_update = False  # a reconnect waits while an update is under way
         self._told_no_updates = False  # an old master's "no subscribe_updates" is logged once
         self.resume_deadline = resume_deadline
@@ -209,7 +213,8 @@ class WorkerTunnel(TunnelAdapter):
         return self.backoff[min(self._attempt, len(self.backoff) - 1)] * self._random.uniform(*self.jitter)
 
     def _connect(self) -> None:
-        if self._connecting or self._stopped or self.tub is None:
+        if self._connecting or self._stopped or self.tub is None or self.peer is not None:
+            # (peer: a retry scheduled when the old link was lost, but an update moved us meanwhile)
             return
         if self.updater.busy:
             # the update either moves the session to the new FURL or gives up; only then

@@ -5,6 +5,11 @@ the master's identity and the worker's secret), fetches the worker's name and
 PB password over the encrypted link, and writes a normal buildbot-worker
 basedir whose ``connection_string`` goes through bbenroll's tunnel. The stock
 ``buildbot-worker start BASEDIR`` then runs it; no port is opened locally.
+
+The basedir keeps one key, ``bbenroll.pem`` (0600): every Foolscap connection
+of this worker (``worker create``, the tunnel, a pushed update's test) is made
+with it, so the worker has one TubID, and ``worker create`` asks the master to
+bind the FURL to it (``bind_key``, docs/security.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from bbenroll.furl import parse_furl
 from bbenroll.tunnel.furlfile import furl_file_text
 
 FURL_FILE = "bbenroll.furl"
+KEY_FILE = "bbenroll.pem"  # the worker's key and certificate: its TubID, to which the FURL is bound
 DEFAULT_TIMEOUT = 30.0  # seconds to reach the master and fetch the settings
 MIN_TIMEOUT, MAX_TIMEOUT = 1.0, 600.0  # what ``worker create --timeout`` accepts
 
@@ -36,8 +42,46 @@ def escape_endpoint_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
-def connection_string(furl_file: Path, resume: int) -> str:
-    return f"bbenroll:furlfile={escape_endpoint_value(str(furl_file))}:resume={resume}"
+def connection_string(furl_file: Path, resume: int, key_file: Path | None = None) -> str:
+    text = f"bbenroll:furlfile={escape_endpoint_value(str(furl_file))}:resume={resume}"
+    if key_file is not None:  # without it the tunnel makes a random key at every start
+        text += f":keyfile={escape_endpoint_value(str(key_file))}"
+    return text
+
+
+def worker_key(basedir: Path) -> bytes:
+    """The worker's key (PEM, key and certificate): ``BASEDIR/bbenroll.pem`` if it exists, else a
+    new one, not written yet (:func:`create_worker_dir` writes it with the rest).
+
+    An existing key is always kept, ``--force`` or not: the master may have bound the
+    worker's FURL to it, and a new key would lock the worker out.
+    """
+    from bbenroll.identity import make_identity_pem
+
+    path = Path(basedir) / KEY_FILE
+    if path.is_symlink():
+        raise WorkerSetupError(f"{path} is a symbolic link; refusing to use it as the worker's key")
+    try:
+        pem = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # no key yet (the write says what is wrong)
+        return make_identity_pem("bbenroll worker")
+    except OSError as e:
+        raise WorkerSetupError(f"{path}: cannot read the worker's key: {e.strerror}") from None
+    check_key(pem, str(path))
+    return pem
+
+
+def check_key(pem: bytes, where: str) -> str:
+    """The TubID of a worker key file's content; WorkerSetupError if it is not a key and certificate."""
+    from bbenroll.errors import IdentityError
+    from bbenroll.identity import tubid_from_pem
+
+    if b"PRIVATE KEY-----" not in pem:
+        raise WorkerSetupError(f"{where}: no PEM private key found; move it away to make a new key")
+    try:
+        return tubid_from_pem(pem, where)
+    except IdentityError as e:
+        raise WorkerSetupError(f"{e}; move it away to make a new key") from None
 
 
 def fetch_worker_config(
@@ -46,35 +90,21 @@ def fetch_worker_config(
     reactor: Any,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Callable[[str], None] | None = None,
+    key: bytes | None = None,
 ) -> Any:
     """Connect once over ``furl`` and ask for this worker's configuration.
 
     Returns a Deferred that fires with the configuration dict, or fails with
     :class:`WorkerSetupError` (one line for the user). ``progress`` is told
     each step, for a terminal that wants to show it. The reactor is the
-    caller's: the CLI runs this with ``task.react``.
+    caller's: the CLI runs this with ``task.react``. ``key``: the worker's key
+    (PEM) to connect with; None: a random one.
     """
-    from twisted.internet import defer
-
-    from bbenroll.tunnel.failures import classify
-    from bbenroll.tunnel.wire import start_client_tub
-
-    # the progress line says where it connects and for how long, never the secret
-    hints = f"at {', '.join(parse_furl(furl).hints)}, for up to {timeout:.0f}s"
     tell = progress or (lambda text: None)
-    tub = start_client_tub()
-    tell(f"connecting to the master ({hints})")
 
-    def connected(ref: Any) -> Any:
+    def call(ref: Any) -> Any:
         tell("connected; the master's identity matches the FURL; fetching this worker's settings")
-        return ref.callRemote("get_worker_config")
-
-    def failed(failure: Any) -> None:
-        if failure.check(defer.TimeoutError, defer.CancelledError):
-            raise WorkerSetupError(
-                f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
-            )
-        raise WorkerSetupError(classify(failure).message)
+        return ref.callRemote("get_worker_config").addCallback(checked)
 
     def checked(config: Any) -> dict[str, Any]:
         if (
@@ -85,15 +115,78 @@ def fetch_worker_config(
             raise WorkerSetupError("the master sent an incomplete worker configuration")
         return config
 
+    return _over_furl(furl, call, reactor=reactor, timeout=timeout, tell=tell, key=key)
+
+
+def bind_worker_key(
+    furl: str,
+    *,
+    reactor: Any,
+    key: bytes,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Connect over ``furl`` with the worker's ``key`` and ask the master to bind the FURL to it.
+
+    Called once the basedir (and so the key) is written: a failed write binds nothing, so a
+    rerun with a new key is never locked out. Fires with the master's answer
+    (``{"status": "bound"|"already", "fingerprint": TUBID}``), or None from a master that
+    does not bind FURLs; fails with :class:`WorkerSetupError` when the master refuses.
+    """
+    from bbenroll.tunnel.failures import FailureKind, classify
+
+    tell = progress or (lambda text: None)
+
+    def call(ref: Any) -> Any:
+        tell("binding this FURL to this worker's key")
+        d = ref.callRemote("bind_key")
+        d.addCallbacks(lambda answer: answer if isinstance(answer, dict) else None, old_master)
+        return d
+
+    def old_master(failure: Any) -> Any:
+        if classify(failure).kind is FailureKind.REFUSED:
+            return failure  # one line for the user (_over_furl)
+        return None  # a master before binding: nothing is bound
+
+    return _over_furl(furl, call, reactor=reactor, timeout=timeout, tell=tell, key=key, announce=False)
+
+
+def _over_furl(
+    furl: str, call: Callable[[Any], Any], *, reactor: Any, timeout: float, tell: Callable[[str], None],
+    key: bytes | None, announce: bool = True,
+) -> Any:
+    """One Foolscap connection over ``furl``: ``call(reference)``, bounded by ``timeout``, its
+    failures as one :class:`WorkerSetupError` line, the client Tub stopped afterwards.
+    ``announce``: tell where it connects (the first connection of a command does)."""
+    from twisted.internet import defer
+
+    from bbenroll.tunnel.failures import classify
+    from bbenroll.tunnel.wire import start_client_tub
+
+    # the progress line says where it connects and for how long, never the secret
+    hints = f"at {', '.join(parse_furl(furl).hints)}, for up to {timeout:.0f}s"
+    tub = start_client_tub(key)
+    if announce:
+        tell(f"connecting to the master ({hints})")
+
+    def failed(failure: Any) -> Any:
+        if failure.check(WorkerSetupError):
+            return failure
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            raise WorkerSetupError(
+                f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
+            )
+        raise WorkerSetupError(classify(failure).message)
+
     def stopped(result: Any) -> Any:
         d = defer.maybeDeferred(tub.stopService)
         d.addBoth(lambda _: result)
         return d
 
     d = tub.getReference(furl)
-    d.addCallback(connected)
+    d.addCallback(call)
     d.addTimeout(timeout, reactor)
-    d.addCallbacks(checked, failed)
+    d.addErrback(failed)
     d.addBoth(stopped)
     return d
 
@@ -110,9 +203,19 @@ def check_basedir(basedir: Path, force: bool) -> None:
 
 
 def create_worker_dir(
-    basedir: Path, furl: str, config: dict[str, Any], *, resume: int, force: bool = False
+    basedir: Path,
+    furl: str,
+    config: dict[str, Any],
+    *,
+    resume: int,
+    force: bool = False,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
-    """Write the buildbot-worker basedir. Secrets (tac, FURL) are mode 0600.
+    """Write the buildbot-worker basedir. Secrets (tac, FURL, key) are mode 0600.
+
+    ``key``: the worker's key (:func:`worker_key`), written to ``bbenroll.pem``
+    (exclusively; an existing file is kept as it is) and named in the tac's
+    connection string; None: no key file, the tunnel makes a random key.
 
     All or nothing: when any step fails, what this call wrote is removed (and
     a basedir it made), and a ``--force``'d old ``buildbot.tac`` is put back,
@@ -130,6 +233,7 @@ def create_worker_dir(
     check_basedir(basedir, force)
     tac = basedir / "buildbot.tac"
     furl_file = basedir / FURL_FILE
+    key_file = basedir / KEY_FILE if key is not None else None
     undo = _Undo(basedir)
     try:
         basedir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +250,7 @@ def create_worker_dir(
                 "--quiet",
                 "--force",
                 "--connection-string",
-                connection_string(furl_file, resume),
+                connection_string(furl_file, resume, key_file),
                 str(basedir),
                 "unused:9989",
                 config["name"],
@@ -161,6 +265,8 @@ def create_worker_dir(
         # the secret, once all else worked: the FURL file's format (furlfile.py) at serial 0,
         # that is the FURL line alone; atomic_write itself, so that an OSError keeps its path
         atomic_write(furl_file, furl_file_text(furl).encode("ascii"))
+        if key is not None and key_file is not None and not key_file.exists():
+            atomic_write(key_file, key, exclusive=True)  # 0600; never replaces a key
         if os.name == "posix":
             os.chmod(tac, 0o600)  # it holds the PB password
     except BaseException as e:
@@ -175,6 +281,7 @@ def create_worker_dir(
         "furl_file": str(furl_file),
         "tac": str(tac),
         "master": master,
+        "key_file": str(key_file) if key_file is not None else None,
     }
 
 

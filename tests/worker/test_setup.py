@@ -16,6 +16,7 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString
 
+from bbenroll.identity import tubid_from_pem
 from tests.helpers.buildbot import BIN, run, stop_daemon, wait_for
 from tests.helpers.cli import run_cli
 from tests.helpers.net import free_port
@@ -61,13 +62,20 @@ def test_creates_a_private_worker_basedir(master, tmp_path):
     assert proc.returncode == 0, proc.stderr
     base = tmp_path / "w1"
     assert proc.stdout == f"{base}\n"
-    assert proc.stderr == f"created worker 'worker1' in {base}; start it with: buildbot-worker start {base}\n"
     entry = tomllib.loads(master.read_text())["workers"]["worker1"]
+    key = entry["bound"]["tubid"]  # the master bound the FURL to the basedir's key
+    assert proc.stderr == (
+        f"created worker 'worker1' in {base} (FURL bound to its key {key}); "
+        f"start it with: buildbot-worker start {base}\n"
+    )
     tac = (base / "buildbot.tac").read_text()
     assert f"workername = 'worker1'\npasswd = {entry['password']!r}" in tac
     (line,) = [line for line in tac.splitlines() if line.startswith("connection_string = ")]
     endpoint = clientFromString(reactor, ast.literal_eval(line.split(" = ", 1)[1]))
     assert (endpoint.furlfile, endpoint.resume) == (base / "bbenroll.furl", 600)
+    assert endpoint.keyfile == base / "bbenroll.pem"  # the tunnel connects with the bound key
+    assert tubid_from_pem((base / "bbenroll.pem").read_bytes()) == key
+    assert stat.S_IMODE((base / "bbenroll.pem").stat().st_mode) == 0o600
     assert (base / "bbenroll.furl").read_text() == furl + "\n"
     assert stat.S_IMODE((base / "buildbot.tac").stat().st_mode) == 0o600
     assert stat.S_IMODE((base / "bbenroll.furl").stat().st_mode) == 0o600
@@ -121,7 +129,9 @@ def test_json_is_one_document(master, tmp_path):
     assert proc.stdout.count("\n") == 1
     document = json.loads(proc.stdout)
     assert document["basedir"] == str(tmp_path / "w1") and document["name"] == "worker1"
-    assert set(document) == {"basedir", "name", "furl_file", "tac", "master"}
+    assert set(document) == {"basedir", "name", "furl_file", "tac", "master", "key_file", "bound"}
+    assert document["key_file"] == str(tmp_path / "w1" / "bbenroll.pem")
+    assert document["bound"]["status"] == "bound"
     assert furl.rsplit("/", 1)[1] not in proc.stdout + proc.stderr
     proc = create(tmp_path / "w1", "--json", "-", furl=furl)  # exists already
     assert proc.returncode == 1
@@ -158,12 +168,15 @@ def test_progress_on_a_terminal(master, tmp_path):
     base = tmp_path / "w1"
     code, stdout, terminal = create_with_terminal_stderr(base, furl)
     assert code == 0, terminal
+    key = tomllib.loads(master.read_text())["workers"]["worker1"]["bound"]["tubid"]
     assert stdout == f"{base}\n"
     assert terminal.splitlines() == [
         f"connecting to the master (at {hints}, for up to 30s)",
         "connected; the master's identity matches the FURL; fetching this worker's settings",
         f"writing {base}",
-        f"created worker 'worker1' in {base}; start it with: buildbot-worker start {base}",
+        "binding this FURL to this worker's key",
+        f"created worker 'worker1' in {base} (FURL bound to its key {key}); "
+        f"start it with: buildbot-worker start {base}",
     ]
     assert furl.rsplit("/", 1)[1] not in terminal
 
@@ -196,3 +209,16 @@ def test_a_worker_that_never_reached_its_master_still_stops(master, tmp_path):
     finally:
         stop_daemon("buildbot-worker", base)
     assert os.path.exists(base / "twistd.log")
+
+
+def test_a_basedir_that_cannot_be_written_binds_nothing(master, tmp_path):
+    """The FURL is bound only once the key is on disk: a rerun elsewhere (a new key) still works."""
+    furl = bbenroll(master, "add", "worker1")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = create(blocker / "w1", "-", furl=furl)
+    assert proc.returncode == 1 and "cannot write" in proc.stderr, proc.stderr
+    assert "bound" not in tomllib.loads(master.read_text())["workers"]["worker1"]
+    proc = create(tmp_path / "w1", "-", furl=furl)
+    assert proc.returncode == 0, proc.stderr
+    assert "bound" in tomllib.loads(master.read_text())["workers"]["worker1"]
