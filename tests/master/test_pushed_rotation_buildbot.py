@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from bbenroll.master import gate
 from bbenroll.times import format_time
 from tests.helpers.buildbot import fetch_config, wait_for
 from tests.helpers.rotation import (
@@ -120,7 +121,8 @@ def test_rotate_all_mid_build_moves_every_worker_without_a_disconnect(farm):
         assert worker.pid() == pids[name]  # not restarted
         # the old secret is refused now that the new one is confirmed, and says why
         assert fetch_config(old[name]) == {"error": retired_message(farm.entry(name).rotated)}
-        assert fetch_config(new[name])["config"]["name"] == name
+        # and the new FURL stays bound to the worker's key: a copy of it works nowhere else
+        assert fetch_config(new[name])["error"].startswith(f"{gate.Reason.WRONG_KEY} (")
         for log in (worker.log_text(), farm.master_log()):
             assert swissnum(new[name]) not in log
     states = delivery(farm)
