@@ -50,7 +50,7 @@ def test_no_names_from_a_missing_or_broken_registry(enrolled, tmp_path):
 
 
 def test_commands_and_options_complete(enrolled):
-    assert complete(["re"]) == ["plain,revoke", "plain,restore", "plain,remove"]
+    assert complete(["re"]) == ["plain,revoke", "plain,restore", "plain,rebind", "plain,remove"]
     assert "plain,--qr" in complete(["show", "--"])
 
 
