@@ -408,15 +408,15 @@ class EnrollmentService(service.MultiService):
             # a re-check right after our own registry write: the drop is under way; the next
             # tick's re-check aborts a connection whose close has not finished
             return
-        if obj.dropped_at is None:  # recorded once, however many ticks the close takes
+        if obj.dropped_at is None:  # logged and recorded once, however many ticks the close takes
             self._audit(auditing.dropped(obj.name, obj.swissnum, obj.peer, str(decision.reason)))
+            log.info(
+                "dropping worker {worker!r} ({peer}): {why}",
+                worker=obj.name,
+                peer=obj.peer,
+                why=f"{decision.reason}{binding.describe_keys(decision)}",  # a binding's drop: both keys
+            )
         obj.dropped_at = now
-        log.info(
-            "dropping worker {worker!r} ({peer}): {why}",
-            worker=obj.name,
-            peer=obj.peer,
-            why=f"{decision.reason}{binding.describe_keys(decision)}",  # a binding's drop: both keys
-        )
         self.sessions.end_connection(obj, decision.reason)
         self._subscribed.discard(obj)  # nothing is ever offered over it again
         self._to_check.discard(obj)

@@ -43,6 +43,7 @@ def test_a_revoked_workers_live_connection_is_recorded_as_dropped_once(world):
     assert len(dropped) == 1
     assert dropped[0]["worker"] == "w1" and dropped[0]["old_secret"] == audit.fingerprint(w1)
     assert dropped[0]["reason"].startswith("worker revoked; ")
+    assert len(world.logged("dropping worker {worker!r}")) == 1  # and logged once, not per tick
     world.finish()
 
 

@@ -252,3 +252,35 @@ def test_a_compromised_rotation_drops_the_worker_within_2s_and_pushes_nothing(fa
     worker.start()
     wait_for(lambda: farm.connected("w3"), timeout=60, what="w3 back with its new FURL")
     farm.assert_succeeded(farm.force("w3", 2000, 0))
+
+
+def test_roll_identity_mid_build_moves_every_worker_to_the_new_tubid(farm):
+    """Test 5's second half: `master roll-identity` with builds running. Last in the module:
+    the farm's master has a new identity from here on."""
+    settle(farm)
+    old = {n: farm.registry_furl(n) for n in NAMES}
+    old_tubid = farm.loaded().registry.master.tubid
+    marks = log_marks(farm)
+    builds = [farm.force(n, LINES, 14) for n in NAMES]
+    for build in builds:
+        farm.wait_output(build, LINES // 5)
+
+    with ConnectionWatch(farm, NAMES) as watch:
+        farm.cli("master", "roll-identity", "--grace", "1h")
+        new_tubid = farm.loaded().registry.master.tubid
+        assert new_tubid != old_tubid
+        wait_for(lambda: all(farm.holds_registry_furl(n)
+                             and farm.workers[n].furl_in_file()[0].startswith(f"pb://{new_tubid}@")
+                             for n in NAMES),
+                 timeout=30, interval=0.2, what="every worker holding its FURL under the new TubID")
+        for build in builds:
+            farm.assert_succeeded(build)  # no build lost, logs byte for byte
+    assert_no_disconnect(farm, marks, watch)
+    # every worker confirmed: the old identity retires without waiting for the grace
+    wait_for(lambda: farm.loaded().registry.master.previous is None, timeout=30, what="old identity retired")
+    for name, worker in farm.workers.items():
+        furl, _ = worker.furl_in_file()
+        assert swissnum(furl) == swissnum(old[name])  # same secret, new master key
+        refused = fetch_config(old[name])  # the old TubID is not served any more
+        assert "error" in refused and old_tubid in refused["error"], refused
+    assert {state["state"] for state in delivery(farm).values()} == {"confirmed"}
