@@ -146,6 +146,35 @@ class Enrollment:
         c.setdefault("services", []).append(self.service())
 
 
+def quiet_pb_failures(master: Any) -> None:
+    """No tracebacks from Buildbot's PB port to its clients.
+
+    Buildbot's PB dispatcher sets ``unsafeTracebacks = True``, so a worker whose
+    login fails (a wrong password through its tunnel) is sent the master's
+    traceback, file paths and all. The guide's rule is no server tracebacks to
+    clients: the failure still arrives, typed (``UnauthorizedLogin``), with
+    "Traceback unavailable" for text. Applied to the dispatchers that exist and,
+    through this master's ``dispatcher_class``, to those made later.
+    """
+    pbmanager = getattr(master, "pbmanager", None)
+    if pbmanager is None:
+        return
+    from buildbot.worker.protocols.manager.pb import Dispatcher
+
+    class QuietDispatcher(Dispatcher):
+        def __init__(self, config_portstr: Any, portstr: Any) -> None:
+            super().__init__(config_portstr, portstr)
+            self.serverFactory.unsafeTracebacks = False
+
+    if not getattr(pbmanager, "_bbenroll_quiet", False):
+        pbmanager.dispatcher_class = QuietDispatcher  # this master only, not the class
+        pbmanager._bbenroll_quiet = True
+    for dispatcher in list(pbmanager.dispatchers.values()):
+        factory = getattr(dispatcher, "serverFactory", None)
+        if factory is not None:
+            factory.unsafeTracebacks = False
+
+
 class EnrollmentMasterService(bbservice.BuildbotService):
     """Runs an :class:`EnrollmentService` as a child of the Buildbot master.
 
@@ -168,6 +197,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
 
     @defer.inlineCallbacks
     def reconfigService(self, registry_path: str, poll_interval: float = POLL_INTERVAL) -> Any:
+        quiet_pb_failures(self.master)
         changed = (registry_path, poll_interval) != (
             getattr(self, "registry_path", None),
             getattr(self, "poll_interval", None),
@@ -187,6 +217,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
     @defer.inlineCallbacks
     def startService(self) -> Any:
         yield super().startService()
+        quiet_pb_failures(self.master)
         yield self._start_enrollment()
 
     @defer.inlineCallbacks

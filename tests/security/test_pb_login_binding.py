@@ -8,7 +8,10 @@ logged in as spare and got spare's builders, logged only as a login from 127.0.0
 
 from __future__ import annotations
 
+import json
 import re
+import sys
+import textwrap
 import time
 import tomllib
 
@@ -49,3 +52,43 @@ def test_a_tunnel_cannot_log_in_as_another_worker(farm_factory, tmp_path):  # no
         assert spare_password not in text
     finally:
         stop_daemon("buildbot-worker", thief)
+
+
+# A PB login through a worker's own tunnel, in a process of its own (as buildbot-worker would
+# make it): prints the failure's type and the traceback text Buildbot sent with it.
+WRONG_PASSWORD_LOGIN = textwrap.dedent("""
+    import json, sys
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import clientFromString
+    from twisted.spread import pb
+    result = {}
+    def go():
+        factory = pb.PBClientFactory()
+        clientFromString(reactor, "bbenroll:furlfile=" + sys.argv[1]).connect(factory)
+        wrong = UsernamePassword(sys.argv[2].encode(), b"not-the-password")
+        d = factory.login(wrong, client=pb.Referenceable())
+        d.addCallback(lambda _: result.update(outcome="logged in"))
+        def failed(f):
+            result.update(outcome="failed", type=getattr(f, "type", None) and str(f.type),
+                          traceback=getattr(f, "traceback", None) or f.getTraceback())
+        d.addErrback(failed)
+        d.addBoth(lambda _: reactor.stop())
+    reactor.callWhenRunning(go)
+    reactor.callLater(30, reactor.stop)
+    reactor.run()
+    print(json.dumps(result))
+""")
+
+
+def test_a_failed_login_through_a_tunnel_gets_no_traceback_from_buildbot(farm_factory, tmp_path):  # noqa: F811
+    farm = farm_factory(command=["true"])
+    furl_file = tmp_path / "bbenroll.furl"
+    furl_file.write_text(farm.cli("add", "wrongpw") + "\n")
+    proc = run(sys.executable, "-c", WRONG_PASSWORD_LOGIN, furl_file, "wrongpw", timeout=60)
+    result = json.loads(proc.stdout)
+    assert result["outcome"] == "failed", result
+    assert "UnauthorizedLogin" in result["type"]  # the failure is still typed for the client
+    # Buildbot's dispatcher would send its traceback (file paths of the master); not any more
+    assert result["traceback"].strip() == "Traceback unavailable", result["traceback"][:500]
+    assert "File \"" not in result["traceback"]
