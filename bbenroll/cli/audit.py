@@ -25,9 +25,9 @@ def actor_text(actor: Any) -> str:
     """``user@host`` for the CLI, ``master HOST (peer ADDR)`` for the service."""
     if not isinstance(actor, Mapping):
         return str(actor)
-    if "master" in actor:
+    if actor.get("by") == "master":  # the running master's own records (master/writer.py)
         peer = f" (peer {actor['peer']})" if actor.get("peer") else ""
-        return f"master {actor['master']}{peer}"
+        return f"master@{actor.get('host', '?')}{peer}"
     return f"{actor.get('user', '?')}@{actor.get('host', '?')}"
 
 

@@ -4,8 +4,8 @@ The CLI's changes are recorded by ``store.edit`` as it saves them; what the
 running master does by itself to connections changes no table, so it is a note
 (:meth:`~bbenroll.registry.store.Editor.note`) written through the master's
 :class:`~bbenroll.master.writer.RegistryWriter`, in the same hash chain, under
-actor ``master``. Each record names the peer's address in its reason, and
-secrets only by fingerprint.
+actor ``master``, with the peer's address in the actor
+(``{"by": "master", "host", "peer"}``), and secrets only by fingerprint.
 
 - ``accepted``: a worker's secret was accepted on a new connection;
 - ``connection-dropped``: a live connection lost its right (revoked, removed,
@@ -27,13 +27,13 @@ from bbenroll.registry.store import Editor
 
 def accepted(worker: str, swissnum: str, peer: str, which: str) -> Change:
     return Change(
-        "accepted", worker=worker, new_secret=fingerprint(swissnum), reason=f"{which} secret from {peer}"
+        "accepted", worker=worker, new_secret=fingerprint(swissnum), reason=f"{which} secret", peer=peer
     )
 
 
 def dropped(worker: str, swissnum: str, peer: str, why: str) -> Change:
     return Change(
-        "connection-dropped", worker=worker, old_secret=fingerprint(swissnum), reason=f"{why}; {peer}"
+        "connection-dropped", worker=worker, old_secret=fingerprint(swissnum), reason=why, peer=peer
     )
 
 
@@ -41,16 +41,14 @@ def refused(summary: Any) -> Change:
     """One :class:`~bbenroll.master.guard` summary: counts by reason, for one address."""
     return Change(
         "refused",
-        reason=(
-            f"{summary.total} connections from {summary.address} in {summary.seconds:.0f} s: "
-            f"{summary.describe()}"
-        ),
+        reason=f"{summary.total} connections in {summary.seconds:.0f} s: {summary.describe()}",
+        peer=str(summary.address),
     )
 
 
 def refused_one(worker: str | None, why: str, peer: str) -> Change:
     """The refusal the master logs on its own: an address's first in a summary interval."""
-    return Change("refused", worker=worker, reason=f"1 connection from {peer}: {why}")
+    return Change("refused", worker=worker, reason=f"1 connection: {why}", peer=peer)
 
 
 def note(change: Change) -> Any:

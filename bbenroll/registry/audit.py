@@ -107,6 +107,9 @@ class Change:
     old_secret: str | None = None  # fingerprints, never secrets
     new_secret: str | None = None
     reason: str | None = None
+    # for the running master's records about a connection: the peer's address, which
+    # goes into the record's actor beside the master's own (``{"by", "host", "peer"}``)
+    peer: str | None = None
 
 
 def make_record(
@@ -115,7 +118,7 @@ def make_record(
     record: dict[str, Any] = {
         "seq": seq,
         "time": format_time(now),
-        "actor": dict(actor),
+        "actor": dict(actor) if change.peer is None else {**actor, "peer": change.peer},
         "action": change.action,
         "worker": change.worker,
         "old_secret": change.old_secret,

@@ -25,7 +25,8 @@ def test_an_accepted_connection_is_recorded_by_the_master_with_its_peer(world):
     assert accepted["action"] == "accepted" and accepted["worker"] == "w1"
     assert accepted["actor"]["by"] == "master"
     assert accepted["new_secret"] == audit.fingerprint(w1) and w1 not in str(accepted)
-    assert accepted["reason"].startswith("current secret from ")
+    assert accepted["reason"] == "current secret"
+    assert accepted["actor"]["peer"].startswith("127.0.0.1:")  # the master, and who it let in
     assert "chain intact" in world.cli("audit", "verify")  # one chain with the CLI's records
     world.finish()
 
@@ -42,7 +43,7 @@ def test_a_revoked_workers_live_connection_is_recorded_as_dropped_once(world):
     dropped = [r for r in records(world, before) if r["action"] == "connection-dropped"]
     assert len(dropped) == 1
     assert dropped[0]["worker"] == "w1" and dropped[0]["old_secret"] == audit.fingerprint(w1)
-    assert dropped[0]["reason"].startswith("worker revoked; ")
+    assert dropped[0]["reason"] == "worker revoked" and dropped[0]["actor"]["peer"]
     assert len(world.logged("dropping worker {worker!r}")) == 1  # and logged once, not per tick
     world.finish()
 
@@ -60,6 +61,7 @@ def test_guesses_are_recorded_as_one_summary_per_address_not_one_per_guess(world
     assert len(refused) == 2  # the first refusal at once, the summary of the rest one interval later
     assert sum(int(r["reason"].split()[0]) for r in refused) == 12
     assert all(r["worker"] is None and r["actor"]["by"] == "master" for r in refused)
+    assert {r["actor"]["peer"].split(":")[0] for r in refused} == {"127.0.0.1"}
     assert "wrong" not in str(refused)  # never the guessed secrets
     world.finish()
 
@@ -75,3 +77,14 @@ def test_refusals_not_summarized_yet_are_recorded_when_the_master_stops(world):
     world.finish()  # the two after the first summary are not due yet: written at the stop
     refused = [r for r in records(world, before) if r["action"] == "refused"]
     assert sum(int(r["reason"].split()[0]) for r in refused) == 3
+
+
+def test_bbenroll_audit_shows_the_masters_records_with_their_peer(world):
+    w1 = world.add("w1")
+    world.start()
+    world.accepted(w1)
+    world.advance(0)
+    table = world.cli("audit", "--action", "accepted")
+    (row,) = [line for line in table.splitlines() if "accepted" in line]
+    assert "master@" in row and "(peer 127.0.0.1:" in row and "w1" in row
+    world.finish()

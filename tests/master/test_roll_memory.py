@@ -80,7 +80,7 @@ def test_a_live_roll_serves_both_offers_the_new_tubid_and_retires_the_old_once_c
     assert master_table(world)["tubid"] == new
     retired, dropped = records(world)[-2:]  # one batch of the writer: table changes, then notes
     assert (dropped["action"], dropped["worker"]) == ("connection-dropped", "w1")
-    assert dropped["reason"].startswith("master identity retired; ")
+    assert dropped["reason"] == "master identity retired" and dropped["actor"]["peer"]
     assert (retired["action"], retired["actor"]["by"]) == ("identity-retired", "master")
     assert retired["reason"] == f"tubid {old} is no longer served"
     world.advance(POLL_INTERVAL)
