@@ -663,10 +663,11 @@ class EnrollmentService(service.MultiService):
             if not worker.is_usable(now) or not self._needs_offer(obj, worker):
                 self._to_check.discard(obj)
                 continue
-            if obj.offering:
-                continue
+            recent = obj.offered_at is not None and seconds - obj.offered_at < self.offer_retry
+            if obj.offering and recent:
+                continue  # one offer in flight; one whose answer never came is lost after OFFER_RETRY
             newer = obj.offered_serial is None or worker.serial > obj.offered_serial
-            if not newer and obj.offered_at is not None and seconds - obj.offered_at < self.offer_retry:
+            if not newer and recent:
                 continue
             self._offer(obj, worker)
 

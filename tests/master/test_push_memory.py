@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 from foolscap.api import Referenceable
+from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -336,4 +337,33 @@ def test_a_confirm_whose_worker_was_revoked_before_the_write_is_refused(world):
     assert isinstance(results[0], Failure)  # refused, or dropped with the revoked connection
     assert delivered_of(world.path, "w1") is None  # nothing recorded for a revoked worker
     assert world.logged("dropping worker {worker!r}")
+    world.finish()
+
+
+@implementer(RIFurlUpdater)
+class SilentUpdater(Referenceable):
+    """An updater whose answer never comes (a worker stuck in the call, or a lost answer)."""
+
+    def __init__(self) -> None:
+        self.offers: list[tuple[int, str]] = []
+
+    def remote_offer_furl(self, serial: int, furl: str) -> defer.Deferred:
+        self.offers.append((serial, furl))
+        return defer.Deferred()  # never fires
+
+
+def test_an_offer_whose_answer_never_comes_is_made_again_after_offer_retry(world):
+    old = world.add("w1")
+    start(world)
+    _, ref = world.accepted(old)
+    rotated(world)
+    updater = SilentUpdater()
+    world.call(ref, "subscribe_updates", updater, 0)
+    assert len(updater.offers) == 1
+    world.advance(OFFER_RETRY - 2 * POLL_INTERVAL)
+    assert len(updater.offers) == 1  # in flight: not repeated before OFFER_RETRY
+    world.advance(2 * POLL_INTERVAL)
+    assert len(updater.offers) == 2  # the stuck one counts as lost: offered again, once
+    world.advance(POLL_INTERVAL)
+    assert len(updater.offers) == 2
     world.finish()
