@@ -63,3 +63,17 @@ def served_reg_path(reg_path: Path) -> Path:
     text = text.replace('pb = "tcp:9990:interface=127.0.0.1"', f'pb = "tcp:{pb_port}:interface=127.0.0.1"')
     reg_path.write_text(text)
     return reg_path
+
+
+@pytest.fixture
+def master(served_reg_path):
+    """A real EnrollmentService on 127.0.0.1 over ``served_reg_path`` (tests/master/test_service.py's
+    ``Master``), stopped after the test."""
+    import pytest_twisted
+    from twisted.internet import defer
+
+    from tests.master.test_service import Master
+
+    m = Master(served_reg_path)
+    yield m
+    pytest_twisted.blockon(defer.ensureDeferred(m.stop()))

@@ -111,51 +111,40 @@ PREVIOUS_FIELDS = (
 )
 _PREVIOUS_KEYS = {field.key for field in PREVIOUS_FIELDS}
 
-def _previous_identity(value: Any) -> PreviousIdentity:
-    if type(value) is not dict or value.keys() != _PREVIOUS_IDENTITY_KEYS:
-        raise Invalid("must be a table with exactly 'identity', 'tubid' and 'until'")
-    return PreviousIdentity(**_convert_all(PREVIOUS_IDENTITY_FIELDS, value))
+def inline_table_kind(make: Callable[..., Any], fields: tuple[Field, ...]) -> Kind:
+    """A small table of exactly ``fields``, read into ``make(**values)`` and written inline
+    (``key = {a = ..., b = ...}``), as bbenroll writes ``[master] previous`` and ``bound``."""
+    keys = {field.key for field in fields}
+    quoted = [f"'{field.key}'" for field in fields]
+    names = f"{', '.join(quoted[:-1])} and {quoted[-1]}"
 
+    def read(value: Any) -> Any:
+        if type(value) is not dict or value.keys() != keys:
+            raise Invalid(f"must be a table with exactly {names}")
+        return make(**_convert_all(fields, value))
 
-def _previous_identity_to_data(previous: PreviousIdentity) -> Any:
-    import tomlkit  # only when writing: an inline table, as bbenroll writes a worker's previous
+    def to_data(value: Any) -> Any:
+        import tomlkit  # only when writing
 
-    table = tomlkit.inline_table()
-    table.update({field.key: getattr(previous, field.attr) for field in PREVIOUS_IDENTITY_FIELDS})
-    return table
+        table = tomlkit.inline_table()
+        table.update({field.key: getattr(value, field.attr) for field in fields})
+        return table
 
+    return Kind("inline table", read, to_data=to_data)
 
-PREVIOUS_IDENTITY = Kind("inline table", _previous_identity, to_data=_previous_identity_to_data)
 
 PREVIOUS_IDENTITY_FIELDS = (
     Field("identity", NON_EMPTY_STRING, "Path of the replaced identity's PEM file.", required=True),
     Field("tubid", TUBID, "Its TubID, checked against the file.", required=True),
     Field("until", TIME, "Served until then.", required=True),
 )
-_PREVIOUS_IDENTITY_KEYS = {field.key for field in PREVIOUS_IDENTITY_FIELDS}
-
-
-def _bound(value: Any) -> Bound:
-    if type(value) is not dict or value.keys() != _BOUND_KEYS:
-        raise Invalid("must be a table with exactly 'tubid' and 'at'")
-    return Bound(**_convert_all(BOUND_FIELDS, value))
-
-
-def _bound_to_data(bound: Bound) -> Any:
-    import tomlkit  # only when writing: an inline table, like a worker's previous
-
-    table = tomlkit.inline_table()
-    table.update({field.key: getattr(bound, field.attr) for field in BOUND_FIELDS})
-    return table
-
-
-BOUND = Kind("inline table", _bound, to_data=_bound_to_data)
+PREVIOUS_IDENTITY = inline_table_kind(PreviousIdentity, PREVIOUS_IDENTITY_FIELDS)
 
 BOUND_FIELDS = (
     Field("tubid", TUBID, "The worker key's TubID.", required=True),
     Field("at", TIME, "When it was bound.", required=True),
 )
-_BOUND_KEYS = {field.key for field in BOUND_FIELDS}
+BOUND = inline_table_kind(Bound, BOUND_FIELDS)
 
 MASTER_FIELDS = (
     Field(

@@ -13,7 +13,6 @@ from bbenroll.master import gate
 from bbenroll.registry import audit
 from bbenroll.tunnel.wire import RIFurlUpdater
 from tests.helpers.registry_stub import delivered_of
-from tests.master.test_service import Master
 
 pytestmark = pytest.mark.network
 
@@ -26,13 +25,6 @@ class Updater(Referenceable):
     def remote_offer_furl(self, serial: int, furl: str) -> None:
         if not self.offered.called:
             self.offered.callback((serial, furl))
-
-
-@pytest.fixture
-def master(served_reg_path):
-    m = Master(served_reg_path)
-    yield m
-    pytest_twisted.blockon(defer.ensureDeferred(m.stop()))
 
 
 @pytest_twisted.ensureDeferred

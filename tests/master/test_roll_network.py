@@ -19,13 +19,6 @@ from tests.master.test_service import Master
 pytestmark = pytest.mark.network
 
 
-@pytest.fixture
-def master(served_reg_path):
-    m = Master(served_reg_path)
-    yield m
-    pytest_twisted.blockon(defer.ensureDeferred(m.stop()))
-
-
 async def unknown_tubid(master: Master, furl: str) -> str:
     """Foolscap's own refusal of a TubID the port does not serve (fails if it connects)."""
     try:

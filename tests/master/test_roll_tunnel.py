@@ -13,7 +13,7 @@ import tomllib
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
@@ -22,7 +22,6 @@ from bbenroll.tunnel.furlfile import FurlFile, read_furl_file, write_furl_file
 from bbenroll.tunnel.worker_side import WorkerTunnel
 from tests.helpers.fake_master import wait_until
 from tests.helpers.pb import login_bytes
-from tests.master.test_service import Master
 
 pytestmark = pytest.mark.network
 
@@ -49,13 +48,6 @@ class PBPort(Factory):
         stream = Recorder()
         self.streams.append(stream)
         return stream
-
-
-@pytest.fixture
-def master(served_reg_path):
-    m = Master(served_reg_path)
-    yield m
-    pytest_twisted.blockon(defer.ensureDeferred(m.stop()))
 
 
 @pytest_twisted.ensureDeferred

@@ -75,13 +75,6 @@ class Master:
             await self.service.stopService()
 
 
-@pytest.fixture
-def master(served_reg_path):
-    m = Master(served_reg_path)
-    yield m
-    pytest_twisted.blockon(defer.ensureDeferred(m.stop()))
-
-
 @pytest_twisted.ensureDeferred
 async def test_valid_furl_gets_worker_config(master):
     furl = master.cli("add", "worker1")

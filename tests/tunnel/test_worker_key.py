@@ -26,13 +26,6 @@ pytestmark = pytest.mark.network
 
 
 @pytest.fixture
-def master(served_reg_path):
-    m = Master(served_reg_path)
-    yield m
-    pytest_twisted.blockon(defer.ensureDeferred(m.stop()))
-
-
-@pytest.fixture
 def table():
     tunnels = TunnelTable()
     yield tunnels
