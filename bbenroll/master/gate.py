@@ -31,6 +31,8 @@ class Reason(enum.StrEnum):
 
 
 UNKNOWN, REVOKED, EXPIRED, RETIRED = Reason.UNKNOWN, Reason.REVOKED, Reason.EXPIRED, Reason.RETIRED
+# refusals that no retry can change: told as wire.RefusedForGood (``worker run`` exits on them)
+PERMANENT = frozenset({Reason.UNKNOWN, Reason.REVOKED, Reason.EXPIRED, Reason.RETIRED, Reason.WRONG_KEY})
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class Decision:
 
             return wrong_key_message(self.key)
         return str(self.reason)
+
+    @property
+    def permanent(self) -> bool:
+        return not self.accepted and self.reason in PERMANENT
 
     def describe(self) -> str:
         """For the log: which worker (never the secret) and why."""

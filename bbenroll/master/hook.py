@@ -87,6 +87,8 @@ class Enrollment:
             raise _config_error(str(e)) from None
         for warning in self.loaded.warnings:
             log.warn("bbenroll: {warning}", warning=warning)
+        # names whose Buildbot worker :meth:`latent` made: workers()/configure() leave them out
+        self.latent_names: set[str] = set()
 
     @property
     def pb_port(self) -> str:
@@ -128,6 +130,16 @@ class Enrollment:
         from datetime import UTC, datetime
 
         return usable(self.loaded.registry, datetime.now(UTC))
+
+    def latent(self, worker_class: Any, name: str, **options: Any) -> Any:
+        """A Buildbot latent worker of ``worker_class`` (DockerLatentWorker, KubeLatentWorker, any
+        AbstractLatentWorker) for registry worker ``name``, whose instances enroll with a fresh
+        single-use invite instead of the PB password (docs/fleets.md, master/latent.py)."""
+        from bbenroll.master.latent import latent_worker
+
+        worker = latent_worker(self, worker_class, name, **options)
+        self.latent_names.add(name)
+        return worker
 
     def service(self, *, poll_interval: float = POLL_INTERVAL) -> EnrollmentMasterService:
         return EnrollmentMasterService(str(self.path), poll_interval=poll_interval)

@@ -70,7 +70,7 @@ from bbenroll.registry.store import Editor, LoadedRegistry, identity_path
 from bbenroll.times import format_time
 from bbenroll.tunnel.core import Frame
 from bbenroll.tunnel.master_side import MasterSession
-from bbenroll.tunnel.wire import FrameSink, Refused, RIEnrolledWorker
+from bbenroll.tunnel.wire import FrameSink, Refused, RefusedForGood, RIEnrolledWorker
 
 __all__ = ["OFFER_RETRY", "POLL_INTERVAL", "EnrolledWorker", "EnrollmentService", "ListenError"]
 
@@ -370,7 +370,8 @@ class EnrollmentService(service.MultiService):
         answer: defer.Deferred[Any] = defer.Deferred()
 
         def send() -> None:
-            answer.errback(Failure(Refused(decision.message)))
+            refused = RefusedForGood if decision.permanent else Refused
+            answer.errback(Failure(refused(decision.message)))
             if not broker.authenticated or broker.refusals >= self.guard.max_refusals_per_connection:
                 broker.end_after_answers(Failure(DeadReferenceError(decision.reason)))
 
@@ -383,7 +384,7 @@ class EnrollmentService(service.MultiService):
         decision = self._still_allowed(obj, now)
         if not decision.accepted:
             self._kick(obj, decision)
-            raise Refused(decision.message)
+            raise (RefusedForGood if decision.permanent else Refused)(decision.message)
         self.status.seen(obj.name, now)
         return self.gate.registry.workers[obj.name]
 

@@ -17,7 +17,7 @@ REGISTRY_TEMPLATE = """\
 # bbenroll registry: this master's identity and every worker's enrollment.
 # Edit it with the bbenroll CLI; comments and layout you add are kept.
 # Schema: docs/registry.md. Keep this file private (mode 0600): it holds secrets.
-version = 1
+version = 2
 
 [master]
 # TLS key and certificate of this master, relative to this file (mode 0600).

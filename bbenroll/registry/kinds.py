@@ -122,6 +122,12 @@ def _hints(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _boolean(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise Invalid(f"must be true or false, not {toml_type(value)}")
+
+
 def _count(value: Any) -> int:
     if type(value) is int and value >= 0:
         return value
@@ -178,5 +184,6 @@ TAGS = Kind("array of non-empty strings", _tags, to_data=list)
 HINTS = Kind("array of strings", _hints, to_data=list)
 TABLE = Kind("table", _table, to_data=dict, is_table=True)
 COUNT = Kind("integer", _count)
+BOOLEAN = Kind("boolean", _boolean)
 DURATION = Kind('duration string (`"90d"`, `"12h"`, `"2w"`)', _duration, to_data=format_duration)
 POLICY = Kind('duration string or `"never"`', _policy, to_data=_policy_to_data)

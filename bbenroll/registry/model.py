@@ -23,11 +23,15 @@ from bbenroll.furl import (
 )
 from bbenroll.times import format_time, to_utc
 
-REGISTRY_VERSION = 1
+# 2: invites, ephemeral and imported workers, legacy_pb (bbenroll upgrade rewrites a version 1 file)
+REGISTRY_VERSION = 2
+OLDEST_UPGRADABLE_VERSION = 1
 WORKER_NAME_MAX = 50
 DEFAULT_EXPIRING_WITHIN = timedelta(days=7)
 # how long a rotated-away secret keeps working unless --grace says otherwise
 DEFAULT_GRACE = timedelta(days=7)
+# how long an ephemeral worker may stay disconnected before the master removes it
+DEFAULT_EPHEMERAL_TIMEOUT = timedelta(minutes=10)
 # a worker's ``rotate_every = "never"``: no policy rotation, whatever [master] says
 NEVER = timedelta(0)
 
@@ -158,6 +162,15 @@ class Worker:
     rotate_every: timedelta | None = None  # overrides [master] rotate_every; NEVER: not by policy
     revoked: datetime | None = None
     revoked_reason: str | None = None
+    # enrolled through an invite (docs/fleets.md): the invite's ID; ephemeral: the running
+    # master removes the worker once it has been disconnected for [master] ephemeral_timeout
+    enrolled_by: str | None = None
+    ephemeral: bool = False
+    # imported from a master.cfg (docs/migration.md): legacy = it may still log in with its
+    # password on [master] legacy_pb; moved = its first connection through its FURL, from
+    # when on that password no longer logs in on the public port
+    legacy: bool = False
+    moved: datetime | None = None
     # per-worker Buildbot options ([workers.NAME.buildbot]), kept as written
     buildbot: Mapping[str, Any] = field(default_factory=dict)
 
@@ -204,6 +217,9 @@ class MasterSettings:
     rotate_every: timedelta | None = None  # the rotation policy; None: secrets are rotated only by hand
     # the identity a roll replaced, served beside this one during the overlap (docs/rotation.md)
     previous: PreviousIdentity | None = None
+    # the old public PB port kept open during a gradual cut-over (docs/migration.md)
+    legacy_pb: str | None = None
+    ephemeral_timeout: timedelta | None = None  # None: DEFAULT_EPHEMERAL_TIMEOUT
 
     def in_overlap(self, now: datetime) -> bool:
         """A previous identity is still served at ``now``."""

@@ -27,6 +27,7 @@ from bbenroll.errors import InvalidName
 from bbenroll.furl import MIN_SWISSNUM_LENGTH, SWISSNUM_BITS, TUBID_LENGTH
 from bbenroll.registry.audit import AuditHead
 from bbenroll.registry.kinds import (
+    BOOLEAN,
     COUNT,
     DURATION,
     HINTS,
@@ -44,6 +45,7 @@ from bbenroll.registry.kinds import (
     toml_type,
 )
 from bbenroll.registry.model import (
+    OLDEST_UPGRADABLE_VERSION,
     REGISTRY_VERSION,
     Bound,
     MasterSettings,
@@ -197,6 +199,20 @@ MASTER_FIELDS = (
         "every worker confirmed its new FURL; then the running master removes it). Same rules as "
         "`identity`/`tubid`, and its tubid differs from `tubid`.",
     ),
+    Field(
+        "legacy_pb",
+        STRING,
+        "During a gradual cut-over (docs/migration.md): the old public PB port (a Twisted server endpoint "
+        "string, e.g. `tcp:9989`), where workers that have not moved to their FURL still log in with "
+        "their password. `bbenroll master finish-migration` removes it; the master then closes it.",
+    ),
+    Field(
+        "ephemeral_timeout",
+        DURATION,
+        "How long an ephemeral worker (enrolled with `invite --ephemeral`) may stay disconnected before "
+        "the running master removes it from the registry and from Buildbot (never during a build). "
+        "Absent: 10 minutes.",
+    ),
 )
 
 # in the order bbenroll writes them
@@ -256,6 +272,27 @@ WORKER_FIELDS = (
     ),
     Field("revoked", TIME, "Present when revoked: the master refuses the worker."),
     Field("revoked_reason", STRING, "Why (only with `revoked`).", requires="revoked"),
+    Field("enrolled_by", STRING, "The ID of the invite this worker enrolled with (`bbenroll invite`)."),
+    Field(
+        "ephemeral",
+        BOOLEAN,
+        "`true`: enrolled with an `--ephemeral` invite; the running master removes the worker once it has "
+        "been disconnected longer than `[master] ephemeral_timeout`.",
+        default=False,
+    ),
+    Field(
+        "legacy",
+        BOOLEAN,
+        "`true`: imported from a master.cfg by `bbenroll import`, with its old PB password; until it "
+        "`moved`, it may still log in on `[master] legacy_pb`.",
+        default=False,
+    ),
+    Field(
+        "moved",
+        TIME,
+        "When an imported worker first connected through its FURL (written by the running master); from "
+        "then on its password no longer logs in on the public port.",
+    ),
     Field(
         "buildbot",
         TABLE,
@@ -388,10 +425,18 @@ def registry_from_data(data: Mapping[str, Any], problems: Problems) -> Registry 
         problems.add("version", f"missing (this format is version = {REGISTRY_VERSION})")
     elif isinstance(version, bool) or not isinstance(version, int):
         problems.add("version", f"must be an integer, not {toml_type(version)}")
+    elif OLDEST_UPGRADABLE_VERSION <= version < REGISTRY_VERSION:
+        problems.add(
+            "version",
+            f"registry version {version} is older than this bbenroll's version {REGISTRY_VERSION}: "
+            "run `bbenroll upgrade` (it keeps your comments and makes a backup)",
+        )
+        return None
     elif version != REGISTRY_VERSION:
         problems.add(
             "version",
-            f"unknown registry version {version}; this bbenroll reads version {REGISTRY_VERSION}",
+            f"unknown registry version {version}; this bbenroll reads version {REGISTRY_VERSION} "
+            "(a newer bbenroll wrote it: upgrade bbenroll)",
         )
         return None  # a newer format: do not second-guess the rest of it
     for key in sorted(set(data) - {"version", "master", "workers", "audit"}):

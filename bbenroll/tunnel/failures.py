@@ -37,6 +37,8 @@ class FailureKind(enum.Enum):
 class ConnectFailure:
     kind: FailureKind
     message: str  # one line for the user; never holds the secret
+    # a REFUSED that retrying cannot change (wire.RefusedForGood): revoked, removed, ...
+    permanent: bool = False
 
 
 WRONG_MASTER_MESSAGE = (
@@ -54,12 +56,16 @@ def classify(failure: Any) -> ConnectFailure:
     from foolscap.tokens import BananaError, NegotiationError, NoLocationHintsError, RemoteException
     from twisted.internet import defer, error
 
-    from bbenroll.tunnel.wire import REFUSED_TYPE_NAMES
+    from bbenroll.tunnel.wire import REFUSED_FOR_GOOD_TYPE_NAMES, REFUSED_TYPE_NAMES
 
     if failure.check(RemoteException):
         copied = failure.value.failure  # a CopiedFailure: .value is the remote message
         if copied.check(*REFUSED_TYPE_NAMES):
-            return ConnectFailure(FailureKind.REFUSED, f"the master refused this FURL: {copied.value}")
+            return ConnectFailure(
+                FailureKind.REFUSED,
+                f"the master refused this FURL: {copied.value}",
+                permanent=bool(copied.check(*REFUSED_FOR_GOOD_TYPE_NAMES)),
+            )
         # not a refusal: a fault on the master; its type name is all worth showing here
         return ConnectFailure(FailureKind.FAILED, f"the master failed ({copied.type.__name__}); see its log")
     if failure.check(BananaError):

@@ -40,6 +40,16 @@ class Refused(Exception):
     this type (Foolscap copies its qualified name), never by its text."""
 
 
+class RefusedForGood(Refused):
+    """A refusal that retrying cannot change: this FURL (or invite) is unknown, revoked,
+    expired, retired, bound to another key, or the invite is used up, expired or revoked.
+    A subclass, so a worker that knows only :class:`Refused` still recognises it (Foolscap
+    sends the qualified names of every class of the exception); ``bbenroll worker run``
+    exits with its own status on it (docs/deploy.md), so an orchestrator stops restarting."""
+
+
+REFUSED_FOR_GOOD_TYPE_NAMES = ("bbenroll.tunnel.wire.RefusedForGood",)
+
 # The qualified names a master may send for Refused: Foolscap identifies a remote
 # exception by its module path, and masters before the package layout raised it
 # from bbenroll.service. Both are the wire contract; a new worker must still slow
@@ -146,6 +156,31 @@ class RIEnrolledWorker(RITunnelPeer):
         """The worker could not test or write FURL ``serial``; it keeps its old one. The
         master logs ``reason`` and keeps the old secret valid (until the grace ends)."""
         return Nothing()
+
+
+HostName = UnicodeConstraint(maxLength=255)
+
+
+class RIInvite(RemoteInterface):
+    """What an invite FURL resolves to on the master (docs/fleets.md): it only enrolls.
+
+    The invite's secret is never a worker's credential: ``enroll`` consumes one use
+    (atomically, under the registry's lock), adds the worker, and answers with the
+    worker's own FURL over this encrypted link. A refused invite fails the lookup (or
+    this call) with :class:`RefusedForGood`: unknown, used up, expired or revoked.
+    """
+
+    __remote_name__ = "RIInvite.bbenroll.v1"
+
+    def enroll(host=HostName):
+        """Enroll a worker; ``host``: the machine's short host name (for ``--prefix`` names).
+        Returns ``{"name": NAME, "furl": FURL}``."""
+        return DictOf(UnicodeConstraint(maxLength=16), UnicodeConstraint(maxLength=2048), maxKeys=8)
+
+
+# the interface names a worker sees on the reference a FURL resolves to (RemoteReference.tracker)
+WORKER_INTERFACE = RIEnrolledWorker.__remote_name__
+INVITE_INTERFACE = RIInvite.__remote_name__
 
 
 # Each frame type and the remote method that carries it, with the frame's fields

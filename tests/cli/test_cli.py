@@ -323,11 +323,17 @@ def test_permission_warning_on_every_command(cli, reg_path):
     "mutate, message",
     [
         (
-            lambda t: t.replace("version = 1", "version = 2"),
-            "{p}: version: unknown registry version 2; this bbenroll reads version 1",
+            lambda t: t.replace("version = 2", "version = 3"),
+            "{p}: version: unknown registry version 3; this bbenroll reads version 2 (a newer bbenroll "
+            "wrote it: upgrade bbenroll)",
         ),
         (
-            lambda t: t.replace("version = 1", "version = 1\nversion = 1"),
+            lambda t: t.replace("version = 2", "version = 1"),
+            "{p}: version: registry version 1 is older than this bbenroll's version 2: run `bbenroll "
+            "upgrade` (it keeps your comments and makes a backup)",
+        ),
+        (
+            lambda t: t.replace("version = 2", "version = 2\nversion = 2"),
             "{p}:5:12: invalid TOML: Cannot overwrite a value",
         ),
         (lambda t: t + "[workers.w1]\nswissnum = 'x'\n", "{p}:"),

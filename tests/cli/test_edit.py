@@ -234,9 +234,9 @@ def test_an_edit_is_audited_and_its_audit_table_is_ours(cli, registry, editor):
 def test_an_edit_can_repair_a_registry_that_does_not_load(cli, registry, editor):
     """The one tool that can fix a broken registry under the lock must not refuse it;
     the audit chain records the repair and stays intact."""
-    registry.write_text(registry.read_text().replace("version = 1", "version = 7", 1))
+    registry.write_text(registry.read_text().replace("version = 2", "version = 7", 1))
     assert cli("check").code == 1
-    result = cli("edit", env=editor(EDIT_OLD="version = 7", EDIT_NEW="version = 1"))
+    result = cli("edit", env=editor(EDIT_OLD="version = 7", EDIT_NEW="version = 2"))
     assert result.code == 0, result.err
     assert "did not load before this edit" in result.err
     assert cli("check").code == 0

@@ -32,7 +32,7 @@ def secret(n: int) -> str:
 
 MASTER = f"""\
 # Top of file: hand-written comment. [workers.not-a-header]
-version = 1  # trailing comment
+version = 2  # trailing comment
 
 # about the master
 [master]

@@ -119,7 +119,7 @@ def test_data_round_trip():
 
 def test_problems_are_all_collected():
     problems = schema.Problems()
-    data = {"version": 1, "master": {"identity": 3, "location": "x", "extra": 1},
+    data = {"version": 2, "master": {"identity": 3, "location": "x", "extra": 1},
             "workers": {"1bad": {"swissnum": "short", "created": "yesterday"}}, "other": 1}
     assert schema.registry_from_data(data, problems) is None
     keys = [key for key, _ in problems.items]

@@ -217,7 +217,7 @@ def test_tomlkit_failure_is_a_clear_error_and_writes_nothing(
 def test_result_that_does_not_read_back_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = on_disk(tmp_path, FALLBACK_LAYOUTS[1].text)
     before = path.read_bytes()
-    for bad in ("not = [toml", "version = 1\n"):
+    for bad in ("not = [toml", "version = 2\n"):
         monkeypatch.setattr(tomledit, "rewrite_whole", lambda *args, bad=bad: bad)
         with pytest.raises(RegistryError) as info:
             with store.edit(path) as editor:

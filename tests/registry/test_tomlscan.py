@@ -165,7 +165,7 @@ def documents(draw: st.DrawFn) -> Doc:
     if draw(st.booleans()):
         plan = draw(st.permutations(plan))
     counter = [0]
-    chunks: list[str] = ["version = 1", *draw(table_body(counter))]
+    chunks: list[str] = ["version = 2", *draw(table_body(counter))]
     header_chunks = []
     for path, is_array in plan:
         header_chunks.append((len(chunks), path, is_array))

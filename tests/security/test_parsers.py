@@ -255,7 +255,7 @@ def test_a_registry_location_with_other_digits_is_a_problem(reg_path) -> None:
 
 TOML_PIECES = st.lists(
     st.sampled_from([
-        "version = 1\n", "[master]\n", "[workers.w1]\n", '[workers."wа"]\n', "identity = 'master.pem'\n",
+        "version = 2\n", "[master]\n", "[workers.w1]\n", '[workers."wа"]\n', "identity = 'master.pem'\n",
         f"tubid = '{TUBID}'\n", f"location = ['tcp:h:{ARABIC_PORT}']\n", "location = ['tor:']\n",
         "listen = 'tcp:9989'\n", f"swissnum = '{SWISSNUM}'\n", "password = 'p'\n",
         "created = 2026-01-01T00:00:00Z\n", "rotated = 1979-05-27\n", "expires = 'soon'\n", "tags = [1]\n",
