@@ -112,6 +112,8 @@ class Enrollment:
 
         result = []
         for name, worker in self._usable().items():
+            if name in self.latent_names:  # its Buildbot worker is the latent one
+                continue
             options = {**defaults, **worker.buildbot}
             try:
                 result.append(Worker(name, worker.password, **options))
@@ -144,15 +146,47 @@ class Enrollment:
     def service(self, *, poll_interval: float = POLL_INTERVAL) -> EnrollmentMasterService:
         return EnrollmentMasterService(str(self.path), poll_interval=poll_interval)
 
+    @property
+    def buildbot_pb_port(self) -> str:
+        """The port Buildbot's PB listens on: ``[master] legacy_pb`` (public) during a cut-over,
+        else the loopback ``pb`` (always checked: the tunnels fall back to it afterwards)."""
+        loopback = self.pb_port
+        legacy_pb = self.loaded.registry.master.legacy_pb
+        if legacy_pb is None:
+            return loopback
+        from bbenroll.master.legacy import check_legacy_pb
+
+        try:
+            return check_legacy_pb(legacy_pb)
+        except BBEnrollError as e:
+            raise _config_error(f"{self.path}: {e}") from None
+
     def configure(self, c: dict[str, Any], **worker_defaults: Any) -> None:
-        """Add the workers, the loopback PB port and the service to the config dict ``c``."""
-        c.setdefault("workers", []).extend(self.workers(**worker_defaults))
+        """Add the workers, the PB port and the service to the config dict ``c``.
+
+        A worker already in ``c['workers']`` (declared by hand) that the registry
+        also declares is an error naming it: Buildbot would take one of the two
+        silently. Latent workers made by :meth:`latent` are the registry's own.
+        """
+        ours = self.workers(**worker_defaults)
+        existing = c.setdefault("workers", [])
+        by_hand = {getattr(w, "name", None) for w in existing} - self.latent_names
+        twice = sorted(by_hand & {worker.name for worker in ours})
+        if twice:
+            raise _config_error(
+                f"worker{'s' if len(twice) > 1 else ''} {', '.join(map(repr, twice))} declared both in "
+                f"c['workers'] and in the registry {self.path}: remove the hand-written "
+                "Worker(...) from master.cfg (bbenroll declares it)"
+            )
+        existing.extend(ours)
         protocols = c.setdefault("protocols", {})
-        wanted = {"port": self.pb_port}
+        port = self.buildbot_pb_port
+        wanted = {"port": port}
         if protocols.get("pb", wanted) != wanted:
             raise _config_error(
                 f"c['protocols']['pb'] is already set to {protocols['pb']!r}; bbenroll uses the "
-                f"registry's master.pb ({self.pb_port}): remove the other setting"
+                f"registry's {'master.legacy_pb' if port != self.pb_port else 'master.pb'} ({port}): "
+                "remove the other setting"
             )
         protocols["pb"] = wanted
         c.setdefault("services", []).append(self.service())
@@ -177,6 +211,7 @@ def quiet_pb_failures(master: Any) -> None:
         def __init__(self, config_portstr: Any, portstr: Any) -> None:
             super().__init__(config_portstr, portstr)
             self.serverFactory.unsafeTracebacks = False
+            guard_pb_logins(self, master)
 
     if not getattr(pbmanager, "_bbenroll_quiet", False):
         pbmanager.dispatcher_class = QuietDispatcher  # this master only, not the class
@@ -185,6 +220,58 @@ def quiet_pb_failures(master: Any) -> None:
         factory = getattr(dispatcher, "serverFactory", None)
         if factory is not None:
             factory.unsafeTracebacks = False
+        guard_pb_logins(dispatcher, master)
+
+
+def guard_pb_logins(dispatcher: Any, master: Any) -> None:
+    """Refuse, on this PB dispatcher, the logins master/legacy.py says must come through a tunnel.
+
+    Wraps the instance's ``requestAvatarId`` (its portal holds the instance, so one
+    made before bbenroll started is covered too); Buildbot's password check runs after.
+    """
+    if getattr(dispatcher, "_bbenroll_guarded", False) or not hasattr(dispatcher, "requestAvatarId"):
+        return
+    checked = dispatcher.requestAvatarId
+
+    def requestAvatarId(creds: Any) -> Any:
+        why = pb_login_refusal(master, creds)
+        if why is not None:
+            from twisted.cred.error import UnauthorizedLogin
+
+            return defer.fail(UnauthorizedLogin())
+        return checked(creds)
+
+    dispatcher.requestAvatarId = requestAvatarId
+    dispatcher._bbenroll_guarded = True
+
+
+def pb_login_refusal(master: Any, creds: Any) -> str | None:
+    """Why this PB login is refused by bbenroll (logged), or None: Buildbot decides."""
+    from bbenroll.master import legacy
+
+    services = getattr(master, "namedServices", {}) or {}
+    ours = services.get(SERVICE_NAME)
+    enrollment = getattr(ours, "enrollment", None)
+    if enrollment is None:  # not serving (starting, stopping): no tunnel, no registry in force
+        return None
+    try:
+        name = creds.username.decode("utf-8") if isinstance(creds.username, bytes) else str(creds.username)
+    except (AttributeError, UnicodeDecodeError):
+        return None  # Buildbot refuses it itself
+    registry = enrollment.gate.registry
+    transport = getattr(getattr(creds, "broker", None), "transport", None)
+    peer = legacy.address(transport.getPeer()) if transport is not None else None
+    why = legacy.login_refusal(
+        registry.workers.get(name),
+        peer,
+        enrollment.tunnel_addresses(),
+        legacy_pb=registry.master.legacy_pb,
+    )
+    if why is not None:
+        where = f"{peer[0]}:{peer[1]}" if peer is not None else "an unknown address"
+        log.warn("bbenroll: refused a direct PB login as {worker!r} from {peer}: {why}",
+                 worker=name, peer=where, why=why)
+    return why
 
 
 class EnrollmentMasterService(bbservice.BuildbotService):

@@ -49,6 +49,7 @@ from bbenroll.identity import load_identity
 from bbenroll.master import auditing, binding
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
+from bbenroll.master import legacy as legacymod
 from bbenroll.master.identities import RETIRED, ServedIdentities
 from bbenroll.master.reloader import POLL_INTERVAL, RegistryReloader
 from bbenroll.master.sessions import SessionTable
@@ -357,6 +358,7 @@ class EnrollmentService(service.MultiService):
         )
         self._audit(auditing.accepted(obj.name, swissnum, obj.peer, decision.reason))
         self._write_status()
+        self._mark_moved(obj.name)
         return obj
 
     def _refuse(self, broker: EnrollmentBroker, decision: gatemod.Decision) -> defer.Deferred[Any]:
@@ -389,8 +391,59 @@ class EnrollmentService(service.MultiService):
         return self.gate.registry.workers[obj.name]
 
     def _pb_endpoint(self) -> str | None:
+        """Where the tunnels dial Buildbot's PB port: the old public one on loopback during a
+        cut-over (``legacy_pb`` follows the registry: Buildbot moves with its next reconfig),
+        else the loopback ``pb`` the service started with."""
+        legacy_pb = self.loaded.registry.master.legacy_pb
+        if legacy_pb is not None:
+            try:
+                return legacymod.tunnel_endpoint(legacy_pb)
+            except BBEnrollError as e:  # the hook refuses such a registry: Buildbot has no port there
+                log.error("bbenroll: {error}", error=str(e))
         running = self.reloader.running_settings
         return running[2] if running is not None else self.loaded.registry.master.pb  # type: ignore[return-value]
+
+    # -- the gradual cut-over (master/legacy.py) ------------------------------------
+
+    def tunnel_addresses(self) -> set[tuple[str, int]]:
+        """Local addresses of this master's live tunnel connections to the PB port: a PB login
+        from one of them came through a tunnel (the hook's dispatcher asks)."""
+        return legacymod.leg_addresses(self.sessions.sessions.values())
+
+    def _mark_moved(self, name: str) -> None:
+        """A legacy worker's first accepted FURL connection: record ``moved`` (once, through the writer)."""
+        worker = self.gate.registry.workers.get(name)
+        moving: set[str] = self.__dict__.setdefault("_moving", set())
+        if worker is None or legacymod.mark_moved(worker, self.now()) is None or name in moving:
+            return
+        moving.add(name)
+        now = self.now()
+
+        def edit(editor: Editor) -> None:  # in the writer's thread, under the lock
+            changed = legacymod.mark_moved(editor.worker(name), now)
+            if changed is not None:
+                editor.update(changed)
+
+        def done(result: Any) -> None:
+            moving.discard(name)
+            if isinstance(result, Failure):
+                log.info("bbenroll: cannot record that worker {worker!r} moved: {why}", worker=name,
+                         why=str(result.value))
+            else:
+                log.info(
+                    "worker {worker!r} moved to its FURL: its password no longer logs in directly on "
+                    "the PB port", worker=name,
+                )
+
+        self.writer.submit(edit).addBoth(done)
+
+    def _legacy_pb_changed(self) -> bool:
+        """Whether ``[master] legacy_pb`` changed since the last look: Buildbot must reconfigure
+        (open or close the public PB port), which the worker view alone would not ask for."""
+        current = self.loaded.registry.master.legacy_pb
+        seen = self.__dict__.get("_legacy_pb_seen", current)
+        self._legacy_pb_seen = current
+        return seen != current
 
     def _lost(self, key: tuple[int, str]) -> None:
         obj = self.connections.pop(key, None)
@@ -488,7 +541,8 @@ class EnrollmentService(service.MultiService):
             usable = self.gate.usable_workers(now)
             self.sessions.end_all_but(usable, "worker no longer enrolled")
             view = self._buildbot_view(usable)
-            if view != self._announced:
+            legacy_pb_changed = self._legacy_pb_changed()  # first: it remembers what it saw
+            if view != self._announced or legacy_pb_changed:
                 self._announced = view
                 if self.on_workers_changed is not None:
                     self.on_workers_changed(usable)
