@@ -12,6 +12,35 @@ from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import DurationType, output_options
 
 COLUMNS = ("name", "state", "created", "rotated", "expires", "delivery", "tags", "note")
+KIND = "kind"  # the column for imported (legacy/moved) and ephemeral workers, shown when one is listed
+
+
+def origin_fields(worker: Any) -> dict[str, Any]:
+    """How a worker came to be, for --json: imported (legacy, moved), enrolled by an invite."""
+    from bbenroll.times import format_time
+
+    return {
+        "legacy": worker.legacy,
+        "moved": format_time(worker.moved),
+        "ephemeral": worker.ephemeral,
+        "enrolled_by": worker.enrolled_by,
+    }
+
+
+def kind_text(worker: Any) -> str:
+    """``legacy``, ``moved DATE``, ``ephemeral``: the kind column (empty for a plain worker)."""
+    from bbenroll.master.legacy import migration_state
+    from bbenroll.times import format_short
+
+    parts = []
+    state = migration_state(worker)
+    if state == "moved":
+        parts.append(f"moved {format_short(worker.moved)}")
+    elif state:
+        parts.append(state)
+    if worker.ephemeral:
+        parts.append("ephemeral")
+    return ", ".join(parts)
 
 
 def delivery_text(worker: Any) -> str:
@@ -63,6 +92,7 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
         summary = model.worker_summary(w, now, within)
         # a master key rollover: whether its FURL may still carry the TubID being replaced
         summary["identity"] = "previous" if model.on_previous_identity(master, w) else "current"
+        summary.update(origin_fields(w))
         summaries.append(summary)
     on_previous = [s["name"] for s in summaries if s["identity"] == "previous"]
 
@@ -71,12 +101,16 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
             any_workers = bool(loaded.registry.workers)
             out.info("no workers match" if any_workers else "no workers yet; add one with: bbenroll add NAME")
             return
+        kinds = [kind_text(w) for w in rows]
+        with_kind = any(kinds)  # an ordinary registry's table stays as it always was
+        columns = COLUMNS[:2] + ((KIND,) if with_kind else ()) + COLUMNS[2:]
         out.table(
-            COLUMNS,
+            columns,
             [
                 (
                     w.name,
                     w.state(now, within),
+                    *((kind,) if with_kind else ()),
                     format_short(w.created),
                     format_short(w.rotated),
                     format_short(w.expires),
@@ -84,7 +118,7 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
                     ", ".join(w.tags),
                     w.note or "",
                 )
-                for w in rows
+                for w, kind in zip(rows, kinds, strict=True)
             ],
             wrap=("tags", "note"),
         )
@@ -94,6 +128,14 @@ def command(app: App, tags: tuple[str, ...], expiring: timedelta | None, revoked
                 f"{count} not yet confirmed on the new master identity ({', '.join(on_previous[:5])}"
                 f"{', ...' if len(on_previous) > 5 else ''}); the old one ({master.previous.tubid}) "
                 f"is served until {format_short(master.previous.until)}"
+            )
+        from bbenroll.master.legacy import left_to_move
+
+        left = left_to_move({w.name: w for w in rows}, now)
+        if left and master.legacy_pb is not None:
+            out.info(
+                f"{len(left)} imported worker{'' if len(left) == 1 else 's'} not moved to a FURL yet: "
+                f"still logging in with the old password on legacy_pb {master.legacy_pb}"
             )
 
     return Result(summaries, show)

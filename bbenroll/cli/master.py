@@ -17,6 +17,10 @@ from bbenroll.errors import BBEnrollError, FurlError
 from bbenroll.times import format_time
 
 
+class MigrationNotFinished(BBEnrollError):
+    """finish-migration without --force while imported workers have not moved."""
+
+
 class BadHints(BBEnrollError):
     """HINTS is not a comma-separated list of valid connection hints."""
 
@@ -45,7 +49,7 @@ def parse_hints(text: str) -> tuple[str, ...]:
 
 @click.group("master")
 def command() -> None:
-    """The master's settings: connection hints and its identity (TLS key)."""
+    """The master's settings: connection hints, its identity (TLS key), the cut-over's end."""
 
 
 @command.command("set-location")
@@ -192,5 +196,47 @@ def roll_identity(app: App, grace: timedelta | None) -> Result:
                 "the running master reloads: each worker admin must run "
                 "'bbenroll worker create --force BASEDIR NEWFURL' ('bbenroll show NAME' prints it)"
             )
+
+    return Result(document, show)
+
+
+@command.command("finish-migration")
+@output_options
+@click.option("--force", is_flag=True, help="Remove it though imported workers have not moved (lists them).")
+@click.pass_obj
+def finish_migration(app: App, force: bool) -> Result:
+    """End the gradual cut-over: remove [master] legacy_pb.
+
+    Refused while a usable imported worker has not moved to its FURL (they are
+    listed); ``--force`` removes it anyway and lists who is cut off. A running
+    master closes the public PB port at its next reconfig, without a restart;
+    from then on every worker arrives through its FURL.
+    """
+    from bbenroll.master.legacy import left_to_move
+
+    now = app.now()
+    with app.edit() as editor:
+        old = editor.master
+        left = left_to_move(editor.workers, now)
+        if old.legacy_pb is None:
+            document: dict[str, Any] = {"changed": False, "legacy_pb": None, "left": left, "cut_off": []}
+            return Result(document, lambda out: out.info("nothing to do: [master] has no legacy_pb"))
+        if left and not force:
+            them = "it" if len(left) == 1 else "them"
+            shown = ", ".join(left[:20]) + (f" and {len(left) - 20} more" if len(left) > 20 else "")
+            raise MigrationNotFinished(
+                f"not moved to a FURL yet (still logging in on {old.legacy_pb}): {shown}; migrate "
+                f"{them} (bbenroll worker migrate), revoke {them}, or use --force to cut {them} off"
+            )
+        editor.set_master(replace(old, legacy_pb=None))
+    document = {"changed": True, "legacy_pb": old.legacy_pb, "left": left, "cut_off": left}
+
+    def show(out: Output) -> None:
+        out.info(
+            f"removed legacy_pb {old.legacy_pb}: a running master closes that port at its next reconfig "
+            "(within seconds, no restart); every worker now arrives through its FURL"
+        )
+        if left:
+            out.warn(f"cut off (no FURL connection yet): {', '.join(left)}")
 
     return Result(document, show)

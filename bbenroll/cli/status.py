@@ -26,8 +26,12 @@ def command(app: App) -> Result:
     now = app.now()
     running, why = master_running(recorded_status, now)
     recorded = (recorded_status or {}).get("workers", {})
+    from bbenroll.cli.listing import kind_text, origin_fields
+
     rows = []
-    for name in loaded.registry.workers:
+    kinds = []
+    for name, worker in loaded.registry.workers.items():
+        kinds.append(kind_text(worker))
         entry = recorded.get(name) or {}
         connected = running and entry.get("state") == "connected"
         rows.append(
@@ -43,12 +47,14 @@ def command(app: App) -> Result:
                 "update_failure_at": entry.get("update_failure_at") or None,
                 # the master identities (TubIDs) its connections use: two during a roll-identity
                 "tubids": [t for t in (entry.get("tubids") or "").split(",") if t] if connected else [],
+                **origin_fields(worker),  # the cut-over (legacy/moved), invites (ephemeral, enrolled_by)
             }
         )
     document = {
         "running": running,
         "why": None if running else why,
         "updated": (recorded_status or {}).get("updated"),
+        "legacy_pb": loaded.registry.master.legacy_pb,
         "workers": rows,
     }
 
@@ -69,10 +75,21 @@ def command(app: App) -> Result:
     def show(out: Output) -> None:
         if not running:
             out.warn(f"no master is running: {why}")
+        with_kind = any(kinds)  # imported or ephemeral workers: say which (else the table as ever)
         out.table(
-            COLUMNS,
-            [(w["name"], w["state"], short(w["since"]), w["peer"] or "", short(w["last_seen"]), update(w))
-             for w in rows],
+            COLUMNS[:2] + (("kind",) if with_kind else ()) + COLUMNS[2:],
+            [(w["name"], w["state"], *((kind,) if with_kind else ()), short(w["since"]), w["peer"] or "",
+              short(w["last_seen"]), update(w))
+             for w, kind in zip(rows, kinds, strict=True)],
         )
+        if loaded.registry.master.legacy_pb is not None:
+            from bbenroll.master.legacy import left_to_move
+
+            left = left_to_move(loaded.registry.workers, now)
+            out.info(
+                f"cut-over: the old PB port {loaded.registry.master.legacy_pb} is open; "
+                + (f"not moved yet: {', '.join(left)}" if left
+                   else "every imported worker has moved: bbenroll master finish-migration closes it")
+            )
 
     return Result(document, show)
