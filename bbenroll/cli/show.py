@@ -33,7 +33,9 @@ def command(app: App, name: str, qr: bool, png: Path | None, svg: Path | None) -
     details = model.worker_details(loaded.registry, worker, app.now())
     from bbenroll.cli.listing import kind_text, origin_fields
 
-    details.update(origin_fields(worker))
+    kind = kind_text(worker)
+    if kind or worker.enrolled_by:  # a plain worker's document stays what `add --json` gives
+        details.update(origin_fields(worker))
     warning = state_warning(name, details["state"])
     if warning:
         app.out.warn(warning)
@@ -50,7 +52,6 @@ def command(app: App, name: str, qr: bool, png: Path | None, svg: Path | None) -
         from bbenroll.times import format_short
 
         lines.append(f"bound to worker key {worker.bound.tubid} since {format_short(worker.bound.at)}")
-    kind = kind_text(worker)
     if kind:
         by = f" (enrolled by invite {worker.enrolled_by})" if worker.enrolled_by else ""
         lines.append(f"kind: {kind}{by}")
