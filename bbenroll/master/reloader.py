@@ -6,7 +6,9 @@ and checked whole; if it is broken (or changes the master's identity other
 than by ``master roll-identity``) it is refused with one log line, and the
 last good registry stays in force until the file changes again.
 ``[master] listen/location/pb`` take effect only on a restart: a change to
-them is warned about once.
+them is warned about once. ``legacy_pb`` (the gradual cut-over) is not one of
+them: Buildbot's PB port follows it at the next reconfig, which the service asks
+for when it changes (``EnrollmentService._legacy_pb_changed``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def file_signature(path: Path) -> Signature:
 
 
 def master_settings(loaded: LoadedRegistry) -> tuple[object, ...]:
-    """The ``[master]`` settings that are read only when the service starts."""
+    """The ``[master]`` settings that are read only when the service starts (not ``legacy_pb``:
+    removing it closes the public PB port at the next reconfig, without a restart)."""
     master = loaded.registry.master
     return (master.listen, master.location, master.pb)
 
