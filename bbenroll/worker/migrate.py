@@ -323,7 +323,7 @@ def migrate_worker(
         name = tac.values["workername"]
         if config["name"] != name:
             raise MigrateError(
-                f"this FURL is worker {config['name']!r}'s, and {basedir / TAC} is worker {name!r}'s; "
+                f"this FURL is for worker {config['name']!r}, but {basedir / TAC} is worker {name!r}; "
                 "nothing changed"
             )
         changes = tac_changes(tac, setup.connection_string(furl_file, resume, key_file), config["password"])
