@@ -33,7 +33,8 @@ def command(app: App, master_basedir: Path, config: str, registry: Path | None, 
         app.registry_path = registry
     loaded = app.load()  # a registry that does not load stops here, before master.cfg runs
     app.out.progress(f"loading {master_basedir / config} with Buildbot's configuration loader")
-    found = importing.load_master_workers(master_basedir, config)
+    master = importing.load_master(master_basedir, config)
+    found = master.workers
     now = app.now()
     plan = importing.plan_import(found, loaded.registry, now)
     imported: list[str] = []
@@ -50,7 +51,7 @@ def command(app: App, master_basedir: Path, config: str, registry: Path | None, 
         "imported": imported,
         "dry_run": dry_run,
         "registry": str(app.registry_path),
-        "next": importing.NEXT_STEP if imported else None,
+        "next": importing.next_step(master.pb_port) if imported else None,
     }
 
     def show(out: Output) -> None:
@@ -72,7 +73,7 @@ def command(app: App, master_basedir: Path, config: str, registry: Path | None, 
         elif imported:
             out.info(f"imported {len(imported)} workers into {app.registry_path}; each keeps its password "
                      "and has a new FURL ('bbenroll show NAME')")
-            out.info(importing.NEXT_STEP)
+            out.info(importing.next_step(master.pb_port))
         else:
             out.info("nothing to import")
 

@@ -47,14 +47,19 @@ CARRIED_OPTIONS = (
 IMPORT, SKIP, EXISTS = "import", "skip", "exists"
 PLAIN_WORKER = "buildbot.worker.base.Worker"
 
-NEXT_STEP = (
-    "next: keep the old PB port public for the workers not migrated yet and let bbenroll declare "
-    "the workers: in workers.toml [master] set legacy_pb = \"tcp:9989\" (the port the workers use "
-    "now), and in master.cfg replace c['workers'] and c['protocols'] by\n"
-    "    from bbenroll.master import Enrollment\n"
-    "    Enrollment(\"workers.toml\", basedir=basedir).configure(c)\n"
-    "(docs/migration.md)"
-)
+def next_step(pb_port: str | None) -> str:
+    """What to do after an import: the old PB port stays public (``legacy_pb``) for the workers
+    not migrated yet, and master.cfg declares the workers from the registry."""
+    port = pb_port if pb_port is not None else "9989"
+    endpoint = port if ":" in port else f"tcp:{port}"
+    return (
+        f"next: set legacy_pb = \"{endpoint}\" in workers.toml's [master] (the PB port the workers use "
+        "now, kept public until they are migrated), and in master.cfg replace c['workers'] and "
+        "c['protocols'] by these two lines:\n"
+        "    from bbenroll.master import Enrollment\n"
+        "    Enrollment(\"workers.toml\", basedir=basedir).configure(c)\n"
+        "then migrate each worker: bbenroll worker migrate BASEDIR FURL (docs/migration.md)"
+    )
 
 
 class ImportError_(BBEnrollError):  # ImportError is the builtin's name
@@ -95,14 +100,27 @@ class FoundWorker:
         )
 
 
+@dataclass(frozen=True)
+class LoadedMaster:
+    workers: list[FoundWorker]
+    pb_port: str | None  # c['protocols']['pb']['port'] as a string: the port the workers use now
+
+
 def load_master_workers(
+    basedir: Path, config: str = DEFAULT_CONFIG, *, python: str | None = None, timeout: float = LOAD_TIMEOUT
+) -> list[FoundWorker]:
+    """The workers of ``basedir/config`` (:func:`load_master`)."""
+    return load_master(basedir, config, python=python, timeout=timeout).workers
+
+
+def load_master(
     basedir: Path,
     config: str = DEFAULT_CONFIG,
     *,
     python: str | None = None,
     timeout: float = LOAD_TIMEOUT,
-) -> list[FoundWorker]:
-    """The workers of ``basedir/config``, loaded by Buildbot's loader in a child process.
+) -> LoadedMaster:
+    """What ``basedir/config`` declares, loaded by Buildbot's loader in a child process.
 
     ImportError_ (one line, Buildbot's reason) when master.cfg does not load.
     """
@@ -126,7 +144,9 @@ def load_master_workers(
         raise ImportError_(f"{basedir / config}: loading it failed: {last}")
     if "error" in answer:
         raise ImportError_(f"{basedir / config}: Buildbot cannot load it: {answer['error']}")
-    return [FoundWorker.from_json(w) for w in answer["workers"]]
+    pb = answer.get("pb_port")
+    workers = [FoundWorker.from_json(w) for w in answer["workers"]]
+    return LoadedMaster(workers, None if pb is None else str(pb))
 
 
 ANSWER_MARK = b"bbenroll-import-answer: "
@@ -510,7 +530,12 @@ def _child(basedir: str, config: str) -> int:
         except ConfigErrors as e:
             answer: dict[str, Any] = {"error": "; ".join(" ".join(str(m).split()) for m in e.errors)}
         else:
-            answer = {"workers": [describe_worker(w, enrollment_ids) for w in loaded.workers]}
+            pb = (loaded.protocols or {}).get("pb") or {}
+            port = pb.get("port") if isinstance(pb, dict) else None
+            answer = {
+                "workers": [describe_worker(w, enrollment_ids) for w in loaded.workers],
+                "pb_port": port if isinstance(port, (str, int)) else None,
+            }
     except BaseException as e:  # master.cfg is arbitrary code: SystemExit too
         answer = {"error": f"{type(e).__name__}: {e}"}
     answer_stream.write(ANSWER_MARK + json.dumps(answer).encode("utf-8") + b"\n")
