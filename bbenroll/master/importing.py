@@ -221,6 +221,8 @@ def _plan_one(found: FoundWorker, registry: model.Registry, now: datetime) -> En
             f"its password is not a plain string ({found.password_type}): bbenroll must know the "
             "password to keep it (make it a string, or 'bbenroll add' the worker with a new one)",
         ))
+    if not found.password:
+        return Entry(name, SKIP, problems=("its password is empty: the registry needs one",))
     if name in registry.workers:
         return Entry(name, EXISTS, problems=("exists: a worker of that name is in the registry already",))
     try:
@@ -520,9 +522,15 @@ def _child(basedir: str, config: str) -> int:
     sys.stdout = sys.stderr
     enrollment_ids: set[int] = set()
     try:
-        from buildbot.config.errors import ConfigErrors
-        from buildbot.config.master import FileLoader
-
+        try:
+            from buildbot.config.errors import ConfigErrors
+            from buildbot.config.master import FileLoader
+        except ImportError:
+            answer_stream.write(ANSWER_MARK + json.dumps({"error": (
+                f"buildbot is not installed for {sys.executable}: run bbenroll import where the master runs"
+            )}).encode("utf-8") + b"\n")
+            answer_stream.flush()
+            return 0
         _watch_enrollment(enrollment_ids)
         os.chdir(basedir)
         try:

@@ -61,6 +61,7 @@ def test_what_cannot_be_carried_is_reported_with_its_reason(registry):
         FoundWorker("secret", password=None, password_type="Secret"),
         FoundWorker("ours", password="p", enrollment=True),
         FoundWorker("bad name", password="p"),
+        FoundWorker("empty", password=""),
         FoundWorker("opts", password="p", options={
             "max_builds": value(2),
             "properties": {"problem": "holds an Interpolate, which Buildbot renders at run time"},
@@ -78,6 +79,7 @@ def test_what_cannot_be_carried_is_reported_with_its_reason(registry):
     assert "(Secret)" in entries["secret"].problems[0]
     assert entries["ours"].action == SKIP and "Enrollment" in entries["ours"].problems[0]
     assert entries["bad name"].action == SKIP and "name" in entries["bad name"].problems[0]
+    assert entries["empty"].problems == ("its password is empty: the registry needs one",)
     opts = entries["opts"]
     assert opts.action == IMPORT and dict(opts.options) == {"max_builds": 2}
     assert opts.problems == (
@@ -87,7 +89,7 @@ def test_what_cannot_be_carried_is_reported_with_its_reason(registry):
         "option missing_timeout: not carried (None: TOML has no null)",
     )
     assert entries["custom"].action == IMPORT and "site.workers.MyWorker" in entries["custom"].problems[0]
-    assert [e.worker for e in entries.values() if e.action == SKIP] == [None] * 5
+    assert [e.worker for e in entries.values() if e.action == SKIP] == [None] * 6
 
 
 def test_a_name_in_the_registry_already_is_refused_as_exists(cli, reg_path):
