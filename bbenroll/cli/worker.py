@@ -152,3 +152,4 @@ def create(
         )
 
     return Result(result, show)
+command.add_command(__import__("bbenroll.cli.worker_migrate", fromlist=["command"]).command)  # issue 10
