@@ -245,13 +245,21 @@ def guard_pb_logins(dispatcher: Any, master: Any) -> None:
     dispatcher._bbenroll_guarded = True
 
 
+def running_service(master: Any) -> EnrollmentMasterService | None:
+    """This master's bbenroll service: c['services'] are children of Buildbot's service
+    manager (``master.service_manager``), not of the master itself."""
+    for parent in (getattr(master, "service_manager", None), master):
+        named = getattr(parent, "namedServices", None) or {}
+        if SERVICE_NAME in named:
+            return named[SERVICE_NAME]
+    return None
+
+
 def pb_login_refusal(master: Any, creds: Any) -> str | None:
     """Why this PB login is refused by bbenroll (logged), or None: Buildbot decides."""
     from bbenroll.master import legacy
 
-    services = getattr(master, "namedServices", {}) or {}
-    ours = services.get(SERVICE_NAME)
-    enrollment = getattr(ours, "enrollment", None)
+    enrollment = getattr(running_service(master), "enrollment", None)
     if enrollment is None:  # not serving (starting, stopping): no tunnel, no registry in force
         return None
     try:

@@ -185,7 +185,9 @@ class TestDispatcherCheck:
             master=SimpleNamespace(legacy_pb="tcp:9989"),
         )
         enrollment = SimpleNamespace(gate=SimpleNamespace(registry=registry), tunnel_addresses=lambda: {LEG})
-        return SimpleNamespace(namedServices={"bbenroll": SimpleNamespace(enrollment=enrollment)})
+        # as in Buildbot: c['services'] are children of the master's service manager
+        manager = SimpleNamespace(namedServices={"bbenroll": SimpleNamespace(enrollment=enrollment)})
+        return SimpleNamespace(namedServices={"service_manager": manager}, service_manager=manager)
 
     def creds(self, name, host, port):
         peer = SimpleNamespace(host=host, port=port)
