@@ -245,6 +245,33 @@ def guard_pb_logins(dispatcher: Any, master: Any) -> None:
     dispatcher._bbenroll_guarded = True
 
 
+@defer.inlineCallbacks
+def follow_pb_port(master: Any) -> Any:
+    """Move every worker's PB registration to the configured PB port, now.
+
+    Buildbot reconfigures a worker only when its own arguments change, so a new
+    ``c['protocols']['pb']`` alone (``legacy_pb`` set or removed: the cut-over) would
+    leave the workers on the old port until a restart. Re-registering each one
+    (Buildbot's own ``WorkerRegistration.update``, a no-op when nothing changed) moves
+    them; the old port's dispatcher, left without registrations, stops listening.
+    Connected workers stay attached.
+    """
+    config = getattr(master, "config", None)
+    manager = getattr(master, "workers", None)
+    registrations = getattr(manager, "registrations", None)
+    if config is None or not isinstance(registrations, dict) or "pb" not in getattr(config, "protocols", {}):
+        return
+    for registration in list(registrations.values()):
+        worker = getattr(registration, "worker", None)
+        if worker is None or getattr(registration, "pbReg", None) is None:
+            continue
+        try:
+            yield registration.update(worker, config)
+        except Exception:  # one worker's registration must not fail the reconfig of the rest
+            log.failure("bbenroll: cannot move worker {worker!r} to the new PB port",
+                        worker=getattr(worker, "workername", "?"))
+
+
 def running_service(master: Any) -> EnrollmentMasterService | None:
     """This master's bbenroll service: c['services'] are children of Buildbot's service
     manager (``master.service_manager``), not of the master itself."""
@@ -320,6 +347,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
         yield super().reconfigServiceWithSibling(sibling)
         # Buildbot compares later siblings with the first arguments forever; keep them current
         self._config_args, self._config_kwargs = sibling._config_args, sibling._config_kwargs
+        yield follow_pb_port(self.master)
 
     @defer.inlineCallbacks
     def startService(self) -> Any:
