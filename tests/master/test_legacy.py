@@ -205,3 +205,35 @@ class TestDispatcherCheck:
 
     def test_without_the_service_buildbot_decides(self):
         assert pb_login_refusal(SimpleNamespace(namedServices={}), self.creds("w1", "127.0.0.1", 1)) is None
+
+
+class TestFollowPbPort:
+    """follow_pb_port: a reconfig moves every worker's PB registration (Buildbot alone would not)."""
+
+    def test_every_registered_worker_is_updated_with_the_new_config(self):
+        from twisted.internet import defer
+
+        from bbenroll.master.hook import follow_pb_port
+
+        updated = []
+
+        class Registration:
+            def __init__(self, name, pb=True):
+                self.worker = SimpleNamespace(workername=name)
+                self.pbReg = object() if pb else None
+
+            def update(self, worker, config):
+                updated.append((worker.workername, config.protocols["pb"]["port"]))
+                return defer.succeed(None)
+
+        config = SimpleNamespace(protocols={"pb": {"port": "tcp:9990:interface=127.0.0.1"}})
+        registrations = {"a": Registration("a"), "b": Registration("b"), "m": Registration("m", pb=False)}
+        master = SimpleNamespace(config=config, workers=SimpleNamespace(registrations=registrations))
+        d = follow_pb_port(master)
+        assert d.called and d.result is None
+        assert updated == [("a", "tcp:9990:interface=127.0.0.1"), ("b", "tcp:9990:interface=127.0.0.1")]
+
+    def test_a_master_without_workers_is_left_alone(self):
+        from bbenroll.master.hook import follow_pb_port
+
+        assert follow_pb_port(SimpleNamespace()).called
