@@ -307,7 +307,7 @@ def import_workers(
     """Write ``plan``'s importable workers into the registry at ``registry_path`` in ONE edit
     (under the registry's lock, audited, atomic), and return their names.
 
-    Like ``store.edit``, but through :class:`_ImportEditor`: tomledit writes no
+    Like ``store.edit``, but through an ImportEditor (:func:`_import_editor_class`): tomledit writes no
     ``[workers.NAME.buildbot]`` table for a new worker (it never rewrites Buildbot
     options), and an imported worker's options must go in with it.
     """
@@ -319,7 +319,7 @@ def import_workers(
         store.read_text(path)  # the friendly "not found"
     real = store.real_path(path)
     with exclusive_lock(store.lock_path(real), timeout=timeout, owned_like=real):
-        editor = _ImportEditor(store.load(path, real=real), real)
+        editor = _import_editor_class()(store.load(path, real=real), real)
         names = apply_plan(editor, plan)
         editor.save(now=now, actor=actor)
     return names
@@ -400,14 +400,6 @@ def _is_options_header(line: str, name: str) -> bool:
     except ScanError:
         return False
     return path[:3] == ("workers", name, "buildbot")
-
-
-class _LazyEditor:
-    def __call__(self, *args: Any) -> Any:
-        return _import_editor_class()(*args)
-
-
-_ImportEditor = _LazyEditor()
 
 
 # --- the child: runs master.cfg ---------------------------------------------------------

@@ -108,6 +108,21 @@ async def test_migrate_keeps_every_setting_and_file(service, tmp_path):
     assert not [p for p in os.listdir(base) if "migrating" in p]
 
 
+@pytest.mark.parametrize("options", [("--relocatable",), ("--no-logrotate",), ("--use-tls", "--umask=0o22")])
+@pytest_twisted.ensureDeferred
+async def test_every_tac_create_worker_writes_is_understood(service, tmp_path, options):
+    furl = bbenroll(service, "add", "w1")
+    base = stock(tmp_path, "w1", password_of(service, "w1"), *options)
+    old = read_tac((base / "buildbot.tac").read_text())
+    result = await migrate_now(base, furl)
+    assert result["changed"] == sorted(CONNECTION)
+    new = read_tac((base / "buildbot.tac").read_text())
+    assert {k: v for k, v in new.values.items() if k not in CONNECTION} == {
+        k: v for k, v in old.values.items() if k not in CONNECTION
+    }
+    compile((base / "buildbot.tac").read_text(), "buildbot.tac", "exec")
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_different_password_becomes_the_masters(service, tmp_path):
     furl = bbenroll(service, "add", "w1")
