@@ -44,6 +44,9 @@ COMMANDS = {
     "worker": "bbenroll.cli.worker",
     "demo": "bbenroll.cli.demo",
     "completion": "bbenroll.cli.completion",
+    "upgrade": "bbenroll.cli.upgrade",
+    "export": "bbenroll.cli.export",
+    "backup": "bbenroll.cli.backup",
 }
 
 PROG_NAME = "bbenroll"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from bbenroll.cli.app import App
@@ -20,9 +22,18 @@ def plural(count: int, noun: str) -> str:
 
 @click.command("check")
 @output_options
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Check this backup archive (bbenroll backup create) instead of the registry.",
+)
 @click.pass_obj
-def command(app: App) -> Result:
+def command(app: App, archive: Path | None) -> Result:
     """Check registry and identity: syntax, schema, permissions, TubID, hints."""
+    if archive is not None:
+        from bbenroll.cli.backup import verify_result
+
+        return verify_result(archive)
     from bbenroll.registry import model, store
 
     path = app.registry_path
