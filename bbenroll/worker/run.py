@@ -347,6 +347,21 @@ def supervise(
 # -- creating the worker -------------------------------------------------------------------------
 
 
+def _enroll_module() -> Any:
+    """``bbenroll.worker.enroll`` when this bbenroll has it (invites), else None."""
+    try:
+        from bbenroll.worker import enroll  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return enroll if hasattr(enroll, "create_worker") else None
+
+
+def check_can_create(credential: Credential) -> None:
+    """Refuse, before any connection, what this bbenroll cannot create a worker from."""
+    if credential.kind == "invite" and _enroll_module() is None:
+        raise BBEnrollError(f"{credential.source}: this bbenroll cannot redeem invites; give a worker FURL")
+
+
 def create_worker(
     basedir: Path,
     credential: Credential,
@@ -364,17 +379,16 @@ def create_worker(
     """
     from twisted.internet import defer
 
-    try:
-        from bbenroll.worker import enroll  # type: ignore[attr-defined]
-    except ImportError:
-        enroll = None
-    if enroll is not None and hasattr(enroll, "create_worker"):
+    enroll = _enroll_module()
+    if enroll is not None:
         return defer.maybeDeferred(
             enroll.create_worker, basedir, credential.text, reactor=reactor, resume=resume,
             timeout=timeout, force=force, progress=progress,
         )
-    if credential.kind == "invite":
-        return defer.fail(BBEnrollError(f"{credential.source}: this bbenroll cannot redeem invites yet"))
+    try:
+        check_can_create(credential)
+    except BBEnrollError as e:
+        return defer.fail(e)
     from bbenroll.worker.setup import (
         bind_worker_key,
         check_basedir,
