@@ -73,10 +73,12 @@ def command(
     basedir = basedir.absolute()
     if basedir.exists() and not basedir.is_dir():
         raise BBEnrollError(f"{basedir} exists and is not a directory")
-    # read and checked even when the basedir is ready: a broken secret mount is news at once
-    credential = wrun.find_credential(furl_file, invite_file, os.environ)
+    if furl_file is not None and invite_file is not None:
+        raise BBEnrollError("give --furl-file or --invite-file, not both")
     created: dict[str, Any] | None = None
     if not wrun.basedir_ready(basedir):
+        # read only now: a restart needs no secret (its invite is used up, its file may be gone)
+        credential = wrun.find_credential(furl_file, invite_file, os.environ)
         if credential is None:
             raise BBEnrollError(
                 f"{basedir} holds no worker yet, and no FURL or invite was given "
