@@ -96,3 +96,42 @@ def test_removed_worker_exits_3(farm):
     assert "refused this worker for good" in again.stderr()
 
 
+
+
+def make_invite(farm, name: str) -> tuple[str, str]:
+    """A one-use invite for worker ``name``, written to the registry as `bbenroll invite` would:
+    (its ID, its FURL)."""
+    invites = pytest.importorskip("bbenroll.registry.invites", reason="needs the invites' registry part")
+    from bbenroll.furl import build_furl
+    from bbenroll.registry import store
+    from tests.helpers.rotation import utc_now
+
+    invite, secret = invites.new_invite(utc_now(), name=name, by="test")
+    with store.edit(farm.registry, now=utc_now()) as editor:
+        editor.add_invite(invite)
+    master = farm.loaded().registry.master
+    return invite.id, build_furl(master.tubid, master.location, secret)
+
+
+def test_an_invite_is_consumed_by_the_first_run_only(farm):
+    invite_id, invite = make_invite(farm, "w3")
+    basedir = farm.tmp / "w3"
+    r = start(farm, "w3", {"BBENROLL_INVITE": invite})
+    wait_for(lambda: "w3" in farm.loaded().registry.workers, timeout=60, what="w3 enrolled")
+    attached(farm, r, "w3")
+    assert "created worker 'w3'" in r.stderr()
+    used = farm.loaded().registry.invites[invite_id]
+    assert (used.used, used.uses) == (1, 0)
+    assert farm.entry("w3").enrolled_by == invite_id
+    assert invite.rsplit("/", 1)[1] not in r.stdout() + r.stderr()
+    r.terminate()
+    assert r.wait(timeout=30) == 0, r.stderr()
+    wait_gone(basedir)
+
+    again = start(farm, "w3", {"BBENROLL_INVITE": invite})  # the same (used up) invite: not read
+    attached(farm, again, "w3")
+    assert "nothing consumed" in again.stderr()
+    assert farm.loaded().registry.invites[invite_id].used == 1
+    again.terminate()
+    assert again.wait(timeout=30) == 0, again.stderr()
+    wait_gone(basedir)
