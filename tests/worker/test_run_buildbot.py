@@ -13,7 +13,7 @@ from tests.helpers.run import RunFarm, WorkerRun, processes_in, stop_farm, wait_
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
-NAMES = ["w1", "w2"]
+NAMES = ["w1", "w2", "w4"]
 EXITS_WITHIN = 10.0  # s from `revoke`/`remove` to `worker run` gone with 3 ("within a few seconds")
 
 
@@ -134,4 +134,18 @@ def test_an_invite_is_consumed_by_the_first_run_only(farm):
     assert farm.loaded().registry.invites[invite_id].used == 1
     again.terminate()
     assert again.wait(timeout=30) == 0, again.stderr()
+    wait_gone(basedir)
+
+
+def test_a_basedir_half_written_by_a_crash_is_created_again(farm):
+    basedir = farm.tmp / "w4"
+    (basedir / "info").mkdir(parents=True)
+    (basedir / "buildbot.tac").write_text("# a crash came before bbenroll.furl was written\n")
+    r = start(farm, "w4", {"BBENROLL_FURL": farm.furls["w4"]})
+    attached(farm, r, "w4")
+    assert "created worker 'w4'" in r.stderr()
+    assert "bbenroll:furlfile=" in (basedir / "buildbot.tac").read_text()
+    assert (basedir / "bbenroll.furl").exists() and (basedir / "bbenroll.pem").exists()
+    r.terminate()
+    assert r.wait(timeout=30) == 0, r.stderr()
     wait_gone(basedir)
