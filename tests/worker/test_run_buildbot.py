@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import stat
 import time
 
@@ -148,4 +150,16 @@ def test_a_basedir_half_written_by_a_crash_is_created_again(farm):
     assert (basedir / "bbenroll.furl").exists() and (basedir / "bbenroll.pem").exists()
     r.terminate()
     assert r.wait(timeout=30) == 0, r.stderr()
+    wait_gone(basedir)
+
+    # --json: stdout holds exactly one document, at the end; the worker's log goes to stderr
+    j = WorkerRun(basedir, {}, "--json")
+    farm.runs.append(j)
+    attached(farm, j, "w4")
+    j.terminate()
+    assert j.wait(timeout=30) == 0, j.stderr()
+    document = json.loads(j.stdout())
+    assert document == {"basedir": str(basedir), "created": False, "name": None, "exit": 0,
+                        "signal": int(signal.SIGTERM)}
+    assert "Connected to buildmaster" in j.stderr()
     wait_gone(basedir)
