@@ -49,6 +49,12 @@ COMMANDS = {
     "backup": "bbenroll.cli.backup",
 }
 
+# subcommands living in their own module, added to their group (a click.Group) when it loads
+SUBCOMMANDS = {
+    # subcommands of a group that live in their own modules (one module per command)
+    "worker": {"run": "bbenroll.cli.worker_run", "migrate": "bbenroll.cli.worker_migrate"},
+}
+
 PROG_NAME = "bbenroll"
 
 
@@ -62,7 +68,11 @@ class LazyGroup(click.Group):
         module = COMMANDS.get(name)
         if module is None:
             return None
-        return importlib.import_module(module).command
+        command = importlib.import_module(module).command
+        for sub, sub_module in SUBCOMMANDS.get(name, {}).items():
+            if sub not in command.commands:
+                command.add_command(importlib.import_module(sub_module).command, sub)
+        return command
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
