@@ -241,11 +241,20 @@ class EnrollmentMasterService(bbservice.BuildbotService):
 
     def _start_enrollment(self) -> defer.Deferred[None]:
         """Start the Foolscap service; fails (after one log line) if its port is taken."""
+
+        def has_running_build(name: str) -> bool:
+            # the check _busy_removed_workers makes, for one worker
+            manager = getattr(self.master, "workers", None)
+            worker = (getattr(manager, "workers", {}) or {}).get(name)
+            wfbs = getattr(worker, "workerforbuilders", {}) or {}
+            return any(wfb.isBusy() for wfb in wfbs.values())
+
         self.enrollment = EnrollmentService(
             self.registry_path,
             reactor=self.master.reactor,  # Buildbot's own: the one the master runs on
             poll_interval=self.poll_interval,
             on_workers_changed=self._workers_changed,
+            busy=has_running_build,  # ephemeral workers are never removed during a build
         )
         self.enrollment.startService()
         return self.enrollment.when_listening()
