@@ -45,6 +45,11 @@ COMMANDS = {
     "completion": "bbenroll.cli.completion",
 }
 
+# subcommands living in their own module, added to their group (a click.Group) when it loads
+SUBCOMMANDS = {
+    "worker": {"run": "bbenroll.cli.worker_run"},
+}
+
 PROG_NAME = "bbenroll"
 
 
@@ -58,7 +63,11 @@ class LazyGroup(click.Group):
         module = COMMANDS.get(name)
         if module is None:
             return None
-        return importlib.import_module(module).command
+        command = importlib.import_module(module).command
+        for sub, sub_module in SUBCOMMANDS.get(name, {}).items():
+            if sub not in command.commands:
+                command.add_command(importlib.import_module(sub_module).command, sub)
+        return command
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:

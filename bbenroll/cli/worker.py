@@ -1,11 +1,11 @@
-"""bbenroll worker create: set up a buildbot-worker from a FURL."""
+"""bbenroll worker create: set up a buildbot-worker from a FURL or an invite (worker/enroll.py)."""
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -14,16 +14,7 @@ from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import output_options, seconds_option
 from bbenroll.errors import BBEnrollError
 from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT, RESUME_DEADLINE_MAX, RESUME_DEADLINE_MIN
-from bbenroll.worker.setup import (
-    DEFAULT_TIMEOUT,
-    MAX_TIMEOUT,
-    MIN_TIMEOUT,
-    bind_worker_key,
-    check_basedir,
-    create_worker_dir,
-    fetch_worker_config,
-    worker_key,
-)
+from bbenroll.worker.setup import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT
 
 MAX_FURL_BYTES = 16 * 1024  # far above any real FURL; stops reading /dev/zero or a log by mistake
 ARGV_WARNING = (
@@ -54,7 +45,7 @@ def command() -> None:
 @click.option(
     "--furl-file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Read the FURL from this file (keeps it out of shell history).",
+    help="Read the FURL or invite from this file (keeps it out of shell history).",
 )
 @seconds_option(
     "--resume",
@@ -82,12 +73,39 @@ def create(
     timeout: float,
     force: bool,
 ) -> Result:
-    """Create a buildbot-worker in BASEDIR from FURL ('-' or --furl-file: read it, not from argv)."""
+    """Create a buildbot-worker in BASEDIR from FURL or an invite ('-' or --furl-file: read it,
+    not from argv; neither: $BBENROLL_INVITE or $BBENROLL_FURL)."""
     from bbenroll.cli.reactor import react
-    from bbenroll.furl import parse_furl
+    from bbenroll.worker.enroll import create_worker
 
     if not math.isfinite(timeout):
         raise click.BadParameter("must be a number of seconds", param_hint="'--timeout'")
+    text = read_credential(app, furl, furl_file)
+    result = react(lambda reactor: create_worker(
+        basedir, text, reactor=reactor, resume=resume, timeout=timeout, force=force,
+        progress=app.out.progress,
+    ))
+
+    def show(out: Output) -> None:
+        out.data(result["basedir"])
+        bound = result["bound"]
+        if bound is None:
+            out.warn("this master does not bind FURLs to worker keys: the FURL works from any machine")
+        where = f" (FURL bound to its key {bound.get('fingerprint')})" if bound else ""
+        how = f" with invite {result['enrolled_by']}" if result.get("enrolled_by") else ""
+        out.info(
+            f"created worker {result['name']!r}{how} in {result['basedir']}{where}; start it with: "
+            f"buildbot-worker start {result['basedir']}"
+        )
+
+    return Result(result, show)
+
+
+ENVIRONMENT = ("BBENROLL_INVITE", "BBENROLL_FURL")
+
+
+def read_credential(app: App, furl: str | None, furl_file: Path | None) -> str:
+    """The FURL or invite text: the argument, ``-`` (stdin), ``--furl-file``, or the environment."""
     if furl_file is not None and furl is not None:
         raise click.UsageError("give the FURL as an argument or with --furl-file, not both")
     if furl_file is not None:
@@ -100,11 +118,16 @@ def create(
 
         # the format of a worker's own bbenroll.furl, whose "# serial N" line a pushed update adds
         furl = parse_furl_text(text, str(furl_file)).furl
+    elif furl is None and any(os.environ.get(name) for name in ENVIRONMENT):
+        given = [name for name in ENVIRONMENT if os.environ.get(name)]
+        if len(given) > 1:
+            raise BBEnrollError("both BBENROLL_INVITE and BBENROLL_FURL are set: set only one")
+        furl = os.environ[given[0]]
     elif furl is None or furl == "-":
         if sys.stdin is None:  # started with stdin closed (<&-)
             raise BBEnrollError("no FURL given (standard input is closed): use --furl-file")
         if furl is None and sys.stdin.isatty():
-            furl = click.prompt("FURL", hide_input=True, err=True)
+            furl = click.prompt("FURL or invite", hide_input=True, err=True)
         else:
             furl = decode_furl_text(sys.stdin.buffer.readline(MAX_FURL_BYTES + 1), "standard input")
     else:
@@ -112,43 +135,7 @@ def create(
     furl = (furl or "").strip()
     if not furl:
         raise BBEnrollError("no FURL given")
+    from bbenroll.furl import parse_furl
+
     parse_furl(furl)
-    check_basedir(basedir, force)
-    key = worker_key(basedir)  # the basedir's own, or a new one written with the rest
-    written: dict[str, Any] = {}
-
-    def run(reactor: Any) -> Any:
-        d = fetch_worker_config(furl, reactor=reactor, timeout=timeout, progress=app.out.progress, key=key)
-        d.addCallback(write)
-        # bound only once the key is on disk: a basedir that could not be written binds nothing
-        d.addCallback(lambda _: bind_worker_key(
-            furl, reactor=reactor, timeout=timeout, progress=app.out.progress, key=key
-        ))
-        return d
-
-    def write(config: dict[str, Any]) -> None:
-        app.out.progress(f"writing {basedir}")
-        written.update(create_worker_dir(basedir, furl, config, resume=resume, force=force, key=key))
-
-    try:
-        bound = react(run)
-    except BBEnrollError as e:
-        if not written:
-            raise
-        raise BBEnrollError(
-            f"{basedir} is written, but the FURL could not be bound to this worker's key: {e}"
-        ) from None
-    result = {**written, "bound": bound}
-
-    def show(out: Output) -> None:
-        out.data(result["basedir"])
-        bound = result["bound"]
-        if bound is None:
-            out.warn("this master does not bind FURLs to worker keys: the FURL works from any machine")
-        where = f" (FURL bound to its key {bound.get('fingerprint')})" if bound else ""
-        out.info(
-            f"created worker {result['name']!r} in {result['basedir']}{where}; start it with: "
-            f"buildbot-worker start {result['basedir']}"
-        )
-
-    return Result(result, show)
+    return furl

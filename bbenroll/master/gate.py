@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from bbenroll.registry.model import Registry, State, Worker, usable
 from bbenroll.times import format_time
@@ -28,11 +29,19 @@ class Reason(enum.StrEnum):
     EXPIRED = "worker enrollment expired"
     RETIRED = "secret retired by rotation"
     WRONG_KEY = "this FURL is bound to another worker key"  # master/binding.py
+    # invites (docs/fleets.md): an unknown invite secret is UNKNOWN, like any unknown secret
+    INVITE = "invite"  # accepted: a usable invite's secret (it may only enroll)
+    INVITE_USED = "invite already used"
+    INVITE_EXPIRED = "invite expired"
+    INVITE_REVOKED = "invite revoked"
 
 
 UNKNOWN, REVOKED, EXPIRED, RETIRED = Reason.UNKNOWN, Reason.REVOKED, Reason.EXPIRED, Reason.RETIRED
 # refusals that no retry can change: told as wire.RefusedForGood (``worker run`` exits on them)
-PERMANENT = frozenset({Reason.UNKNOWN, Reason.REVOKED, Reason.EXPIRED, Reason.RETIRED, Reason.WRONG_KEY})
+PERMANENT = frozenset({
+    Reason.UNKNOWN, Reason.REVOKED, Reason.EXPIRED, Reason.RETIRED, Reason.WRONG_KEY,
+    Reason.INVITE_USED, Reason.INVITE_EXPIRED, Reason.INVITE_REVOKED,
+})
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class Decision:
     # its own key) and the one the FURL is bound to (for the master's log only)
     key: str | None = field(default=None, compare=False)
     bound_key: str | None = field(default=None, compare=False)
+    # an invite's secret: the invite's ID (never its secret); ``worker`` stays None
+    invite: str | None = field(default=None, compare=False)
 
     @property
     def message(self) -> str:
@@ -68,6 +79,8 @@ class Decision:
 
     def describe(self) -> str:
         """For the log: which worker (never the secret) and why."""
+        if self.invite is not None:
+            return f"invite {self.invite}" + ("" if self.accepted else f": {self.reason}")
         who = f"worker {self.worker!r}" if self.worker else "unknown secret"
         return f"{who}: {self.reason}" if self.worker else who  # an accepted one always has its worker
 
@@ -81,6 +94,10 @@ class Gate:
             self._current[worker.swissnum] = worker.name
             if worker.previous is not None:
                 self._previous[worker.previous.swissnum] = worker.name
+        # invites by the hash of their secret: the registry never holds the secret itself
+        self._invites: dict[str, str] = {
+            invite.hash: invite_id for invite_id, invite in getattr(registry, "invites", {}).items()
+        }
 
     def decide(self, swissnum: str, now: datetime) -> Decision:
         name = self._current.get(swissnum)
@@ -101,6 +118,20 @@ class Gate:
             return Decision(False, RETIRED, name, retired_on=worker.rotated)
         return Decision(True, which, name)
 
+    def decide_invite(self, swissnum: str, now: datetime) -> Decision | None:
+        """The decision for an invite's secret; None when it is no invite's (then it is unknown).
+
+        Asked only for a secret that is no worker's: hashing every worker's secret at every
+        lookup would cost each connection for nothing."""
+        if not self._invites:
+            return None
+        from bbenroll.registry.invites import invite_hash
+
+        invite_id = self._invites.get(invite_hash(swissnum))
+        if invite_id is None:
+            return None
+        return Decision(*invite_state(self.registry.invites[invite_id], now), invite=invite_id)
+
     def still_allowed(self, name: str, swissnum: str, now: datetime) -> Decision:
         """Re-check a live connection that was let in as ``name`` with ``swissnum``."""
         decision = self.decide(swissnum, now)
@@ -111,3 +142,16 @@ class Gate:
     def usable_workers(self, now: datetime) -> dict[str, Worker]:
         """The workers Buildbot should know about at ``now``."""
         return usable(self.registry, now)
+
+
+def invite_state(invite: Any, now: datetime) -> tuple[bool, Reason]:
+    """Whether ``invite`` (a registry/invites.py Invite) can enroll a worker at ``now``, and why not.
+
+    Revoked first, then expired, then used up: the most final reason is the one told."""
+    if invite.revoked is not None:
+        return False, Reason.INVITE_REVOKED
+    if invite.expires is not None and invite.expires <= now:
+        return False, Reason.INVITE_EXPIRED
+    if not invite.reusable and (invite.uses or 0) <= 0:
+        return False, Reason.INVITE_USED
+    return True, Reason.INVITE

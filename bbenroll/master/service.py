@@ -30,8 +30,8 @@ Nothing here imports Buildbot; :mod:`bbenroll.master.hook` adapts it to a master
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,7 @@ class EnrollmentService(service.MultiService):
         self._last_connected: dict[str, datetime] = {}
         self._removing: set[str] = set()  # ephemeral removals queued in the writer
         self._started_at: datetime | None = None
+        self._pruning = False  # the removal of the master's spent invites is queued
 
     @property
     def loaded(self) -> LoadedRegistry:
@@ -339,6 +340,14 @@ class EnrollmentService(service.MultiService):
                 # our last poll. Re-reading costs a stat() unless the file really changed.
                 self._reload()
                 decision = self.gate.decide(swissnum, self.now())
+            if decision.reason is gatemod.Reason.UNKNOWN:
+                # no worker's: an invite's? (an unknown one is refused as any unknown secret)
+                invited = self.gate.decide_invite(swissnum, self.now())
+                if invited is not None and not invited.accepted:
+                    return self._refuse(broker, invited)
+                if invited is not None:
+                    assert invited.invite is not None
+                    return self._invite_object(invited.invite, broker)
         if decision.accepted:  # a bound FURL works only from its worker's key
             worker = self.gate.registry.workers.get(decision.worker or "")
             decision = binding.check(decision, worker, binding.client_key(broker))
@@ -366,6 +375,71 @@ class EnrollmentService(service.MultiService):
         self._audit(auditing.accepted(obj.name, swissnum, obj.peer, decision.reason))
         self._write_status()
         return obj
+
+    def _invite_object(self, invite_id: str, broker: EnrollmentBroker) -> Any:
+        """An invite's object for this connection. The connection is NOT marked authenticated:
+        it keeps its deadline and counts against its address's cap (master/invites.py)."""
+        from bbenroll.master.invites import InviteObject
+
+        obj = InviteObject(self, invite_id, broker)
+        log.info("invite {invite} presented from {peer}", invite=invite_id, peer=obj.peer)
+        return obj
+
+    def create_invite(
+        self,
+        *,
+        name: str | None = None,
+        prefix: str | None = None,
+        tags: Iterable[str] = (),
+        uses: int = 1,
+        reusable: bool = False,
+        ttl: timedelta,
+        ephemeral: bool = False,
+        worker_expires: timedelta | None = None,
+        note: str | None = None,
+        reenroll: bool = False,
+    ) -> defer.Deferred[str]:
+        """Make an invite (``by = "master"``) through the writer; fires with its FURL once on disk.
+
+        For master.cfg code (latent workers). The FURL is the only copy of the secret: the
+        caller hands it to the instance and keeps it nowhere else. The master removes its own
+        invites once used up or expired."""
+        from bbenroll.master import invites as invitesmod
+
+        options: dict[str, Any] = {
+            "name": name, "prefix": prefix, "tags": tuple(tags), "uses": uses, "reusable": reusable,
+            "ephemeral": ephemeral, "worker_expires": worker_expires, "note": note, "reenroll": reenroll,
+        }
+        result: dict[str, str] = {}
+
+        def written(_: None) -> str:
+            log.info("bbenroll: made invite {invite}", invite=result["id"])
+            return result["furl"]
+
+        d = self.writer.submit(invitesmod.create_invite_edit(options, ttl, self.now(), result))
+        d.addCallback(written)
+        return d
+
+    def _prune_invites(self, now: datetime) -> None:
+        """Remove the master's own invites that are spent (one batched edit at a time)."""
+        from bbenroll.master import invites as invitesmod
+
+        if self._pruning:
+            return
+        spent = invitesmod.spent_master_invites(getattr(self.gate.registry, "invites", {}), now)
+        if not spent:
+            return
+        self._pruning = True
+
+        def done(result: Any) -> None:
+            self._pruning = False
+            if isinstance(result, Failure):
+                log.info("bbenroll: cannot remove spent invites: {why}", why=str(result.value))
+            else:
+                log.info("bbenroll: removed {count} spent invites of the master: {ids}",
+                         count=len(spent), ids=", ".join(spent[:10]))
+
+        self.writer.submit(invitesmod.remove_invites_edit(spent, now)).addBoth(done)
 
     def _refuse(self, broker: EnrollmentBroker, decision: gatemod.Decision) -> defer.Deferred[Any]:
         broker.refusals += 1
@@ -494,6 +568,7 @@ class EnrollmentService(service.MultiService):
             self._offer_due()
             self._rotate_due(now)
             self._remove_ephemeral(now)
+            self._prune_invites(now)
             self.writer.flush()  # a batch that failed is retried here
             usable = self.gate.usable_workers(now)
             self.sessions.end_all_but(usable, "worker no longer enrolled")

@@ -10,6 +10,9 @@ process's tunnel to that FURL: every buildbot-worker reconnect reuses it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +43,22 @@ class TunnelTable:
 
     A tunnel leaves the table when it stops, so a later ``connect()`` starts a fresh
     one. ``make_tunnel`` builds a tunnel (tests pass one that needs no network).
+
+    ``exit_on_refusal`` (default: ``BBENROLL_EXIT_ON_REFUSAL=1`` in the environment, which
+    ``bbenroll worker run`` sets for its child): on a refusal no retry changes, write
+    ``BASEDIR/bbenroll.refused`` (the FURL file's directory) and stop the reactor, so that
+    the worker process exits and ``worker run`` exits 3. Without it the tunnel retries slowly.
     """
 
-    def __init__(self, make_tunnel: Any = WorkerTunnel) -> None:
+    def __init__(self, make_tunnel: Any = WorkerTunnel, exit_on_refusal: bool | None = None) -> None:
+        from bbenroll.worker.run import ENV_EXIT_ON_REFUSAL
+
         self.make_tunnel = make_tunnel
+        if exit_on_refusal is None:
+            exit_on_refusal = os.environ.get(ENV_EXIT_ON_REFUSAL) == "1"
+        self.exit_on_refusal = exit_on_refusal
+        self._reactor: Any = None
+        self.refused: Path | None = None  # the marker written, once refused
         self._tunnels: dict[tuple[Path, float], WorkerTunnel] = {}
         self._shutdown_trigger_added = False
         self._shutting_down = False
@@ -71,6 +86,12 @@ class TunnelTable:
             self._tunnels.pop(key, None)
             tunnel = None
         if tunnel is None:
+            self._reactor = reactor
+            options: dict[str, Any] = {}
+            if worker_key is not None:
+                options["key"] = worker_key
+            if self.exit_on_refusal:
+                options["on_refused"] = self._refused
             tunnel = self.make_tunnel(
                 current.furl,
                 reactor=reactor,
@@ -78,7 +99,7 @@ class TunnelTable:
                 on_stopped=self._forget,
                 furlfile=key[0],
                 serial=current.serial,
-                **({"key": worker_key} if worker_key is not None else {}),
+                **options,
             )
             self._tunnels[key] = tunnel
             tunnel.start()
@@ -92,6 +113,29 @@ class TunnelTable:
         """Close every tunnel's streams cleanly (Buildbot sees a normal disconnect), then stop them."""
         self._shutting_down = True
         return defer.gatherResults([tunnel.shutdown() for tunnel in list(self._tunnels.values())])
+
+    def _refused(self, tunnel: WorkerTunnel, message: str) -> None:
+        """The master refused ``tunnel`` for good: leave the marker, then stop the worker process."""
+        from twisted.internet.error import ReactorNotRunning
+
+        from bbenroll.worker.run import write_refused_marker
+
+        if tunnel.furlfile is None:
+            return
+        reactor = self._reactor
+        when = datetime.fromtimestamp(reactor.seconds(), UTC).replace(microsecond=0)
+        try:
+            self.refused = write_refused_marker(Path(tunnel.furlfile).parent, when, message)
+        except OSError as e:
+            # without the marker an exit would read as a clean stop: keep retrying, slowly, as before
+            log.error("bbenroll: cannot write the refusal marker ({why}); retrying instead", why=e.strerror)
+            tunnel.on_refused = None
+            tunnel._retry = tunnel.clock.callLater(tunnel.refused_retry, tunnel._connect)
+            return
+        log.error("bbenroll: the master refused this worker for good; stopping the worker")
+        tunnel.stop()
+        with contextlib.suppress(ReactorNotRunning):
+            reactor.stop()
 
     def _forget(self, tunnel: WorkerTunnel) -> None:
         for key, known in list(self._tunnels.items()):

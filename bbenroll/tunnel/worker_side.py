@@ -103,8 +103,12 @@ class WorkerTunnel(TunnelAdapter):
         furlfile: Path | None = None,
         serial: int = 0,
         key: bytes | None = None,
+        on_refused: Callable[[WorkerTunnel, str], None] | None = None,
     ) -> None:
         self.furl = furl
+        # told of a refusal no retry changes (wire.RefusedForGood), instead of retrying slowly;
+        # ``worker run``'s child sets it (endpoint.TunnelTable) so that the worker exits
+        self.on_refused = on_refused
         self.furlfile = furlfile  # where a pushed FURL is written (None: not written anywhere)
         self.serial = serial  # the number of ``furl`` (docs/rotation.md), from the FURL file
         self.address = TunnelAddress(",".join(parse_furl(furl).hints))
@@ -347,6 +351,10 @@ class WorkerTunnel(TunnelAdapter):
         self._attempt += 1
         if self._stopped:
             return  # the attempt died with the tunnel: nothing to retry, nothing to say
+        if why.permanent and self.on_refused is not None:
+            log.error("bbenroll: {error}; not retrying", error=self.last_error)
+            self.on_refused(self, why.message)
+            return
         log.info("bbenroll: {error}; retrying in {delay:.1f}s", error=self.last_error, delay=delay)
         self._retry = self.clock.callLater(delay, self._connect)
 

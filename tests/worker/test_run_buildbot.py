@@ -1,0 +1,98 @@
+"""``bbenroll worker run`` end to end: a real Buildbot master with the hook, real processes."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+import pytest
+
+from bbenroll.worker.run import EXIT_REFUSED, REFUSED_MARKER
+from tests.helpers.buildbot import wait_for
+from tests.helpers.run import RunFarm, WorkerRun, processes_in, stop_farm, wait_gone
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+NAMES = ["w1", "w2"]
+EXITS_WITHIN = 10.0  # s from `revoke`/`remove` to `worker run` gone with 3 ("within a few seconds")
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    farm = RunFarm(tmp_path_factory.mktemp("run"), NAMES)
+    farm.runs = []
+    yield farm
+    stop_farm(farm, farm.runs)
+
+
+def start(farm, name: str, env: dict[str, str]) -> WorkerRun:
+    r = WorkerRun(farm.tmp / name, env)
+    farm.runs.append(r)
+    return r
+
+
+def attached(farm, r: WorkerRun, name: str) -> None:
+    def up() -> bool:
+        assert r.proc.poll() is None, f"worker run exited {r.proc.returncode}: {r.stderr()}"
+        return farm.connected(name)
+
+    wait_for(up, timeout=60, what=f"{name} connected")
+
+
+def test_run_creates_builds_stops_on_sigterm_and_restarts_without_creating(farm):
+    basedir = farm.tmp / "w1"
+    r = start(farm, "w1", {"BBENROLL_FURL": farm.furls["w1"]})
+    attached(farm, r, "w1")
+    assert "created worker 'w1'" in r.stderr()
+    assert (basedir / "buildbot.tac").exists()
+    assert not (basedir / "twistd.pid").exists()  # --pidfile=: nothing stale for a container restart
+    farm.assert_succeeded(farm.force("w1", 50, 0))
+    assert "Connected to buildmaster" in r.stdout()  # twistd.log is followed on stdout
+    assert farm.furls["w1"] not in r.stdout() + r.stderr()
+
+    r.terminate()
+    assert r.wait(timeout=30) == 0, r.stderr()
+    wait_gone(basedir)
+    wait_for(lambda: not farm.connected("w1"), timeout=30, what="w1 disconnected")
+
+    tac = (basedir / "buildbot.tac").read_bytes()
+    furl_file = (basedir / "bbenroll.furl").read_bytes()
+    again = start(farm, "w1", {"BBENROLL_FURL": farm.furls["w1"]})
+    attached(farm, again, "w1")
+    assert "nothing consumed" in again.stderr()
+    assert (basedir / "buildbot.tac").read_bytes() == tac
+    assert (basedir / "bbenroll.furl").read_bytes() == furl_file
+    farm.assert_succeeded(farm.force("w1", 10, 0))
+
+    # revoked: the master drops the worker, the tunnel is refused for good, run exits 3
+    started = time.monotonic()
+    farm.cli("revoke", "w1", "--reason", "stolen laptop")
+    assert again.wait(timeout=EXITS_WITHIN + 30) == EXIT_REFUSED, again.stderr()
+    assert time.monotonic() - started < EXITS_WITHIN, "worker run took too long to give up"
+    err = again.stderr()
+    assert "refused this worker for good" in err and "revoked" in err, err
+    marker = basedir / REFUSED_MARKER
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o600
+    assert marker.read_text().count("\n") == 1
+    assert farm.furls["w1"].rsplit("/", 1)[1] not in marker.read_text()
+    wait_gone(basedir)
+
+
+def test_removed_worker_exits_3(farm):
+    basedir = farm.tmp / "w2"
+    r = start(farm, "w2", {"BBENROLL_FURL": farm.furls["w2"]})
+    attached(farm, r, "w2")
+    started = time.monotonic()
+    farm.cli("remove", "--yes", "w2")
+    assert r.wait(timeout=EXITS_WITHIN + 30) == EXIT_REFUSED, r.stderr()
+    assert time.monotonic() - started < EXITS_WITHIN
+    assert "refused this worker for good" in r.stderr()
+    assert (basedir / REFUSED_MARKER).exists()
+    wait_gone(basedir)
+    assert processes_in(basedir) == []
+    # a stale marker does not decide the next run: it is removed before the child starts
+    again = start(farm, "w2", {})
+    assert again.wait(timeout=60) == EXIT_REFUSED
+    assert "refused this worker for good" in again.stderr()
+
+
