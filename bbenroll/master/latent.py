@@ -48,6 +48,8 @@ log = Logger(namespace="bbenroll")
 
 INVITE_ENV = "BBENROLL_INVITE"
 DEFAULT_INVITE_TTL = timedelta(minutes=5)  # when the worker has no missing_timeout
+# seconds to wait for the invite's registry write (the writer retries a held lock forever)
+INVITE_TIMEOUT = 30.0
 # settings of Buildbot's environment an enrolled instance must not get, or cannot use
 DROPPED_ENV = ("WORKERPASS", "BUILDMASTER_PORT")
 
@@ -58,6 +60,42 @@ def _config_error(message: str) -> Exception:
     from buildbot.config.errors import ConfigErrors
 
     return ConfigErrors([f"bbenroll: {message}"])
+
+
+class InviteTimeout(Exception):
+    def __str__(self) -> str:
+        return "the registry was not written in time (see the master's log)"
+
+
+def within(seconds: float, clock: Any, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+    """``d``'s result, or InviteTimeout after ``seconds``. ``d`` itself is left alone (the
+    writer fires it later; cancelling it would break the writer); a late invite is unused
+    and expires."""
+    result: defer.Deferred[Any] = defer.Deferred()
+
+    def settle(outcome: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not result.called:
+            result.callback(outcome)  # a Failure fails it
+
+    def expired() -> None:
+        if not result.called:
+            result.errback(InviteTimeout())
+
+    timer = clock.callLater(seconds, expired)
+    d.addBoth(settle)
+    return result
+
+
+def running_service(master: Any, name: str) -> Any:
+    """The Buildbot master's service ``name``: c['services'] are children of its
+    ``service_manager`` (Buildbot 4), not of the master itself."""
+    for parent in (getattr(master, "service_manager", None), master):
+        found = getattr(parent, "namedServices", {}).get(name)
+        if found is not None:
+            return found
+    return None
 
 
 def takes_password(worker_class: type) -> bool:
@@ -137,7 +175,7 @@ def enrolled_class(worker_class: type) -> type:
             from bbenroll.master.hook import SERVICE_NAME
 
             name = self.name
-            service = getattr(self.master, "namedServices", {}).get(SERVICE_NAME)
+            service = running_service(self.master, SERVICE_NAME)
             enrollment = getattr(service, "enrollment", None)
             if enrollment is None or not enrollment.running:
                 log.error("bbenroll: not starting an instance of latent worker {worker!r}: the bbenroll "
@@ -152,11 +190,15 @@ def enrolled_class(worker_class: type) -> type:
                           worker=name, why=why)
                 raise LatentWorkerCannotSubstantiate(name, f"worker is {why}")
             try:
-                furl = yield enrollment.create_invite(
+                furl = yield within(INVITE_TIMEOUT, self.master.reactor, enrollment.create_invite(
                     name=name, reenroll=True, uses=1, ttl=self.bbenroll_invite_ttl(),
                     note=f"latent worker {name} instance",
-                )
-            except Exception as e:  # revoked or removed meanwhile; the registry cannot be written
+                ))
+            except InviteTimeout as e:  # the lock is held, the disk full: Buildbot retries the build
+                log.error("bbenroll: not starting an instance of latent worker {worker!r}: no invite: {why}",
+                          worker=name, why=str(e))
+                raise LatentWorkerFailedToSubstantiate(name, f"no bbenroll invite: {e}") from None
+            except Exception as e:  # revoked or removed meanwhile: for good
                 log.error("bbenroll: not starting an instance of latent worker {worker!r}: no invite: {why}",
                           worker=name, why=str(e) or type(e).__name__)
                 raise LatentWorkerCannotSubstantiate(name, f"no bbenroll invite: {e}") from None

@@ -16,6 +16,7 @@ from buildbot.worker.docker import DockerBaseWorker, DockerLatentWorker
 from buildbot.worker.latent import AbstractLatentWorker
 from packaging.version import parse as parse_version
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from bbenroll.errors import WrongState
 from bbenroll.master import latent
@@ -74,6 +75,8 @@ class Master:
     """A parent whose ``master`` has the bbenroll service (Buildbot's ``master`` is the parent's)."""
 
     def __init__(self, service: Any) -> None:
+        self.service_manager = self  # where Buildbot keeps c['services']
+        self.reactor = Clock()
         self.namedServices = {SERVICE_NAME: service}
         self.master = self
 
@@ -180,3 +183,20 @@ def test_kubernetes_pod_spec_env(enrollment):
     # KubeLatentWorker takes no password: the one it would make up is the registry's
     assert worker._generate_random_password() == password_of(enrollment.path, "docker1")
     assert not latent.takes_password(KubeLatentWorker) and latent.takes_password(DockerLatentWorker)
+
+
+def test_an_invite_not_written_in_time_starts_no_instance(enrollment):
+    clock = Clock()
+    worker = enrollment.latent(Recorder, "docker1")
+    service = RunningService(enrollment)
+    late: defer.Deferred[str] = defer.Deferred()
+    service.create_invite = lambda **kwargs: late  # the registry's lock is held
+    worker.parent = Master(service)
+    worker.parent.reactor = clock
+    started = worker.start_instance(None)
+    clock.advance(latent.INVITE_TIMEOUT)
+    with pytest.raises(LatentWorkerFailedToSubstantiate, match="the registry was not written in time"):
+        result_of(started)
+    late.callback(INVITE)  # written at last: nobody waits for it, nothing breaks
+    assert not hasattr(worker, "started_with")
+    assert clock.getDelayedCalls() == []
