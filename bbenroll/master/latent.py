@@ -183,7 +183,7 @@ def enrolled_class(worker_class: type) -> type:
                           worker=name)
                 raise LatentWorkerFailedToSubstantiate(name, "the bbenroll service is not running")
             now = enrollment.now()
-            worker = enrollment.gate.registry.workers.get(name)
+            worker = enrollment.current_worker(name)
             if worker is None or not worker.is_usable(now):
                 why = "not in the registry" if worker is None else f"{worker.state(now)} in the registry"
                 log.error("bbenroll: not starting an instance of latent worker {worker!r}: it is {why}",

@@ -893,6 +893,14 @@ class EnrollmentService(service.MultiService):
         if isinstance(result, Failure):
             log.info("bbenroll: not rotating {worker!r}: {why}", worker=name, why=str(result.value))
 
+    # -- latent workers (master/latent.py) ------------------------------------------
+
+    def current_worker(self, name: str) -> model.Worker | None:
+        """Registry worker ``name`` as the file says now (a stat() unless it changed since the last
+        poll): a latent instance is not started for a worker revoked a moment ago."""
+        self._reload()
+        return self.gate.registry.workers.get(name)
+
     # -- ephemeral workers ----------------------------------------------------------
 
     def _is_busy(self, name: str) -> bool:

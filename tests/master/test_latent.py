@@ -64,6 +64,9 @@ class RunningService:
     def now(self):
         return FIXED_NOW
 
+    def current_worker(self, name: str) -> Any:
+        return self.gate.registry.workers.get(name)
+
     def create_invite(self, **kwargs: Any) -> defer.Deferred[str]:
         self.calls.append(kwargs)
         if self.fail is not None:
@@ -200,3 +203,13 @@ def test_an_invite_not_written_in_time_starts_no_instance(enrollment):
     late.callback(INVITE)  # written at last: nobody waits for it, nothing breaks
     assert not hasattr(worker, "started_with")
     assert clock.getDelayedCalls() == []
+
+
+def test_current_worker_sees_a_revocation_before_the_next_poll(world):
+    world.add("local1")
+    service = world.start()
+    assert service.current_worker("local1").revoked is None
+    world.cli("revoke", "local1")  # no tick since
+    assert service.current_worker("local1").revoked is not None
+    assert service.current_worker("nosuch") is None
+    world.finish()

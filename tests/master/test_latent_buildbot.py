@@ -13,7 +13,7 @@ from tests.helpers.rotation import utc_now
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
-SUCCESS = 0
+SUCCESS, EXCEPTION = 0, 4
 IDLE = 3  # build_wait_timeout: seconds an idle instance lives
 
 MASTER_CFG = """\
@@ -105,3 +105,12 @@ def test_each_build_gets_a_new_instance_with_a_new_invite_and_key(latent_master)
     for worker in (first, second):
         assert worker.swissnum not in log and worker.password not in log
     assert "Traceback" not in log
+
+    # revoked: no instance, no invite, the build ends with an exception (not retried forever)
+    result = run_cli(["--registry", str(basedir / "workers.toml"), "revoke", "local1"], clock=utc_now)
+    assert result.code == 0, result.err
+    build = wait_build(www_port, force_build(www_port), timeout=120)
+    assert build["results"] == EXCEPTION, build
+    log = (basedir / "twistd.log").read_text(errors="replace")
+    assert "not starting an instance of latent worker 'local1': it is revoked in the registry" in log
+    assert list(workdir.iterdir()) == [] and not getattr(registry_of(basedir), "invites", {})
