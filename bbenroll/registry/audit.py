@@ -53,6 +53,16 @@ ACTIONS = (
     "identity-retired",
     "bound",
     "unbound",
+    # invites (docs/fleets.md): the records name the invite by its ID, never its secret or hash
+    "invited",
+    "enrolled",
+    "invite-revoked",
+    "invite-pruned",
+    # adoption and backups (docs/migration.md)
+    "moved",
+    "imported",
+    "upgraded",
+    "backup-restored",
 )
 # every key of a record, in the order a person reads them (lines are written with sorted keys)
 RECORD_KEYS = (
@@ -148,6 +158,9 @@ def worker_change(old: Any, new: Any) -> Change | None:
     if old == new:
         return None
     if old is None:
+        if new.enrolled_by is not None:
+            secret = fingerprint(new.swissnum)
+            return Change("enrolled", new.name, new_secret=secret, reason=f"invite {new.enrolled_by}")
         return Change("added", new.name, new_secret=fingerprint(new.swissnum))
     if new is None:
         return Change("removed", old.name, old_secret=fingerprint(old.swissnum))
@@ -157,6 +170,9 @@ def worker_change(old: Any, new: Any) -> Change | None:
             return Change("bound", new.name, new_secret=new_fp, reason=f"worker key {new.bound.tubid}")
         if new.bound is None and old.bound is not None:
             return Change("unbound", new.name, old_secret=old_fp, reason=f"worker key {old.bound.tubid}")
+    if new.enrolled_by is not None and new.enrolled_by != old.enrolled_by and old_fp != new_fp:
+        # a re-enrolling invite (a latent worker's new instance): new secrets, the old ones refused at once
+        return Change("enrolled", new.name, old_fp, new_fp, f"re-enrolled through invite {new.enrolled_by}")
     unbound = "; key binding cleared" if old.bound is not None and new.bound is None else ""
     if old.revoked is None and new.revoked is not None:
         return Change("revoked", new.name, old_fp, None if old_fp == new_fp else new_fp, new.revoked_reason)
@@ -261,6 +277,44 @@ def diff(
         hints = f"{','.join(before_master.location)} -> {','.join(after_master.location)}"
         record = Change("location-changed", reason=f"{hints}; FURLs of {bumped} workers changed")
         changes.insert(at, record)
+    return changes
+
+
+def invite_change(old: Any, new: Any) -> Change | None:
+    """The record for one invite (``invites.Invite`` or None on either side): its ID, never its hash."""
+    if old == new:
+        return None
+    if old is None:
+        return Change("invited", reason=f"invite {new.id}: {_invite_terms(new)}")
+    if new is None:
+        return Change("invite-pruned", reason=f"invite {old.id} removed ({old.used} used)")
+    if old.revoked is None and new.revoked is not None:
+        return Change("invite-revoked", reason=f"invite {new.id}")
+    consumed = new.used - old.used
+    if consumed > 0 and replace(old, used=new.used, uses=new.uses) == new:
+        if new.uses is None or (old.uses is not None and old.uses - new.uses == consumed):
+            return None  # uses consumed: each worker's `enrolled` record tells of it
+    return Change("changed", reason=f"invite {new.id}: {_invite_terms(new)}")
+
+
+def _invite_terms(invite: Any) -> str:
+    uses = "reusable" if invite.reusable else f"{invite.uses} uses left"
+    if invite.name:
+        target = f"name {invite.name}"
+    else:
+        target = f"prefix {invite.prefix}" if invite.prefix else "any name"
+    extra = "; ephemeral" if invite.ephemeral else ""
+    extra += "; re-enrolls" if invite.reenroll else ""
+    return f"{uses}, {target}, expires {format_time(invite.expires)}{extra}"
+
+
+def invite_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Change]:
+    """One change per invite that differs (in the order before, then added)."""
+    changes = []
+    for invite_id in list(before) + [i for i in after if i not in before]:
+        change = invite_change(before.get(invite_id), after.get(invite_id))
+        if change is not None:
+            changes.append(change)
     return changes
 
 

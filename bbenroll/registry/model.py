@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bbenroll.errors import InvalidName, WrongState
 from bbenroll.furl import (
@@ -22,6 +22,9 @@ from bbenroll.furl import (
     new_swissnum,
 )
 from bbenroll.times import format_time, to_utc
+
+if TYPE_CHECKING:
+    from bbenroll.registry.invites import Invite
 
 # 2: invites, ephemeral and imported workers, legacy_pb (bbenroll upgrade rewrites a version 1 file)
 REGISTRY_VERSION = 2
@@ -320,6 +323,7 @@ class Registry:
     master: MasterSettings
     workers: dict[str, Worker]
     version: int = REGISTRY_VERSION
+    invites: dict[str, Invite] = field(default_factory=dict)  # [invites.ID] (registry/invites.py)
 
     def furl(self, worker: Worker) -> str:
         return build_furl(self.master.tubid, self.master.location, worker.swissnum)

@@ -26,6 +26,7 @@ from typing import Any
 from bbenroll.errors import InvalidName
 from bbenroll.furl import MIN_SWISSNUM_LENGTH, SWISSNUM_BITS, TUBID_LENGTH
 from bbenroll.registry.audit import AuditHead
+from bbenroll.registry.invites import ID_RULE, Invite, is_invite_id
 from bbenroll.registry.kinds import (
     BOOLEAN,
     COUNT,
@@ -54,6 +55,7 @@ from bbenroll.registry.model import (
     Registry,
     Worker,
     check_buildbot_name,
+    is_worker_name,
 )
 
 
@@ -312,6 +314,54 @@ def _hash(value: Any) -> str:
 _HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 HASH = Kind("string", _hash)
 
+# [invites.ID] (docs/fleets.md), in the order bbenroll writes them
+INVITE_FIELDS = (
+    Field(
+        "hash",
+        HASH,
+        '`"sha256:"` and the 64 hex digits of the SHA-256 of the invite\'s secret: the registry never '
+        "holds the secret itself, which `bbenroll invite` shows once.",
+        required=True,
+    ),
+    Field("created", TIME, "When the invite was made.", required=True),
+    Field("expires", TIME, "From this instant the invite enrolls no worker.", required=True),
+    Field(
+        "uses",
+        COUNT,
+        "How many more workers may enroll with it; required unless `reusable = true` (then absent).",
+    ),
+    Field(
+        "reusable",
+        BOOLEAN,
+        "`true`: any number of workers may enroll with it until it expires.",
+        default=False,
+    ),
+    Field("used", COUNT, "How many workers enrolled with it so far.", default=None),
+    Field("name", STRING, "The name the enrolled worker gets (not with `prefix`)."),
+    Field(
+        "prefix",
+        STRING,
+        "Enrolled workers are named `PREFIX-<their short host name>`, made unique (`-2`, `-3`, ...).",
+    ),
+    Field("tags", TAGS, "The enrolled workers' tags.", default=()),
+    Field("ephemeral", BOOLEAN, "`true`: the enrolled workers are ephemeral.", default=False),
+    Field(
+        "worker_expires",
+        DURATION,
+        "An enrolled worker expires this long after it enrolled. Absent: it does not expire.",
+    ),
+    Field("note", STRING, "Free-form note."),
+    Field("by", STRING, 'Who made it: `"user@host"` (`bbenroll invite`) or `"master"` (master.cfg code).'),
+    Field("revoked", TIME, "Present when revoked (`bbenroll invite revoke`): it enrolls no worker."),
+    Field(
+        "reenroll",
+        BOOLEAN,
+        "`true` (with `name`): the invite re-enrolls that existing worker (new secret, the previous one "
+        "dropped at once, key binding removed, serial + 1), as latent worker instances need.",
+        default=False,
+    ),
+)
+
 # [audit]: written by bbenroll under the registry's lock, with each append to the audit log
 AUDIT_FIELDS = (
     Field(
@@ -439,7 +489,7 @@ def registry_from_data(data: Mapping[str, Any], problems: Problems) -> Registry 
             "(a newer bbenroll wrote it: upgrade bbenroll)",
         )
         return None  # a newer format: do not second-guess the rest of it
-    for key in sorted(set(data) - {"version", "master", "workers", "audit"}):
+    for key in sorted(set(data) - {"version", "master", "workers", "audit", "invites"}):
         problems.add(key_path(key), "unknown key")
     master = master_from_data(data.get("master"), problems)
     audit_from_data(data.get("audit"), problems)
@@ -453,9 +503,57 @@ def registry_from_data(data: Mapping[str, Any], problems: Problems) -> Registry 
             if worker is not None:
                 workers[name] = worker
     check_unique_secrets(workers.values(), problems)
+    invites = invites_from_data(data.get("invites", {}), problems)
     if problems or master is None:
         return None
-    return Registry(master=master, workers=workers, version=version)
+    return Registry(master=master, workers=workers, version=version, invites=invites)
+
+
+def invite_from_data(invite_id: str, data: Any, problems: Problems) -> Invite | None:
+    def where() -> str:
+        return f"invites.{key_path(invite_id)}"
+
+    bad_id = not is_invite_id(invite_id)
+    if bad_id:
+        problems.add(where(), f"not an invite ID: {ID_RULE}")
+    values = _table_values(INVITE_FIELDS, data, where, problems)
+    if values is None or bad_id:
+        return None
+    reusable = values.get("reusable", False)
+    ok = True
+    if reusable and "uses" in values:
+        problems.add(where() + ".uses", "set, but the invite is reusable")
+        ok = False
+    if not reusable and "uses" not in values:
+        problems.add(where() + ".uses", "missing (or reusable = true)")
+        ok = False
+    if "name" in values and "prefix" in values:
+        problems.add(where() + ".prefix", "set together with name: an invite has one or the other")
+        ok = False
+    for key in ("name", "prefix"):
+        if key in values and not is_worker_name(values[key]):
+            problems.add(where() + f".{key}", "is not a Buildbot worker name")
+            ok = False
+    if values.get("reenroll") and "name" not in values:
+        problems.add(where() + ".reenroll", "set without name")
+        ok = False
+    if not ok:
+        return None
+    if reusable:
+        values["uses"] = None
+    return Invite(invite_id, **values)
+
+
+def invites_from_data(raw: Any, problems: Problems) -> dict[str, Invite]:
+    invites: dict[str, Invite] = {}
+    if not isinstance(raw, dict):
+        problems.add("invites", "must be a table of invite tables")
+        return invites
+    for invite_id, entry in raw.items():
+        invite = invite_from_data(invite_id, entry, problems)
+        if invite is not None:
+            invites[invite_id] = invite
+    return invites
 
 
 def check_unique_secrets(workers: Iterable[Worker], problems: Problems) -> None:
@@ -484,6 +582,17 @@ def worker_to_data(worker: Worker) -> dict[str, Any]:
             continue
         if field.requires is not None and getattr(worker, _WORKER_BY_KEY[field.requires].attr) is None:
             continue  # (revoked_reason without revoked: not written)
+        data[field.key] = field.kind.to_data(value)
+    return data
+
+
+def invite_to_data(invite: Invite) -> dict[str, Any]:
+    """The invite as the registry stores it, keys in the documented order (never a secret)."""
+    data: dict[str, Any] = {}
+    for field in INVITE_FIELDS:
+        value = getattr(invite, field.attr)
+        if not field.required and value == field.default:
+            continue
         data[field.key] = field.kind.to_data(value)
     return data
 

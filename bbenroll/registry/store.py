@@ -26,11 +26,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bbenroll.errors import BBEnrollError, IdentityError, RegistryError, WorkerExists, WorkerNotFound
+from bbenroll.errors import (
+    BBEnrollError,
+    IdentityError,
+    RegistryError,
+    WorkerExists,
+    WorkerNotFound,
+    WrongState,
+)
 from bbenroll.fileio import atomic_write, exclusive_lock, owner_of, permission_problem
 from bbenroll.identity import load_identity
 from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, audit, schema
 from bbenroll.registry.audit import AuditHead
+from bbenroll.registry.invites import Invite, InviteNotFound
 from bbenroll.registry.model import MasterSettings, Registry, Worker
 from bbenroll.registry.schema import Problems
 
@@ -257,13 +265,17 @@ class Inspection:
     audit: AuditHead | None = None
 
 
-def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> Inspection:
+def inspect(
+    path: Path, *, strict: bool = False, real: Path | None = None, now: datetime | None = None
+) -> Inspection:
     """Read ``path`` and check all of it: syntax, schema, identity, permissions.
 
     With ``strict`` (``bbenroll check``), unknown or mistyped Buildbot options
     are problems too; editing commands stay tolerant of options a newer
     Buildbot may have added. ``real``: read the text from that file (the one
     :func:`edit` resolved and locked); messages and the identity still go by ``path``.
+    With ``strict``, expired invites are warnings too (at ``now``, default the wall
+    clock): nothing can enroll with them, and ``bbenroll invite prune`` removes them.
     """
     try:
         text = read_text(real or path)
@@ -282,8 +294,23 @@ def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> In
     problems += _identity_problems(path, master)
     private = [path, _identity_file(path, master), _previous_identity_file(path, master)]
     warnings = [problem for file in private if file and (problem := permission_problem(file))]
+    if strict and registry is not None and not problems:
+        warnings += invite_warnings(path, registry, now if now is not None else datetime.now(UTC))
     head = schema.audit_from_data(data.get("audit"), Problems()) if not problems else None
     return Inspection(path, text, None if problems else registry, problems, warnings, head)
+
+
+def invite_warnings(path: Path, registry: Registry, now: datetime) -> list[str]:
+    """One line per expired invite (not revoked, not used up: those say so in ``invite list``)."""
+    from bbenroll.registry.invites import InviteState
+    from bbenroll.times import format_time
+
+    return [
+        f"{path}: invites.{invite.id}: expired at {format_time(invite.expires)} ({invite.used} used); "
+        "'bbenroll invite prune' removes it"
+        for invite in registry.invites.values()
+        if invite.state(now) is InviteState.EXPIRED
+    ]
 
 
 def load(path: Path | None = None, *, real: Path | None = None) -> LoadedRegistry:
@@ -295,9 +322,9 @@ def load(path: Path | None = None, *, real: Path | None = None) -> LoadedRegistr
     return LoadedRegistry(path, inspection.registry, inspection.text, inspection.warnings, inspection.audit)
 
 
-def check(path: Path) -> list[str]:
+def check(path: Path, now: datetime | None = None) -> list[str]:
     """Every problem with the registry and its identity, one message each."""
-    inspection = inspect(Path(path), strict=True)
+    inspection = inspect(Path(path), strict=True, now=now)
     return [str(problem) for problem in inspection.problems] + inspection.warnings
 
 
@@ -330,10 +357,40 @@ class Editor:
         self._changed: dict[str, Worker | None] = {}  # None: removed
         self._added: list[str] = []
         self._notes: list[audit.Change] = []  # records of events that change no table
+        self.invites = dict(loaded.registry.invites)
+        self._invites_changed: dict[str, Invite | None] = {}  # None: removed
+        self._invites_added: list[str] = []
 
     @property
     def registry(self) -> Registry:
-        return Registry(self.master, self.workers, self.loaded.registry.version)
+        return Registry(self.master, self.workers, self.loaded.registry.version, self.invites)
+
+    def invite(self, invite_id: str) -> Invite:
+        try:
+            return self.invites[invite_id]
+        except KeyError:
+            raise InviteNotFound(f"{self.path}: no invite {invite_id!r}") from None
+
+    def add_invite(self, invite: Invite) -> None:
+        if invite.id in self.invites:
+            raise WrongState(f"{self.path}: invite {invite.id} already exists")
+        self.invites[invite.id] = invite
+        self._invites_added.append(invite.id)
+
+    def update_invite(self, invite: Invite) -> None:
+        if self.invite(invite.id) == invite:
+            return
+        self.invites[invite.id] = invite
+        if invite.id not in self._invites_added:
+            self._invites_changed[invite.id] = invite
+
+    def remove_invite(self, invite_id: str) -> None:
+        self.invite(invite_id)
+        del self.invites[invite_id]
+        if invite_id in self._invites_added:
+            self._invites_added.remove(invite_id)
+        else:
+            self._invites_changed[invite_id] = None
 
     def set_master(self, master: MasterSettings) -> None:
         """New ``[master]`` settings (``master set-location``); only the keys that differ are rewritten."""
@@ -365,7 +422,13 @@ class Editor:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._changed or self._added or self.master != self.loaded.registry.master)
+        return bool(
+            self._changed
+            or self._added
+            or self._invites_changed
+            or self._invites_added
+            or self.master != self.loaded.registry.master
+        )
 
     def render(self) -> str:
         """The new text of the registry, checked to read back as intended."""
@@ -376,7 +439,14 @@ class Editor:
             raise RegistryError(str(self.path), f"{key}: {message}")
         from bbenroll.registry import tomledit
 
-        edit = tomledit.Edit(self.loaded.registry, self.registry, self._changed, self._added)
+        edit = tomledit.Edit(
+            self.loaded.registry,
+            self.registry,
+            self._changed,
+            self._added,
+            self._invites_changed,
+            self._invites_added,
+        )
         try:
             return tomledit.apply(self.loaded.text, edit)
         except tomledit.LayoutError as e:
@@ -390,7 +460,8 @@ class Editor:
     def changes(self) -> list[audit.Change]:
         """What the audit log will record of this edit: one change per worker that differs, then the notes."""
         before = self.loaded.registry
-        return audit.diff(before.workers, self.workers, before.master, self.registry.master) + self._notes
+        changes = audit.diff(before.workers, self.workers, before.master, self.registry.master)
+        return changes + audit.invite_changes(before.invites, self.invites) + self._notes
 
     def save(self, *, now: datetime | None = None, actor: Mapping[str, str] | None = None) -> None:
         """Append one audit record per change (fsync'd), then replace the registry.
@@ -473,6 +544,7 @@ def replace_text(
         text = audited(path, real, None, text, changes, now=now, actor=actor)
     else:
         changes = audit.diff(before.registry.workers, after.workers, before.registry.master, after.master)
+        changes += audit.invite_changes(before.registry.invites, after.invites)
         if changes:
             text = audited(path, real, before.audit, text, changes, now=now, actor=actor)
         elif before.audit is not None:  # nothing audited changed: keep the anchor as it was

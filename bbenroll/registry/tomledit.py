@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import tomlkit
@@ -25,6 +25,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable, Table
 
 from bbenroll.registry import schema
+from bbenroll.registry.invites import Invite
 from bbenroll.registry.model import MasterSettings, Registry, Worker
 from bbenroll.registry.schema import Problems
 from bbenroll.registry.tomlscan import Header, Scan, ScanError, scan, table_span
@@ -64,12 +65,24 @@ class Edit:
     after: Registry
     changed: Mapping[str, Worker | None]  # None: removed
     added: Sequence[str]  # in the order their tables are appended
+    # the same for [invites.ID] tables
+    invites_changed: Mapping[str, Invite | None] = field(default_factory=dict)
+    invites_added: Sequence[str] = ()
+
+    @property
+    def touches_invites(self) -> bool:
+        return bool(self.invites_changed or self.invites_added)
 
 
 def apply(text: str, edit: Edit) -> str:
     """The new text: spliced where the layout allows, else rewritten whole and
     checked to read back as ``edit.after``. Raises LayoutError."""
-    if not edit.changed and not edit.added and edit.before.master == edit.after.master:
+    if (
+        not edit.changed
+        and not edit.added
+        and not edit.touches_invites
+        and edit.before.master == edit.after.master
+    ):
         return text
     try:
         return splice(text, edit)  # checks every table it cuts out or writes
@@ -135,6 +148,18 @@ def update_table(table: Table | InlineTable, old: Worker | None, new: Worker) ->
             table[key] = _toml_value(key, value)
 
 
+def update_invite_table(table: Table | InlineTable, old: Invite | None, new: Invite) -> None:
+    """Make ``table`` hold ``new``, changing only keys whose value differs (comments stay)."""
+    old_data = schema.invite_to_data(old) if old is not None else {}
+    new_data = schema.invite_to_data(new)
+    for key in old_data:
+        if key not in new_data and key in table:
+            del table[key]
+    for key, value in new_data.items():
+        if old_data.get(key) != value or key not in table:
+            table[key] = value
+
+
 def update_master_table(table: Table | InlineTable, old: MasterSettings, new: MasterSettings) -> None:
     """Make ``table`` hold ``new``, changing only the keys whose value differs (comments stay)."""
     old_data, new_data = schema.master_to_data(old), schema.master_to_data(new)
@@ -187,6 +212,46 @@ def render_new_table(worker: Worker, newline: str = "\n") -> str:
     return with_newline(doc.as_string(), newline)
 
 
+def render_new_invite_table(invite: Invite, newline: str = "\n") -> str:
+    doc = tomlkit.document()
+    invites = tomlkit.table(is_super_table=True)
+    table = tomlkit.table()
+    update_invite_table(table, None, invite)
+    invites.add(invite.id, table)
+    doc.add("invites", invites)
+    return with_newline(doc.as_string(), newline)
+
+
+def _invite_holds_exactly(chunk: str, invite_id: str, expected: Invite) -> bool:
+    """Whether ``chunk`` alone is a TOML document holding invite ``invite_id`` as
+    ``expected`` and nothing else."""
+    try:
+        data = tomllib.loads(chunk)
+    except tomllib.TOMLDecodeError:
+        return False
+    invites = data.get("invites")
+    if set(data) != {"invites"} or not isinstance(invites, dict) or set(invites) != {invite_id}:
+        return False
+    problems = Problems()
+    return schema.invite_from_data(invite_id, invites[invite_id], problems) == expected and not problems
+
+
+def _invite_headers(headers: list[Header], ids: Collection[str]) -> dict[str, int]:
+    """Index of each invite's header; Fallback unless every invite is one plain
+    ``[invites.ID]`` table (no ``[invites]``, no sub-tables, no arrays of tables)."""
+    found: dict[str, int] = {}
+    for i, header in enumerate(headers):
+        path = header.path
+        if path[:1] != ("invites",):
+            continue
+        if len(path) != 2 or header.is_array or path[1] in found:
+            raise Fallback
+        found[path[1]] = i
+    if set(found) != set(ids):
+        raise Fallback
+    return found
+
+
 def _holds_exactly(chunk: str, name: str, expected: Worker) -> bool:
     """Whether ``chunk`` alone is a TOML document holding worker ``name`` as
     ``expected`` and nothing else."""
@@ -226,13 +291,13 @@ def _worker_headers(headers: list[Header], names: Collection[str]) -> dict[str, 
     return first
 
 
-def _root_mentions_workers(text: str, scanned: Scan) -> bool:
-    """Whether the keys before the first header define anything in ``workers``
+def _root_mentions_workers(text: str, scanned: Scan, section: str = "workers") -> bool:
+    """Whether the keys before the first header define anything in ``section``
     (``workers = {}``, ``workers.NAME.KEY = ...``): then no ``[workers.NAME]``
-    table may be added or rewritten on its own."""
+    table may be added or rewritten on its own (the same for ``invites``)."""
     root = text[: scanned.headers[0].offset] if scanned.headers else text
     try:
-        return "workers" in tomllib.loads(root)
+        return section in tomllib.loads(root)
     except tomllib.TOMLDecodeError:
         return True
 
@@ -306,6 +371,8 @@ def splice(text: str, edit: Edit) -> str:
         spans.append((start, end, new_chunk))
     if edit.before.master != edit.after.master:
         spans.append(_master_span(text, scanned, edit, newline))
+    if edit.touches_invites:
+        spans += _invite_spans(text, scanned, edit, newline)
     tables = []
     for name in edit.added:
         try:
@@ -315,22 +382,60 @@ def splice(text: str, edit: Edit) -> str:
         if not _holds_exactly(table, name, workers[name]):
             raise Fallback
         tables.append(table)
+    for invite_id in edit.invites_added:
+        invite = edit.after.invites[invite_id]
+        try:
+            table = render_new_invite_table(invite, newline)
+        except TOMLKIT_ERRORS:
+            raise Fallback from None
+        if not _invite_holds_exactly(table, invite_id, invite):
+            raise Fallback
+        tables.append(table)
     return append_tables(_replace_spans(text, spans), tables, newline)
 
 
-def _without_workers(data: dict[str, Any], names: Collection[str]) -> dict[str, Any]:
+def _invite_spans(text: str, scanned: Scan, edit: Edit, newline: str) -> list[tuple[int, int, str]]:
+    """The spans of the changed and removed ``[invites.ID]`` tables and their new text."""
+    old_invites = edit.before.invites
+    index = _invite_headers(scanned.headers, old_invites)
+    if _root_mentions_workers(text, scanned, "invites"):
+        raise Fallback
+    spans = []
+    for invite_id, invite in edit.invites_changed.items():
+        start, end = table_span(scanned, index[invite_id], subtables=False)
+        chunk = text[start:end]
+        if not _invite_holds_exactly(chunk, invite_id, old_invites[invite_id]):
+            raise Fallback
+        if invite is None:
+            spans.append((start, _skip_blank_lines(text, end), ""))
+            continue
+        try:
+            doc = tomlkit.parse(chunk)
+            update_invite_table(doc["invites"][invite_id], old_invites[invite_id], invite)
+            new_chunk = with_newline(doc.as_string(), newline)
+        except TOMLKIT_ERRORS:
+            raise Fallback from None
+        if not _invite_holds_exactly(new_chunk, invite_id, invite):
+            raise Fallback
+        spans.append((start, end, new_chunk))
+    return spans
+
+
+def _without_workers(
+    data: dict[str, Any], names: Collection[str], section: str = "workers"
+) -> dict[str, Any]:
     data = dict(data)
-    table = data.get("workers")
+    table = data.get(section)
     if isinstance(table, dict):
         table = {key: value for key, value in table.items() if key not in names}
         if table:
-            data["workers"] = table
+            data[section] = table
         else:
-            del data["workers"]
+            del data[section]
     return data
 
 
-def _cut_removed_tables(text: str, names: Collection[str]) -> str:
+def _cut_removed_tables(text: str, names: Collection[str], section: str = "workers") -> str:
     """``text`` without the ``[workers.NAME...]`` tables of the workers ``names``.
 
     tomlkit files the comment and blank lines that end a table (before the next
@@ -346,7 +451,7 @@ def _cut_removed_tables(text: str, names: Collection[str]) -> str:
         return text
     spans = []
     for i, header in enumerate(scanned.headers):
-        if len(header.path) >= 2 and header.path[0] == "workers" and header.path[1] in names:
+        if len(header.path) >= 2 and header.path[0] == section and header.path[1] in names:
             start, end = table_span(scanned, i, subtables=False)
             spans.append((start, _skip_blank_lines(text, end), ""))
     if not spans:
@@ -356,7 +461,7 @@ def _cut_removed_tables(text: str, names: Collection[str]) -> str:
         before, after = tomllib.loads(text), tomllib.loads(cut)
     except tomllib.TOMLDecodeError:
         return text
-    if _without_workers(before, names) != _without_workers(after, names):
+    if _without_workers(before, names, section) != _without_workers(after, names, section):
         return text
     return cut
 
@@ -370,6 +475,9 @@ def rewrite_whole(text: str, edit: Edit) -> str:
     old_workers, workers, changed, added = edit.before.workers, edit.after.workers, edit.changed, edit.added
     removed = [name for name, worker in changed.items() if worker is None]
     source = _cut_removed_tables(text, removed) if removed else text
+    removed_invites = [i for i, invite in edit.invites_changed.items() if invite is None]
+    if removed_invites:
+        source = _cut_removed_tables(source, removed_invites, "invites")
     try:
         doc = tomlkit.parse(source)
         if edit.before.master != edit.after.master:
@@ -389,9 +497,29 @@ def rewrite_whole(text: str, edit: Edit) -> str:
                 new = tomlkit.inline_table() if isinstance(table, InlineTable) else tomlkit.table()
                 update_table(new, None, workers[name])
                 table.add(name, new)
+        _rewrite_invites(doc, edit)
         out = doc.as_string()
     except TOMLKIT_ERRORS as e:
         raise LayoutError(f"{type(e).__name__}: {e}") from None
     if "\r\n" in text and text.count("\n") == text.count("\r\n"):
         out = with_newline(out, "\r\n")  # (a file with mixed line breaks is left as tomlkit writes it)
     return out
+
+
+def _rewrite_invites(doc: Any, edit: Edit) -> None:
+    """The invites part of :func:`rewrite_whole` (on the tomlkit document)."""
+    old_invites, invites = edit.before.invites, edit.after.invites
+    for invite_id, invite in edit.invites_changed.items():
+        if invite is None:
+            if "invites" in doc and invite_id in doc["invites"]:
+                del doc["invites"][invite_id]  # what the text cut left of it
+        else:
+            update_invite_table(doc["invites"][invite_id], old_invites[invite_id], invite)
+    if edit.invites_added:
+        if "invites" not in doc:
+            doc.add("invites", tomlkit.table(is_super_table=True))
+        table = doc["invites"]
+        for invite_id in edit.invites_added:
+            new = tomlkit.inline_table() if isinstance(table, InlineTable) else tomlkit.table()
+            update_invite_table(new, None, invites[invite_id])
+            table.add(invite_id, new)

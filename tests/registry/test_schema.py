@@ -39,11 +39,24 @@ def test_fields_are_the_model_attributes_in_order() -> None:
             assert field.required != has_default, field.key
 
 
+def test_invite_fields_are_the_invite_attributes_in_order() -> None:
+    from bbenroll.registry.invites import Invite
+
+    names = [f.name for f in dataclasses.fields(Invite)]
+    assert names[0] == "id"
+    assert [field.key for field in schema.INVITE_FIELDS] == names[1:]
+    for field, attribute in zip(schema.INVITE_FIELDS, dataclasses.fields(Invite)[1:], strict=True):
+        has_default = not (attribute.default is dataclasses.MISSING
+                           and attribute.default_factory is dataclasses.MISSING)
+        assert field.required != has_default, field.key
+
+
 def test_docs_show_the_tables_of_the_definition() -> None:
     docs = (ROOT / "docs" / "registry.md").read_text(encoding="utf-8")
     assert schema.markdown_table(MASTER_FIELDS, "master") in docs
     assert schema.markdown_table(WORKER_FIELDS, "workers.NAME") in docs
     assert schema.markdown_table(schema.AUDIT_FIELDS, "audit") in docs
+    assert schema.markdown_table(schema.INVITE_FIELDS, "invites.ID") in docs
     # and the numbers the prose quotes
     assert f"at most {model.WORKER_NAME_MAX} characters" in docs
     assert f"within {model.DEFAULT_EXPIRING_WITHIN.days} days" in docs
