@@ -242,7 +242,10 @@ def create_worker(
             )
         return failure
 
-    d = resolve_credential(credential_text, reactor=reactor, timeout=timeout, key=key, progress=tell,
+    # the invite's connection carries no key of the worker's: a throwaway one. With the worker's
+    # key, the master could still hold that connection (it closes it after the answer) when the
+    # next one of the same TubID arrives, and Foolscap drops one of two same-TubID connections
+    d = resolve_credential(credential_text, reactor=reactor, timeout=timeout, key=None, progress=tell,
                            announce=False)
     d.addCallback(fetch)
     d.addCallback(write)

@@ -45,3 +45,88 @@ def invites_on_disk(reg_path: Path) -> dict[str, Any]:
 
 def secret_of(furl: str) -> str:
     return furl.rsplit("/", 1)[1]
+
+
+# -- a real Buildbot master with the hook, for many enrollments at once -----------------------
+
+RECONFIG_DONE = "configuration update complete"  # Buildbot's log line at the end of each reconfig
+
+FARM_CFG = """\
+import os
+from buildbot.plugins import schedulers, steps, util
+from bbenroll.master import Enrollment
+from bbenroll.master import hook
+{tuning}
+c = BuildmasterConfig = {{}}
+enrollment = Enrollment("workers.toml", basedir=basedir)
+enrollment.configure(c)
+names = [w.name for w in c["workers"]] or ["nobody"]
+factory = util.BuildFactory([steps.ShellCommand(command=["true"])])
+c["builders"] = [util.BuilderConfig(name="b", workernames=names, factory=factory)]
+c["schedulers"] = [schedulers.ForceScheduler(name="force", builderNames=["b"])]
+c["www"] = {{"port": "tcp:{www}:interface=127.0.0.1", "plugins": {{}}}}
+c["buildbotURL"] = "http://127.0.0.1:{www}/"
+c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
+c["buildbotNetUsageData"] = None
+"""
+
+
+class InviteFarm:
+    """A Buildbot master with the bbenroll hook on 127.0.0.1 (no workers yet); workers enroll
+    into it with ``bbenroll worker create BASEDIR INVITE``. ``debounce=False``: the hook's
+    reconfig debounce off (for the measurement of what it saves)."""
+
+    def __init__(self, tmp: Path, *, debounce: bool = True) -> None:
+        from tests.helpers.buildbot import BIN, run
+        from tests.helpers.net import free_port
+
+        self.tmp = tmp
+        self.basedir = tmp / "master"
+        self.registry = self.basedir / "workers.toml"
+        self.www = free_port()
+        port = free_port()
+        self.workers: list[Path] = []
+        run(BIN / "buildbot", "create-master", "--quiet", "--db", "sqlite:///state.sqlite", self.basedir)
+        tuning = "" if debounce else "hook.RECONFIG_QUIET = 0.0\nhook.RECONFIG_DEBOUNCE_MAX = 0.0\n"
+        (self.basedir / "master.cfg").write_text(FARM_CFG.format(www=self.www, tuning=tuning))
+        store.create(self.registry, location=[f"tcp:127.0.0.1:{port}"],
+                     listen=f"tcp:{port}:interface=127.0.0.1", pb=f"tcp:{free_port()}:interface=127.0.0.1",
+                     identity="master.pem")
+        from tests.helpers.cli import run_cli
+
+        # Buildbot refuses a configuration without workers: one that never connects
+        added = run_cli(["--registry", str(self.registry), "add", "standby"], clock=utc_now)
+        assert added.code == 0, added.err
+        run(BIN / "buildbot", "start", self.basedir, timeout=120)
+
+    def master_log(self) -> str:
+        return (self.basedir / "twistd.log").read_text(errors="replace")
+
+    def reconfigs(self) -> int:
+        return self.master_log().count(RECONFIG_DONE)
+
+    def create(self, basedir: Path, invite: str) -> Any:
+        from tests.helpers.buildbot import BIN, run
+
+        return run(BIN / "bbenroll", "worker", "create", basedir, "-", check=False, input_text=invite,
+                   timeout=300)
+
+    def start_worker(self, basedir: Path) -> None:
+        from tests.helpers.buildbot import BIN, run
+
+        run(BIN / "buildbot-worker", "start", basedir, timeout=120)
+        self.workers.append(basedir)
+
+    def connected(self) -> set[str]:
+        from tests.helpers.buildbot import configured_workers
+
+        return {name for name, w in configured_workers(self.www).items() if w["connected_to"]}
+
+    def stop(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tests.helpers.buildbot import stop_daemon
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda b: stop_daemon("buildbot-worker", b), self.workers))
+        stop_daemon("buildbot", self.basedir)
