@@ -108,8 +108,9 @@ class InviteFarm:
     def create(self, basedir: Path, invite: str) -> Any:
         from tests.helpers.buildbot import BIN, run
 
-        return run(BIN / "bbenroll", "worker", "create", basedir, "-", check=False, input_text=invite,
-                   timeout=300)
+        # --timeout 120: many at once from one address wait on the guard's per-address bounds
+        return run(BIN / "bbenroll", "worker", "create", basedir, "-", "--timeout", "120", check=False,
+                   input_text=invite, timeout=300)
 
     def start_worker(self, basedir: Path) -> None:
         from tests.helpers.buildbot import BIN, run
