@@ -95,7 +95,8 @@ def command(
     log_stream.flush()
     follower = wrun.LogFollower(basedir / "twistd.log", log_stream.buffer)
     outcome = wrun.supervise(
-        wrun.twistd_command(), cwd=basedir, env=wrun.child_environment(os.environ), follow=follower
+        wrun.twistd_command(), cwd=basedir, env=wrun.child_environment(os.environ), follow=follower,
+        stdout=_stderr_fd() if app.out.json_mode else None,
     )
     refused = wrun.read_refused_marker(basedir)
     status = wrun.exit_status(outcome.returncode, outcome.forwarded, refused)
@@ -135,3 +136,11 @@ def _create(app: App, basedir: Path, credential: Any, resume: int, timeout: floa
         basedir, credential, reactor=reactor, resume=resume, timeout=timeout, force=force,
         progress=app.out.info,  # a container's log is where the admin looks
     ))
+
+
+def _stderr_fd() -> int | None:
+    """Our stderr's descriptor, for the child's stdout under --json (None: it has none, e.g. in tests)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None

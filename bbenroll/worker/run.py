@@ -300,15 +300,17 @@ def supervise(
     env: Mapping[str, str],
     follow: LogFollower | None = None,
     on_start: Callable[[subprocess.Popen[bytes]], Any] | None = None,
+    stdout: int | None = None,
 ) -> Outcome:
     """Run ``command`` in the foreground until it exits, passing SIGTERM, SIGINT and SIGHUP on.
 
     Must run in the main thread (signal handlers). The child gets its own process group: a
     Ctrl-C on the terminal reaches us only, and we pass it on once (twistd stopping twice
     logs errors). Should we fail ourselves, the child is stopped, never left behind.
+    ``stdout``: a file descriptor for the child's stdout (None: ours; ``--json`` keeps it off it).
     """
     forwarded: set[int] = set()
-    child = subprocess.Popen(list(command), cwd=cwd, env=dict(env), process_group=0)
+    child = subprocess.Popen(list(command), cwd=cwd, env=dict(env), process_group=0, stdout=stdout)
 
     def forward(signum: int, frame: Any) -> None:
         forwarded.add(signum)

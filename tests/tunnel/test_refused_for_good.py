@@ -155,3 +155,24 @@ def test_the_switch_comes_from_the_environment(monkeypatch):
     assert TunnelTable().exit_on_refusal is False
     monkeypatch.delenv(ENV_EXIT_ON_REFUSAL)
     assert TunnelTable().exit_on_refusal is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_marker_that_cannot_be_written_keeps_the_worker_retrying(master, tmp_path):
+    """Without the marker an exit would read as a clean stop (0): better go on as before."""
+    furl = master.cli("add", "w")
+    master.cli("revoke", "w")
+    master.service.startService()
+    _, path = furl_file(tmp_path, furl)
+    current = read_furl_file(path)
+    gone = tmp_path / "gone" / "bbenroll.furl"  # its directory does not exist: the marker cannot be written
+    table = TunnelTable(exit_on_refusal=True)
+    fake = RecordingReactor()
+    tunnel = table.get(gone, current, fake)
+    try:
+        await failure_of(tunnel.when_ready(5))
+        assert tunnel._retry is not None and tunnel._retry.active()
+        assert tunnel.on_refused is None and not tunnel.stopped
+        assert not fake.stopped.called and table.refused is None
+    finally:
+        await tunnel.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import stat
 import time
 
@@ -13,7 +15,7 @@ from tests.helpers.run import RunFarm, WorkerRun, processes_in, stop_farm, wait_
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
-NAMES = ["w1", "w2"]
+NAMES = ["w1", "w2", "w4"]
 EXITS_WITHIN = 10.0  # s from `revoke`/`remove` to `worker run` gone with 3 ("within a few seconds")
 
 
@@ -96,3 +98,68 @@ def test_removed_worker_exits_3(farm):
     assert "refused this worker for good" in again.stderr()
 
 
+
+
+def make_invite(farm, name: str) -> tuple[str, str]:
+    """A one-use invite for worker ``name``, written to the registry as `bbenroll invite` would:
+    (its ID, its FURL)."""
+    invites = pytest.importorskip("bbenroll.registry.invites", reason="needs the invites' registry part")
+    from bbenroll.furl import build_furl
+    from bbenroll.registry import store
+    from tests.helpers.rotation import utc_now
+
+    invite, secret = invites.new_invite(utc_now(), name=name, by="test")
+    with store.edit(farm.registry, now=utc_now()) as editor:
+        editor.add_invite(invite)
+    master = farm.loaded().registry.master
+    return invite.id, build_furl(master.tubid, master.location, secret)
+
+
+def test_an_invite_is_consumed_by_the_first_run_only(farm):
+    invite_id, invite = make_invite(farm, "w3")
+    basedir = farm.tmp / "w3"
+    r = start(farm, "w3", {"BBENROLL_INVITE": invite})
+    wait_for(lambda: "w3" in farm.loaded().registry.workers, timeout=60, what="w3 enrolled")
+    attached(farm, r, "w3")
+    assert "created worker 'w3'" in r.stderr()
+    used = farm.loaded().registry.invites[invite_id]
+    assert (used.used, used.uses) == (1, 0)
+    assert farm.entry("w3").enrolled_by == invite_id
+    assert invite.rsplit("/", 1)[1] not in r.stdout() + r.stderr()
+    r.terminate()
+    assert r.wait(timeout=30) == 0, r.stderr()
+    wait_gone(basedir)
+
+    again = start(farm, "w3", {"BBENROLL_INVITE": invite})  # the same (used up) invite: not read
+    attached(farm, again, "w3")
+    assert "nothing consumed" in again.stderr()
+    assert farm.loaded().registry.invites[invite_id].used == 1
+    again.terminate()
+    assert again.wait(timeout=30) == 0, again.stderr()
+    wait_gone(basedir)
+
+
+def test_a_basedir_half_written_by_a_crash_is_created_again(farm):
+    basedir = farm.tmp / "w4"
+    (basedir / "info").mkdir(parents=True)
+    (basedir / "buildbot.tac").write_text("# a crash came before bbenroll.furl was written\n")
+    r = start(farm, "w4", {"BBENROLL_FURL": farm.furls["w4"]})
+    attached(farm, r, "w4")
+    assert "created worker 'w4'" in r.stderr()
+    assert "bbenroll:furlfile=" in (basedir / "buildbot.tac").read_text()
+    assert (basedir / "bbenroll.furl").exists() and (basedir / "bbenroll.pem").exists()
+    r.terminate()
+    assert r.wait(timeout=30) == 0, r.stderr()
+    wait_gone(basedir)
+
+    # --json: stdout holds exactly one document, at the end; the worker's log goes to stderr
+    j = WorkerRun(basedir, {}, "--json")
+    farm.runs.append(j)
+    attached(farm, j, "w4")
+    j.terminate()
+    assert j.wait(timeout=30) == 0, j.stderr()
+    document = json.loads(j.stdout())
+    assert document == {"basedir": str(basedir), "created": False, "name": None, "exit": 0,
+                        "signal": int(signal.SIGTERM)}
+    assert "Connected to buildmaster" in j.stderr()
+    wait_gone(basedir)
