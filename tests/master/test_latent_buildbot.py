@@ -104,6 +104,9 @@ def test_each_build_gets_a_new_instance_with_a_new_invite_and_key(latent_master)
     assert "pb://" not in log
     for worker in (first, second):
         assert worker.swissnum not in log and worker.password not in log
+    # an instance must log in with the password Buildbot already has: re-enrolling keeps it
+    # (a new one per instance means a failed first login and a Buildbot reconfig per build)
+    assert "invalid login from user 'local1'" not in log
     assert "Traceback" not in log
 
     # revoked: no instance, no invite, the build ends with an exception (not retried forever)
