@@ -27,6 +27,7 @@ __all__ = ["App", "Result", "cli", "main", "output_options", "run", "utcnow"]
 COMMANDS = {
     "init": "bbenroll.cli.init",
     "add": "bbenroll.cli.add",
+    "invite": "bbenroll.cli.invite",
     "import": "bbenroll.cli.import_",  # not cli/import.py: a keyword
     "show": "bbenroll.cli.show",
     "list": "bbenroll.cli.listing",  # not cli/list.py: it would shadow list()
@@ -51,7 +52,6 @@ COMMANDS = {
 
 # subcommands living in their own module, added to their group (a click.Group) when it loads
 SUBCOMMANDS = {
-    # subcommands of a group that live in their own modules (one module per command)
     "worker": {"run": "bbenroll.cli.worker_run", "migrate": "bbenroll.cli.worker_migrate"},
 }
 

@@ -39,6 +39,11 @@ log = Logger(namespace="bbenroll")
 SERVICE_NAME = "bbenroll"
 RECONFIG_POLL = 0.5  # seconds between checks for builds of removed workers
 RECONFIG_MAX_WAIT = 120.0  # then reconfigure anyway
+# Many changes at once (50 workers enrolling through one invite) make one reconfig: it starts
+# once the workers have not changed for RECONFIG_QUIET seconds, at most RECONFIG_DEBOUNCE_MAX
+# after the first change (Buildbot itself only folds the requests made during a running one)
+RECONFIG_QUIET = 1.0
+RECONFIG_DEBOUNCE_MAX = 5.0
 
 
 def _config_error(message: str) -> ConfigErrors:
@@ -364,11 +369,20 @@ class EnrollmentMasterService(bbservice.BuildbotService):
 
     def _start_enrollment(self) -> defer.Deferred[None]:
         """Start the Foolscap service; fails (after one log line) if its port is taken."""
+
+        def has_running_build(name: str) -> bool:
+            # the check _busy_removed_workers makes, for one worker
+            manager = getattr(self.master, "workers", None)
+            worker = (getattr(manager, "workers", {}) or {}).get(name)
+            wfbs = getattr(worker, "workerforbuilders", {}) or {}
+            return any(wfb.isBusy() for wfb in wfbs.values())
+
         self.enrollment = EnrollmentService(
             self.registry_path,
             reactor=self.master.reactor,  # Buildbot's own: the one the master runs on
             poll_interval=self.poll_interval,
             on_workers_changed=self._workers_changed,
+            busy=has_running_build,  # ephemeral workers are never removed during a build
         )
         self.enrollment.startService()
         return self.enrollment.when_listening()
@@ -386,6 +400,10 @@ class EnrollmentMasterService(bbservice.BuildbotService):
         )
         self._wanted = set(workers)
         self._waited = 0.0
+        now = self.master.reactor.seconds()
+        if getattr(self, "_burst_started", None) is None:
+            self._burst_started = now  # the first change of a burst: RECONFIG_DEBOUNCE_MAX runs from here
+        self._last_change = now
         self._reconfig_when_idle()
 
     def _busy_removed_workers(self) -> list[str]:
@@ -412,6 +430,13 @@ class EnrollmentMasterService(bbservice.BuildbotService):
         if self._reconfig_timer is not None and self._reconfig_timer.active():
             return  # already waiting; it will see the newest wanted set
         self._reconfig_timer = None
+        started = getattr(self, "_burst_started", None)
+        if started is not None:  # debounce: a later change moved the quiet time; look again then
+            due = min(self._last_change + RECONFIG_QUIET, started + RECONFIG_DEBOUNCE_MAX)
+            wait = due - self.master.reactor.seconds()
+            if wait > 0:
+                self._reconfig_timer = self.master.reactor.callLater(wait, self._reconfig_when_idle)
+                return
         busy = self._busy_removed_workers()
         if busy and self._waited < RECONFIG_MAX_WAIT:
             if self._waited == 0:
@@ -422,4 +447,5 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             self._waited += RECONFIG_POLL
             self._reconfig_timer = self.master.reactor.callLater(RECONFIG_POLL, self._reconfig_when_idle)
             return
+        self._burst_started = None  # the reconfig below sees every change until now
         eventually(self.master.reconfig)

@@ -32,7 +32,6 @@ from bbenroll.errors import BBEnrollError
 from bbenroll.furl import build_furl
 from bbenroll.master import gate as gatemod
 from bbenroll.master.tub import address_of, peer_of
-from bbenroll.registry.audit import Change
 from bbenroll.registry.store import Editor
 from bbenroll.tunnel.wire import Refused, RefusedForGood, RIInvite
 
@@ -151,23 +150,19 @@ def redeem_edit(
         if not accepted:
             raise InviteRefusal(str(reason))
         try:
-            invite, worker = invitesmod.redeem(editor.registry.workers, invite, host, now)
-        except invitesmod.InviteRefused as e:
-            raise InviteRefusal(str(e), permanent=_permanent(e)) from None
+            invite, worker = invitesmod.redeem(invite, editor.registry.workers, host, now)
+        except BBEnrollError as e:  # refused (used up meanwhile), or its name is taken: for good
+            raise InviteRefusal(str(e)) from None
         editor.update_invite(invite)
         if worker.name in editor.workers:  # a re-enrolling invite (latent instances)
             editor.update(worker)
         else:
             editor.add(worker)
-        editor.note(Change("enrolled", worker=worker.name, reason=f"invite {invite_id}", peer=peer))
+        # (the edit's own audit diff records `enrolled`, with the invite's ID: no note here)
         result["name"] = worker.name
         result["furl"] = editor.registry.furl(worker)  # the current identity and location
 
     return edit
-
-
-def _permanent(error: Exception) -> bool:
-    return bool(getattr(error, "permanent", True))
 
 
 def create_invite_edit(
@@ -180,7 +175,7 @@ def create_invite_edit(
 
     def edit(editor: Editor) -> None:
         invite, secret = invitesmod.new_invite(
-            now, ttl=ttl, by=MASTER, taken=set(editor.registry.invites), **options
+            now, ttl=ttl, by=MASTER, taken_ids=set(editor.invites), **options
         )
         editor.add_invite(invite)
         master = editor.registry.master

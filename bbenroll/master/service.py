@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from bbenroll.errors import BBEnrollError, WrongState
 from bbenroll.identity import load_identity
-from bbenroll.master import auditing, binding
+from bbenroll.master import auditing, binding, ephemeral
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
 from bbenroll.master import legacy as legacymod
@@ -170,6 +170,7 @@ class EnrollmentService(service.MultiService):
         poll_interval: float = POLL_INTERVAL,
         on_workers_changed: Callable[[dict[str, Any]], None] | None = None,
         run_write: Runner | None = None,
+        busy: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -208,6 +209,12 @@ class EnrollmentService(service.MultiService):
         self._rotating: set[str] = set()  # workers whose policy rotation is queued
         self.rotation_check = ROTATION_CHECK
         self._rotation_check_at: float | None = None  # None: at the next tick
+        # ephemeral workers (master/ephemeral.py): busy(name) says it has a running build (the
+        # Buildbot hook gives it; alone, nothing is ever busy); when each was last connected
+        self.busy = busy
+        self._last_connected: dict[str, datetime] = {}
+        self._removing: set[str] = set()  # ephemeral removals queued in the writer
+        self._started_at: datetime | None = None
         self._pruning = False  # the removal of the master's spent invites is queued
 
     @property
@@ -229,6 +236,7 @@ class EnrollmentService(service.MultiService):
         service run on its own) would add an "Unhandled error" traceback.
         """
         self._reload()  # it may have changed since the constructor read it
+        self._started_at = self.now()
         self.reloader.started()
         self._raise_open_files_limit()
         master = self.loaded.registry.master
@@ -527,6 +535,7 @@ class EnrollmentService(service.MultiService):
         self._to_check.discard(obj)
         obj.updater = None
         self.status.disconnected(obj.name, self.now(), obj.broker.tub.tubID)
+        self._last_connected[obj.name] = self.now()  # the ephemeral timeout counts from here
         log.info("worker {worker!r} disconnected ({peer})", worker=obj.name, peer=obj.peer)
         self._write_status()
 
@@ -611,6 +620,7 @@ class EnrollmentService(service.MultiService):
             self._recheck(now)
             self._offer_due()
             self._rotate_due(now)
+            self._remove_ephemeral(now)
             self._prune_invites(now)
             self.writer.flush()  # a batch that failed is retried here
             usable = self.gate.usable_workers(now)
@@ -936,6 +946,71 @@ class EnrollmentService(service.MultiService):
         self._rotating.discard(name)
         if isinstance(result, Failure):
             log.info("bbenroll: not rotating {worker!r}: {why}", worker=name, why=str(result.value))
+
+    # -- latent workers (master/latent.py) ------------------------------------------
+
+    def current_worker(self, name: str) -> model.Worker | None:
+        """Registry worker ``name`` as the file says now (a stat() unless it changed since the last
+        poll): a latent instance is not started for a worker revoked a moment ago."""
+        self._reload()
+        return self.gate.registry.workers.get(name)
+
+    # -- ephemeral workers ----------------------------------------------------------
+
+    def _is_busy(self, name: str) -> bool:
+        if self.busy is None:
+            return False
+        try:
+            return bool(self.busy(name))
+        except Exception:
+            log.failure("bbenroll: cannot tell whether {worker!r} has a running build", worker=name)
+            return True  # when in doubt, a worker is not removed
+
+    def _remove_ephemeral(self, now: datetime) -> None:
+        """Queue the removal of the ephemeral workers disconnected longer than the timeout."""
+        registry = self.gate.registry
+        connected = {obj.name for obj in self.connections.values() if not obj.broker.disconnected}
+        for name in connected:  # a connection's last moment is now; reconnecting resets the timer
+            self._last_connected[name] = now
+        for name in list(self._last_connected):  # removed (by anyone): forget it
+            if name not in registry.workers:
+                del self._last_connected[name]
+        due = ephemeral.due_for_removal(
+            {name: w for name, w in registry.workers.items() if name not in self._removing},
+            now=now,
+            timeout=ephemeral.timeout_of(registry.master),
+            connected=connected,
+            last_connected=self._last_connected,
+            started=self._started_at or now,
+            busy=self._is_busy,
+        )
+        for name in due:
+            worker = registry.workers[name]
+            since = ephemeral.disconnected_since(worker, self._last_connected, self._started_at or now)
+            log.info(
+                "bbenroll: removing ephemeral worker {worker!r}: disconnected since {since}",
+                worker=name,
+                since=format_time(since),
+            )
+            self._removing.add(name)
+            d = self.writer.submit(self._ephemeral_removal(name, worker.swissnum))
+            d.addBoth(self._ephemeral_removed, name)
+
+    @staticmethod
+    def _ephemeral_removal(name: str, swissnum: str) -> Callable[[Editor], None]:
+        def edit(editor: Editor) -> None:  # in the writer's thread, under the lock
+            current = editor.workers.get(name)
+            # re-enrolled (a new secret) or made permanent since: not the worker we decided on
+            if current is not None and current.ephemeral and current.swissnum == swissnum:
+                editor.remove(name)  # recorded as `removed`, actor master
+
+        return edit
+
+    def _ephemeral_removed(self, result: Any, name: str) -> None:
+        self._removing.discard(name)
+        if isinstance(result, Failure):
+            log.info("bbenroll: not removing ephemeral worker {worker!r}: {why}", worker=name,
+                     why=str(result.value))
 
     @staticmethod
     def _buildbot_view(usable: dict[str, Any]) -> dict[str, tuple[str, Any]]:

@@ -151,6 +151,21 @@ def _attempt(furl: str, *, reactor: Any, deadline: float, timeout: float, key: b
     return d
 
 
+def _retrying(call: Callable[[], Any], reactor: Any, deadline: float, wait: float = RETRY_FIRST) -> Any:
+    """``call()``, again after a connection lost before its answer (fetching the settings and
+    binding the key are both safe to repeat), until ``deadline``."""
+    from twisted.internet import task
+
+    def failed(failure: Any) -> Any:
+        if (failure.check(WorkerSetupError) and failure.value.transient
+                and reactor.seconds() + wait < deadline):
+            later = min(RETRY_MAX, wait * 2)
+            return task.deferLater(reactor, wait, _retrying, call, reactor, deadline, later)
+        return failure
+
+    return defer.maybeDeferred(call).addErrback(failed)
+
+
 def redeem_invite(
     invite_furl: str,
     *,
@@ -212,16 +227,22 @@ def create_worker(
     written: dict[str, Any] = {}
     credential: dict[str, Any] = {}
 
+    deadline = reactor.seconds() + timeout
+
     def fetch(resolved: dict[str, Any]) -> Any:
         credential.update(resolved)
-        return fetch_worker_config(resolved["furl"], reactor=reactor, timeout=timeout, progress=tell, key=key)
+        return _retrying(lambda: fetch_worker_config(
+            resolved["furl"], reactor=reactor, timeout=timeout, progress=tell, key=key
+        ), reactor, deadline)
 
     def write(config: dict[str, Any]) -> Any:
         tell(f"writing {basedir}")
         written.update(create_worker_dir(basedir, credential["furl"], config, resume=resume, force=force,
                                          key=key))
         # bound only once the key is on disk: a basedir that could not be written binds nothing
-        return bind_worker_key(credential["furl"], reactor=reactor, timeout=timeout, progress=tell, key=key)
+        return _retrying(lambda: bind_worker_key(
+            credential["furl"], reactor=reactor, timeout=timeout, progress=tell, key=key
+        ), reactor, deadline)
 
     def done(bound: Any) -> dict[str, Any]:
         result = {**written, "bound": bound}
@@ -242,7 +263,10 @@ def create_worker(
             )
         return failure
 
-    d = resolve_credential(credential_text, reactor=reactor, timeout=timeout, key=key, progress=tell,
+    # the invite's connection carries no key of the worker's: a throwaway one. With the worker's
+    # key, the master could still hold that connection (it closes it after the answer) when the
+    # next one of the same TubID arrives, and Foolscap drops one of two same-TubID connections
+    d = resolve_credential(credential_text, reactor=reactor, timeout=timeout, key=None, progress=tell,
                            announce=False)
     d.addCallback(fetch)
     d.addCallback(write)

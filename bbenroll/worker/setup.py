@@ -34,7 +34,7 @@ MIN_TIMEOUT, MAX_TIMEOUT = 1.0, 600.0  # what ``worker create --timeout`` accept
 
 
 class WorkerSetupError(BBEnrollError):
-    pass
+    transient = False  # the connection was lost before the answer: trying again may work
 
 
 def escape_endpoint_value(value: str) -> str:
@@ -158,7 +158,9 @@ def _over_furl(
     """One Foolscap connection over ``furl``: ``call(reference)``, bounded by ``timeout``, its
     failures as one :class:`WorkerSetupError` line, the client Tub stopped afterwards.
     ``announce``: tell where it connects (the first connection of a command does)."""
+    from foolscap.api import DeadReferenceError
     from twisted.internet import defer
+    from twisted.internet.error import ConnectionDone, ConnectionLost
 
     from bbenroll.tunnel.failures import classify
     from bbenroll.tunnel.wire import start_client_tub
@@ -176,7 +178,11 @@ def _over_furl(
             raise WorkerSetupError(
                 f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
             )
-        raise WorkerSetupError(classify(failure).message)
+        error = WorkerSetupError(classify(failure).message)
+        # lost before the answer (the master drops the oldest unauthenticated connections of an
+        # address over its cap: many workers behind one NAT at once): worker/enroll.py tries again
+        error.transient = failure.check(ConnectionLost, ConnectionDone, DeadReferenceError) is not None
+        raise error
 
     def stopped(result: Any) -> Any:
         d = defer.maybeDeferred(tub.stopService)

@@ -1,0 +1,105 @@
+"""`bbenroll worker create BASEDIR INVITE` as a worker admin runs it: real processes against a
+real master service in its own process (issue 9 tests 1-2, from the worker's side)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bbenroll.registry import store
+from tests.helpers.buildbot import BIN, run
+from tests.helpers.invites_master import make_invite
+
+pytestmark = pytest.mark.network
+
+SERVE = textwrap.dedent("""
+    import sys
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from bbenroll.master.service import EnrollmentService
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[2], "a"))], redirectStandardIO=False)
+    service = EnrollmentService(sys.argv[1], reactor=reactor, poll_interval=0.2)
+    service.startService()
+    print("ready", flush=True)
+    reactor.run()
+""")
+
+
+@pytest.fixture
+def master(served_reg_path):
+    """The Foolscap service alone (no Buildbot), in its own process, logging to master.log."""
+    log = served_reg_path.parent / "master.log"
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(served_reg_path), str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    yield served_reg_path
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def create(basedir, *args, env=None, input_text=None):
+    return run(BIN / "bbenroll", "worker", "create", basedir, *args, check=False, env=env,
+               input_text=input_text, timeout=120)
+
+
+def test_create_from_bbenroll_invite_enrolls_and_binds_the_new_key(master, tmp_path):
+    invite_id, invite = make_invite(master, prefix="ci")
+    proc = create(tmp_path / "w1", "--json", env={"BBENROLL_INVITE": invite})
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    registry = store.load(master).registry
+    (name,) = registry.workers
+    worker = registry.workers[name]
+    assert name.startswith("ci-") and document["name"] == name and document["enrolled_by"] == invite_id
+    assert worker.enrolled_by == invite_id
+    assert worker.bound is not None and document["bound"]["fingerprint"] == worker.bound.tubid
+    # the basedir holds the worker's own FURL, never the invite
+    assert (tmp_path / "w1" / "bbenroll.furl").read_text().strip() == registry.furl(worker)
+    # the same invite again: refused for good, one line, nothing written
+    again = create(tmp_path / "w2", "-", input_text=invite)
+    assert again.returncode == 1
+    assert again.stderr.endswith("invite already used\n") and again.stderr.count("\n") == 1, again.stderr
+    assert "Traceback" not in again.stderr and not (tmp_path / "w2").exists()
+
+
+def test_local_checks_come_before_the_invite_is_consumed(master, tmp_path):
+    invite_id, invite = make_invite(master, name="careful")
+    base = tmp_path / "w1"
+    base.mkdir()
+    (base / "buildbot.tac").write_text("# someone else's worker\n")
+    proc = create(base, env={"BBENROLL_INVITE": invite})
+    assert proc.returncode == 1 and "already exists; use --force" in proc.stderr, proc.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = create(blocker / "w", env={"BBENROLL_INVITE": invite})
+    assert proc.returncode == 1 and "cannot write" in proc.stderr, proc.stderr
+    assert store.load(master).registry.invites[invite_id].used == 0  # nothing consumed
+    assert create(tmp_path / "w2", env={"BBENROLL_INVITE": invite}).returncode == 0
+
+
+def test_both_environment_variables_are_one_clear_error(master, tmp_path):
+    _, invite = make_invite(master, name="x")
+    proc = create(tmp_path / "w", env={"BBENROLL_INVITE": invite, "BBENROLL_FURL": invite})
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: both BBENROLL_INVITE and BBENROLL_FURL are set: set only one\n"
+    )
+
+
+def test_ten_concurrent_creates_with_one_single_use_invite(master, tmp_path):
+    invite_id, invite = make_invite(master, prefix="race")
+    with ThreadPoolExecutor(10) as pool:
+        procs = list(pool.map(lambda i: create(tmp_path / f"w{i}", "-", input_text=invite), range(10)))
+    ok = [p for p in procs if p.returncode == 0]
+    refused = [p for p in procs if p.returncode != 0]
+    assert len(ok) == 1 and len(refused) == 9, [p.stderr for p in procs]
+    for proc in refused:
+        assert proc.returncode == 1 and proc.stderr.endswith("invite already used\n"), proc.stderr
+    registry = store.load(master).registry  # valid
+    assert len(registry.workers) == 1 and registry.invites[invite_id].used == 1
+    assert store.check(master) == []
+    assert sum((tmp_path / f"w{i}").exists() for i in range(10)) == 1
