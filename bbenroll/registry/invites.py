@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from bbenroll.errors import BBEnrollError, WorkerExists, WrongState
-from bbenroll.furl import new_password, new_swissnum
+from bbenroll.furl import new_swissnum
 from bbenroll.registry.model import (
     WORKER_NAME_MAX,
     Worker,
@@ -77,6 +77,11 @@ class InviteExpired(InviteRefused):
 
 class InviteRevoked(InviteRefused):
     reason = RefusalReason.REVOKED
+
+
+class ReenrollRefused(BBEnrollError):
+    """A re-enrolling invite names a worker that was removed, revoked or has expired since the
+    invite was made: it may never bring that worker back (``bbenroll restore`` does, on purpose)."""
 
 
 class InviteNotFound(BBEnrollError):
@@ -261,7 +266,11 @@ def redeem(
         existing = workers.get(invite.name)
         if existing is not None and not invite.reenroll:
             raise WorkerExists(f"worker {invite.name!r} already exists")
-        if existing is not None:
+        if invite.reenroll:
+            if existing is None:
+                raise ReenrollRefused(f"worker {invite.name!r} was removed")
+            if not existing.is_usable(now):  # revoked or expired: never undone by an invite
+                raise ReenrollRefused(f"worker {invite.name!r} is {existing.state(now)}")
             worker = _reenrolled(existing, invite, now, expires)
         else:
             worker = _enrolled(invite.name, invite, now, expires)
@@ -281,16 +290,18 @@ def _enrolled(name: str, invite: Invite, now: datetime, expires: datetime | None
 
 
 def _reenrolled(worker: Worker, invite: Invite, now: datetime, expires: datetime | None) -> Worker:
-    """A latent instance's new start: new secrets, the old ones gone at once, the binding removed."""
+    """A latent instance's new start: a new FURL secret, the old one gone at once, the binding removed.
+
+    The PB password stays: Buildbot's latent worker object holds it from master.cfg, and a new one
+    would refuse the instance's first login until a reconfig (and cost a reconfig per instance).
+    The tunnel logs in only as its own worker, so the password alone is worth nothing outside it.
+    """
     return replace(
         worker,
         swissnum=new_swissnum(),
-        password=new_password(),
         rotated=now,
         previous=None,
         bound=None,
-        revoked=None,
-        revoked_reason=None,
         serial=worker.serial + 1,
         changed=now,
         expires=expires if expires is not None else worker.expires,

@@ -143,14 +143,20 @@ def test_a_named_invite_refuses_an_existing_name_unless_it_reenrolls():
     fresh, _ = inv.new_invite(NOW, name="lat1", reenroll=True, tags=["docker"])
     after, worker = inv.redeem(fresh, {"lat1": existing}, "h", LATER)
     assert worker.name == "lat1" and after.used == 1
-    assert worker.swissnum != existing.swissnum and worker.password != existing.password
+    # a new FURL secret; the PB password stays (Buildbot's latent worker holds it from master.cfg)
+    assert worker.swissnum != existing.swissnum and worker.password == existing.password
     assert worker.previous is None and worker.bound is None
     assert worker.serial == existing.serial + 1 and worker.changed == LATER
     assert worker.created == existing.created and worker.rotated == LATER
     assert worker.enrolled_by == fresh.id and worker.tags == ("old", "docker")
-    # a reenroll invite for a name not (yet) there simply adds it
-    _, new = inv.redeem(fresh, {}, "h", LATER)
-    assert new.name == "lat1" and new.serial == 0
+    # it never brings back a worker removed, revoked or expired since the invite was made
+    with pytest.raises(inv.ReenrollRefused, match="'lat1' was removed"):
+        inv.redeem(fresh, {}, "h", LATER)
+    with pytest.raises(inv.ReenrollRefused, match="'lat1' is revoked"):
+        inv.redeem(fresh, {"lat1": model.revoke(existing, NOW)}, "h", LATER)
+    expired = replace(existing, expires=NOW)
+    with pytest.raises(inv.ReenrollRefused, match="'lat1' is expired"):
+        inv.redeem(fresh, {"lat1": expired}, "h", LATER)
 
 
 def test_a_reenrollment_is_audited_as_enrolled_by_the_invite():
