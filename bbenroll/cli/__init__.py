@@ -27,6 +27,7 @@ __all__ = ["App", "Result", "cli", "main", "output_options", "run", "utcnow"]
 COMMANDS = {
     "init": "bbenroll.cli.init",
     "add": "bbenroll.cli.add",
+    "invite": "bbenroll.cli.invite",
     "show": "bbenroll.cli.show",
     "list": "bbenroll.cli.listing",  # not cli/list.py: it would shadow list()
     "rotate": "bbenroll.cli.rotate",
