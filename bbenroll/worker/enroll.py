@@ -84,7 +84,7 @@ def _attempt(furl: str, *, reactor: Any, deadline: float, timeout: float, key: b
     from foolscap.api import DeadReferenceError
     from twisted.internet import error, task
 
-    from bbenroll.tunnel.failures import FailureKind, classify
+    from bbenroll.tunnel.failures import NO_USABLE_HINTS_MESSAGE, FailureKind, classify
     from bbenroll.tunnel.wire import INVITE_INTERFACE, WORKER_INTERFACE, start_client_tub
 
     tub = start_client_tub(key)
@@ -131,13 +131,15 @@ def _attempt(furl: str, *, reactor: Any, deadline: float, timeout: float, key: b
         # lost before the answer (the master closes invite connections over its cap, or
         # restarted): nothing was consumed unless the answer itself was lost; try again
         lost = failure.check(DeadReferenceError, error.ConnectionLost, error.ConnectionDone)
-        retry = not timed_out and (lost or kind.kind is FailureKind.UNREACHABLE
-                                   or (kind.kind is FailureKind.REFUSED and not kind.permanent))
+        usable_hints = kind.message != NO_USABLE_HINTS_MESSAGE  # (no retry makes tor: hints usable)
+        retry = not timed_out and usable_hints and (
+            lost or kind.kind is FailureKind.UNREACHABLE
+            or (kind.kind is FailureKind.REFUSED and not kind.permanent))
         if retry and reactor.seconds() + wait < deadline:
             return task.deferLater(reactor, wait, _attempt, furl, reactor=reactor, deadline=deadline,
                                    timeout=timeout, key=key, tell=tell, host=host,
                                    wait=min(RETRY_MAX, wait * 2))
-        if timed_out or (retry and kind.kind is FailureKind.UNREACHABLE):
+        if timed_out:
             raise WorkerSetupError(
                 f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
             )

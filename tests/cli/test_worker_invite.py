@@ -103,3 +103,22 @@ def test_ten_concurrent_creates_with_one_single_use_invite(master, tmp_path):
     assert len(registry.workers) == 1 and registry.invites[invite_id].used == 1
     assert store.check(master) == []
     assert sum((tmp_path / f"w{i}").exists() for i in range(10)) == 1
+
+
+def test_an_invite_from_bbenroll_invite_then_revoked(master, tmp_path):
+    """The admin's real commands: `bbenroll invite`, `worker create` with it, `invite revoke`."""
+    from tests.helpers.cli import run_cli
+    from tests.helpers.invites_master import utc_now
+
+    made = run_cli(["--registry", str(master), "invite", "--uses", "2", "--prefix", "cli"], clock=utc_now)
+    assert made.code == 0, made.err
+    invite = made.out.strip().splitlines()[0]
+    assert invite.startswith("pb://")
+    proc = create(tmp_path / "w1", "-", input_text=invite)
+    assert proc.returncode == 0, proc.stderr
+    assert "with invite inv-" in proc.stderr
+    (invite_id,) = store.load(master).registry.invites
+    revoked = run_cli(["--registry", str(master), "invite", "revoke", invite_id], clock=utc_now)
+    assert revoked.code == 0, revoked.err
+    proc = create(tmp_path / "w2", "-", input_text=invite)
+    assert proc.returncode == 1 and proc.stderr.endswith("invite revoked\n"), proc.stderr
