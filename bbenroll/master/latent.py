@@ -88,16 +88,6 @@ def within(seconds: float, clock: Any, d: defer.Deferred[Any]) -> defer.Deferred
     return result
 
 
-def running_service(master: Any, name: str) -> Any:
-    """The Buildbot master's service ``name``: c['services'] are children of its
-    ``service_manager`` (Buildbot 4), not of the master itself."""
-    for parent in (getattr(master, "service_manager", None), master):
-        found = getattr(parent, "namedServices", {}).get(name)
-        if found is not None:
-            return found
-    return None
-
-
 def takes_password(worker_class: type) -> bool:
     """Does ``worker_class`` take Buildbot's ``password`` argument? (KubeLatentWorker does not.)"""
     return "password" in inspect.signature(worker_class.checkConfig).parameters
@@ -172,10 +162,10 @@ def enrolled_class(worker_class: type) -> type:
 
         @defer.inlineCallbacks
         def _bbenroll_new_invite(self) -> Any:
-            from bbenroll.master.hook import SERVICE_NAME
+            from bbenroll.master.hook import running_service
 
             name = self.name
-            service = running_service(self.master, SERVICE_NAME)
+            service = running_service(self.master)
             enrollment = getattr(service, "enrollment", None)
             if enrollment is None or not enrollment.running:
                 log.error("bbenroll: not starting an instance of latent worker {worker!r}: the bbenroll "
