@@ -84,7 +84,6 @@ def command(
                 f"{basedir} holds no worker yet, and no FURL or invite was given "
                 f"(--furl-file, --invite-file, ${wrun.ENV_FURL} or ${wrun.ENV_INVITE})"
             )
-        wrun.check_can_create(credential)
         created = _create(app, basedir, credential, resume, timeout)
         app.out.info(f"bbenroll: created worker {created.get('name')!r} in {basedir}")
     else:

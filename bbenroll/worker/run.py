@@ -349,21 +349,6 @@ def supervise(
 # -- creating the worker -------------------------------------------------------------------------
 
 
-def _enroll_module() -> Any:
-    """``bbenroll.worker.enroll`` when this bbenroll has it (invites), else None."""
-    try:
-        from bbenroll.worker import enroll  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return enroll if hasattr(enroll, "create_worker") else None
-
-
-def check_can_create(credential: Credential) -> None:
-    """Refuse, before any connection, what this bbenroll cannot create a worker from."""
-    if credential.kind == "invite" and _enroll_module() is None:
-        raise BBEnrollError(f"{credential.source}: this bbenroll cannot redeem invites; give a worker FURL")
-
-
 def create_worker(
     basedir: Path,
     credential: Credential,
@@ -374,58 +359,13 @@ def create_worker(
     force: bool,
     progress: Callable[[str], None],
 ) -> Any:
-    """Create the worker in BASEDIR from ``credential``: a Deferred firing with what was written.
-
-    With ``bbenroll.worker.enroll`` (invites) installed, through its ``create_worker``, which takes
-    a FURL or an invite; without it, a worker FURL the way ``worker create`` does it.
-    """
+    """Create the worker in BASEDIR from ``credential`` (a worker FURL or an invite), exactly as
+    ``bbenroll worker create`` does: a Deferred firing with what was written."""
     from twisted.internet import defer
 
-    enroll = _enroll_module()
-    if enroll is not None:
-        return defer.maybeDeferred(
-            enroll.create_worker, basedir, credential.text, reactor=reactor, resume=resume,
-            timeout=timeout, force=force, progress=progress,
-        )
-    try:
-        check_can_create(credential)
-    except BBEnrollError as e:
-        return defer.fail(e)
-    from bbenroll.worker.setup import (
-        bind_worker_key,
-        check_basedir,
-        create_worker_dir,
-        fetch_worker_config,
-        worker_key,
+    from bbenroll.worker import enroll
+
+    return defer.maybeDeferred(
+        enroll.create_worker, basedir, credential.text, reactor=reactor, resume=resume,
+        timeout=timeout, force=force, progress=progress,
     )
-
-    furl = credential.text
-    try:
-        check_basedir(basedir, force)
-        key = worker_key(basedir)
-    except BBEnrollError as e:
-        return defer.fail(e)
-    written: dict[str, Any] = {}
-
-    def write(config: dict[str, Any]) -> None:
-        progress(f"writing {basedir}")
-        written.update(create_worker_dir(basedir, furl, config, resume=resume, force=force, key=key))
-
-    def bound(answer: Any) -> dict[str, Any]:
-        return {**written, "bound": answer}
-
-    def bind_failed(failure: Any) -> Any:
-        if written and failure.check(BBEnrollError):
-            # the basedir is whole: run it (failing here would only make a supervisor restart us
-            # into a ready basedir); an unbound FURL still works, and a refusal is run's to report
-            progress(f"{basedir} is written, but the FURL could not be bound to its key: {failure.value}")
-            return {**written, "bound": None}
-        return failure
-
-    d = fetch_worker_config(furl, reactor=reactor, timeout=timeout, progress=progress, key=key)
-    d.addCallback(write)
-    d.addCallback(
-        lambda _: bind_worker_key(furl, reactor=reactor, timeout=timeout, progress=progress, key=key)
-    )
-    d.addCallbacks(bound, bind_failed)
-    return d

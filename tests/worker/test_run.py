@@ -269,15 +269,3 @@ def test_a_basedir_that_is_a_file_is_refused(tmp_path):
     one_error(run_cli(["worker", "run", str(path)], env={**CLEAN, "BBENROLL_FURL": FURL}),
               "is a file", code=2)  # click's usage error: one line too
     assert path.read_text() == "x"
-
-
-def test_an_invite_needs_the_invite_support(tmp_path, monkeypatch):
-    pytest.importorskip("bbenroll.worker.setup")
-    try:
-        import bbenroll.worker.enroll  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("invites are supported: tested end to end")
-    result = run_cli(["worker", "run", str(tmp_path / "w")], env={**CLEAN, "BBENROLL_INVITE": INVITE})
-    one_error(result, "cannot redeem invites")
