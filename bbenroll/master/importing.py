@@ -327,7 +327,7 @@ def import_workers(
 
 def _import_editor_class() -> type:
     from bbenroll.errors import RegistryError
-    from bbenroll.registry import audit, store, tomledit
+    from bbenroll.registry import store, tomledit
     from bbenroll.registry.tomlscan import scan
 
     class ImportEditor(store.Editor):
@@ -356,14 +356,6 @@ def _import_editor_class() -> type:
                 raise RegistryError(str(self.path), "cannot add the Buildbot options: the text would not "
                                     "read back as intended; file unchanged")
             return text
-
-        def changes(self) -> list[Any]:
-            # "imported" once registry/audit.py knows it (branch wt-inv-reg); "added" until then
-            action = "imported" if "imported" in audit.ACTIONS else "added"
-            return [
-                replace(c, action=action) if c.action == "added" and c.worker in self._added else c
-                for c in super().changes()
-            ]
 
     def with_option_tables(text: str, options: Mapping[str, Mapping[str, Any]]) -> str:
         import tomlkit

@@ -161,6 +161,8 @@ def worker_change(old: Any, new: Any) -> Change | None:
         if new.enrolled_by is not None:
             secret = fingerprint(new.swissnum)
             return Change("enrolled", new.name, new_secret=secret, reason=f"invite {new.enrolled_by}")
+        if new.legacy:  # bbenroll import: the worker's old PB password, a new FURL
+            return Change("imported", new.name, new_secret=fingerprint(new.swissnum))
         return Change("added", new.name, new_secret=fingerprint(new.swissnum))
     if new is None:
         return Change("removed", old.name, old_secret=fingerprint(old.swissnum))
@@ -170,6 +172,9 @@ def worker_change(old: Any, new: Any) -> Change | None:
             return Change("bound", new.name, new_secret=new_fp, reason=f"worker key {new.bound.tubid}")
         if new.bound is None and old.bound is not None:
             return Change("unbound", new.name, old_secret=old_fp, reason=f"worker key {old.bound.tubid}")
+    if old.moved is None and new.moved is not None and replace(old, moved=new.moved) == new:
+        # an imported worker's first connection through its FURL (the running master writes it)
+        return Change("moved", new.name, new_secret=new_fp, reason="its password no longer logs in directly")
     if new.enrolled_by is not None and new.enrolled_by != old.enrolled_by and old_fp != new_fp:
         # a re-enrolling invite (a latent worker's new instance): new secrets, the old ones refused at once
         return Change("enrolled", new.name, old_fp, new_fp, f"re-enrolled through invite {new.enrolled_by}")

@@ -134,7 +134,7 @@ def test_import_workers_writes_all_in_one_edit_with_their_options(reg_path):
     assert text.index("[workers.w1]") < text.index("[workers.w1.buildbot]") < text.index("[workers.w-2]")
     records = [line for line in (reg_path.parent / "workers.audit.jsonl").read_text().splitlines()]
     assert len(records) == 3  # initialized, then one per imported worker
-    assert all('"action":"added"' in r or '"action":"imported"' in r for r in records[1:])
+    assert all('"action":"imported"' in r for r in records[1:])
 
 
 def test_a_worker_added_meanwhile_is_refused_and_nothing_is_written(cli, reg_path):

@@ -29,7 +29,7 @@ async def until(predicate, timeout=5.0):
 
 
 def by_master(record, name):
-    return record["worker"] == name and record["action"] in ("moved", "changed") and (
+    return record["worker"] == name and record["action"] == "moved" and (
         record["actor"].get("by") == "master"
     )
 
@@ -51,7 +51,7 @@ async def test_the_first_furl_connection_of_a_legacy_worker_marks_it_moved(maste
     moved = on_disk(master.path, "old1")
     assert moved.legacy  # still an imported worker; moved says since when it uses its FURL
     records = audit.read_records(audit.log_path(master.path))
-    # "moved" once registry/audit.py has that action (wt-inv-reg); until then the edit is "changed"
+    # one "moved" record, by the master
     moves = [r for r in records if by_master(r, "old1")]
     assert len(moves) == 1
     # a second connection does not move it again
