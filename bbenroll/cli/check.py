@@ -49,7 +49,7 @@ def command(app: App, archive: Path | None) -> Result:
         return Result(document, show_problems, failed)
     registry = store.load(path).registry
     found = [model.location_mismatch(registry.master), *map(model.unsafe_name_reason, registry.workers)]
-    notes = [f"{path}: {note}" for note in found if note]
+    notes = [f"{path}: {note}" for note in found if note] + store.invite_warnings(path, registry, app.now())
     document["warnings"] = notes
 
     def show_ok(out: Output) -> None:

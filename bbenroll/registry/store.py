@@ -265,17 +265,13 @@ class Inspection:
     audit: AuditHead | None = None
 
 
-def inspect(
-    path: Path, *, strict: bool = False, real: Path | None = None, now: datetime | None = None
-) -> Inspection:
+def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> Inspection:
     """Read ``path`` and check all of it: syntax, schema, identity, permissions.
 
     With ``strict`` (``bbenroll check``), unknown or mistyped Buildbot options
     are problems too; editing commands stay tolerant of options a newer
     Buildbot may have added. ``real``: read the text from that file (the one
     :func:`edit` resolved and locked); messages and the identity still go by ``path``.
-    With ``strict``, expired invites are warnings too (at ``now``, default the wall
-    clock): nothing can enroll with them, and ``bbenroll invite prune`` removes them.
     """
     try:
         text = read_text(real or path)
@@ -294,14 +290,13 @@ def inspect(
     problems += _identity_problems(path, master)
     private = [path, _identity_file(path, master), _previous_identity_file(path, master)]
     warnings = [problem for file in private if file and (problem := permission_problem(file))]
-    if strict and registry is not None and not problems:
-        warnings += invite_warnings(path, registry, now if now is not None else datetime.now(UTC))
     head = schema.audit_from_data(data.get("audit"), Problems()) if not problems else None
     return Inspection(path, text, None if problems else registry, problems, warnings, head)
 
 
 def invite_warnings(path: Path, registry: Registry, now: datetime) -> list[str]:
-    """One line per expired invite (not revoked, not used up: those say so in ``invite list``)."""
+    """One line per expired invite (not revoked, not used up: those say so in ``invite list``):
+    ``bbenroll check`` warns, without failing; nothing can enroll with it any more."""
     from bbenroll.registry.invites import InviteState
     from bbenroll.times import format_time
 
@@ -322,9 +317,9 @@ def load(path: Path | None = None, *, real: Path | None = None) -> LoadedRegistr
     return LoadedRegistry(path, inspection.registry, inspection.text, inspection.warnings, inspection.audit)
 
 
-def check(path: Path, now: datetime | None = None) -> list[str]:
+def check(path: Path) -> list[str]:
     """Every problem with the registry and its identity, one message each."""
-    inspection = inspect(Path(path), strict=True, now=now)
+    inspection = inspect(Path(path), strict=True)
     return [str(problem) for problem in inspection.problems] + inspection.warnings
 
 

@@ -47,7 +47,7 @@ def test_an_invite_round_trips_and_its_secret_is_nowhere_on_disk(reg_path: Path)
     records = audit.read_records(audit.log_path(reg_path))
     assert records[-1]["action"] == "invited" and invite.id in records[-1]["reason"]
     assert invite.hash not in json.dumps(records) and invite.hash[7:23] not in json.dumps(records)
-    assert store.check(reg_path, now=NOW) == []
+    assert store.check(reg_path) == []
 
 
 def test_edits_of_several_invites_keep_comments_and_other_tables_byte_for_byte(reg_path: Path):
@@ -165,16 +165,28 @@ def test_problems_point_at_the_invite_tables_line(reg_path: Path):
     assert message.startswith(f"{reg_path}:{lines}: invites.inv-abcdefgh.x: unknown key")
 
 
-def test_check_warns_about_expired_invites_only(reg_path: Path):
+def test_check_warns_about_expired_invites_only_and_still_passes(reg_path: Path):
+    import json
+
+    from tests.helpers.cli import Clock, run_cli
+
     [(expired, _)] = add_invites(reg_path, 1, ttl=timedelta(minutes=1))
     [(fine, _)] = add_invites(reg_path, 1, ttl=timedelta(days=1))
     later = NOW + timedelta(hours=1)
-    warnings = store.check(reg_path, now=later)
+    registry = store.load(reg_path).registry
+    warnings = store.invite_warnings(reg_path, registry, later)
     assert len(warnings) == 1
     assert f"invites.{expired.id}: expired at" in warnings[0] and "bbenroll invite prune" in warnings[0]
     assert fine.id not in warnings[0]
-    assert store.check(reg_path, now=NOW) == []
+    assert store.invite_warnings(reg_path, registry, NOW) == []
+    assert store.check(reg_path) == []  # an expired invite is no problem with the registry
     assert store.load(reg_path).warnings == []  # other commands do not nag
+    # bbenroll check warns on the CLI's clock, and exits 0
+    result = run_cli(["--registry", str(reg_path), "--json", "check"], clock=Clock(later))
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["warnings"] == warnings
+    result = run_cli(["--registry", str(reg_path), "check"], clock=Clock(NOW))
+    assert result.code == 0 and "warning" not in result.err and "expired at" not in result.err
 
 
 def test_bbenroll_edit_audits_invite_changes(reg_path: Path):
