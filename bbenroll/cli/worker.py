@@ -23,6 +23,29 @@ ARGV_WARNING = (
 )
 
 
+# the options `worker create`, `worker run` and `worker migrate` share
+resume_option = seconds_option(
+    "--resume",
+    default=RESUME_DEADLINE_DEFAULT,
+    low=RESUME_DEADLINE_MIN,
+    high=RESUME_DEADLINE_MAX,
+    whole=True,
+    help="How long a build survives a lost network before Buildbot sees a disconnect.",
+)
+timeout_option = seconds_option(
+    "--timeout",
+    default=DEFAULT_TIMEOUT,
+    low=MIN_TIMEOUT,
+    high=MAX_TIMEOUT,
+    help="How long to try reaching the master.",
+)
+
+
+def check_timeout(timeout: float) -> None:
+    if not math.isfinite(timeout):
+        raise click.BadParameter("must be a number of seconds", param_hint="'--timeout'")
+
+
 def decode_furl_text(raw: bytes, source: str) -> str:
     """The text of a FURL read from ``source``: at most MAX_FURL_BYTES, UTF-8."""
     if len(raw) > MAX_FURL_BYTES:
@@ -47,21 +70,8 @@ def command() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Read the FURL or invite from this file (keeps it out of shell history).",
 )
-@seconds_option(
-    "--resume",
-    default=RESUME_DEADLINE_DEFAULT,
-    low=RESUME_DEADLINE_MIN,
-    high=RESUME_DEADLINE_MAX,
-    whole=True,
-    help="How long a build survives a lost network before Buildbot sees a disconnect.",
-)
-@seconds_option(
-    "--timeout",
-    default=DEFAULT_TIMEOUT,
-    low=MIN_TIMEOUT,
-    high=MAX_TIMEOUT,
-    help="How long to try reaching the master.",
-)
+@resume_option
+@timeout_option
 @click.option("--force", is_flag=True, help="Replace an existing buildbot.tac.")
 @click.pass_obj
 def create(
@@ -78,8 +88,7 @@ def create(
     from bbenroll.cli.reactor import react
     from bbenroll.worker.enroll import create_worker
 
-    if not math.isfinite(timeout):
-        raise click.BadParameter("must be a number of seconds", param_hint="'--timeout'")
+    check_timeout(timeout)
     text = read_credential(app, furl, furl_file)
     result = react(lambda reactor: create_worker(
         basedir, text, reactor=reactor, resume=resume, timeout=timeout, force=force,
@@ -104,8 +113,16 @@ def create(
 ENVIRONMENT = ("BBENROLL_INVITE", "BBENROLL_FURL")
 
 
-def read_credential(app: App, furl: str | None, furl_file: Path | None) -> str:
-    """The FURL or invite text: the argument, ``-`` (stdin), ``--furl-file``, or the environment."""
+def read_credential(
+    app: App,
+    furl: str | None,
+    furl_file: Path | None,
+    *,
+    environment: tuple[str, ...] = ENVIRONMENT,
+    what: str = "FURL or invite",
+) -> str:
+    """The FURL (or invite) text: the argument, ``-`` (stdin), ``--furl-file``, or one of the
+    ``environment`` variables; checked to be a FURL."""
     if furl_file is not None and furl is not None:
         raise click.UsageError("give the FURL as an argument or with --furl-file, not both")
     if furl_file is not None:
@@ -118,16 +135,16 @@ def read_credential(app: App, furl: str | None, furl_file: Path | None) -> str:
 
         # the format of a worker's own bbenroll.furl, whose "# serial N" line a pushed update adds
         furl = parse_furl_text(text, str(furl_file)).furl
-    elif furl is None and any(os.environ.get(name) for name in ENVIRONMENT):
-        given = [name for name in ENVIRONMENT if os.environ.get(name)]
+    elif furl is None and any(os.environ.get(name) for name in environment):
+        given = [name for name in environment if os.environ.get(name)]
         if len(given) > 1:
-            raise BBEnrollError("both BBENROLL_INVITE and BBENROLL_FURL are set: set only one")
+            raise BBEnrollError(f"both {' and '.join(given)} are set: set only one")
         furl = os.environ[given[0]]
     elif furl is None or furl == "-":
         if sys.stdin is None:  # started with stdin closed (<&-)
             raise BBEnrollError("no FURL given (standard input is closed): use --furl-file")
         if furl is None and sys.stdin.isatty():
-            furl = click.prompt("FURL or invite", hide_input=True, err=True)
+            furl = click.prompt(what, hide_input=True, err=True)
         else:
             furl = decode_furl_text(sys.stdin.buffer.readline(MAX_FURL_BYTES + 1), "standard input")
     else:

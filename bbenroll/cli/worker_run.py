@@ -1,7 +1,8 @@
 """bbenroll worker run: the worker as a foreground service (containers, systemd units).
 
 Registered as ``worker run`` through ``SUBCOMMANDS`` in bbenroll/cli/__init__.py. Light
-imports only at the top: the ``worker`` group loads this module whenever it is used.
+imports only at the top (what the ``worker`` group, cli/worker.py, imports anyway): the group
+loads this module whenever it is used.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from bbenroll.cli.app import App
 from bbenroll.cli.output import Output, Result
 from bbenroll.cli.params import output_options, seconds_option
 from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT, RESUME_DEADLINE_MAX, RESUME_DEADLINE_MIN
-
-DEFAULT_TIMEOUT = 30.0  # bbenroll.worker.setup's, not imported here (keeps this module light)
-MIN_TIMEOUT, MAX_TIMEOUT = 1.0, 600.0
+from bbenroll.worker.setup import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT  # loaded by the worker group
 
 
 @click.command("run")
