@@ -59,6 +59,7 @@ def resolve_credential(
     progress: Progress | None = None,
     host: str | None = None,
     announce: bool = True,
+    invite_key: bytes | None = None,
 ) -> defer.Deferred[dict[str, Any]]:
     """The worker's own FURL for ``text``, a worker FURL (returned as is) or an invite (redeemed).
 
@@ -67,6 +68,11 @@ def resolve_credential(
     answer is tried again until ``timeout``; a refusal (used up, expired, revoked, unknown)
     is not: no retry changes it. ``announce``: tell where it connects (create_worker does not:
     for a worker FURL, fetching its settings says it).
+
+    ``key`` is what the first connection is made with (a bound worker FURL is refused from any
+    other key); an invite is then redeemed over a second connection made with ``invite_key``
+    (None: a throwaway key), so that the master's invite connection, which it holds until the
+    answer has left, never shares a TubID with the worker's next connection.
     """
     tell = progress or _quiet
     furl = text.strip()
@@ -76,15 +82,21 @@ def resolve_credential(
         tell(f"connecting to the master ({hints})")
     deadline = reactor.seconds() + timeout
     return _attempt(furl, reactor=reactor, deadline=deadline, timeout=timeout, key=key, tell=tell,
-                    host=host or host_name(), wait=RETRY_FIRST)
+                    host=host or host_name(), wait=RETRY_FIRST, invite_key=invite_key)
+
+
+class _RedeemWithInviteKey:
+    """What a first connection made with the worker's key found: an invite, to redeem anew."""
 
 
 def _attempt(furl: str, *, reactor: Any, deadline: float, timeout: float, key: bytes | None,
-             tell: Progress, host: str, wait: float) -> defer.Deferred[dict[str, Any]]:
+             tell: Progress, host: str, wait: float, invite_key: bytes | None
+             ) -> defer.Deferred[dict[str, Any]]:
     from foolscap.api import DeadReferenceError
+    from foolscap.tokens import NoLocationHintsError
     from twisted.internet import error, task
 
-    from bbenroll.tunnel.failures import NO_USABLE_HINTS_MESSAGE, FailureKind, classify
+    from bbenroll.tunnel.failures import FailureKind, classify
     from bbenroll.tunnel.wire import INVITE_INTERFACE, WORKER_INTERFACE, start_client_tub
 
     tub = start_client_tub(key)
@@ -96,6 +108,8 @@ def _attempt(furl: str, *, reactor: Any, deadline: float, timeout: float, key: b
             return {"furl": furl, "invite": False, "name": None, "enrolled_by": None}
         if interface != INVITE_INTERFACE:
             raise WorkerSetupError(NOT_BBENROLL)
+        if key is not invite_key:
+            return _RedeemWithInviteKey()  # after this connection's Tub has stopped
         tell(f"the master's identity matches the invite; enrolling as host {host!r}")
         return ref.callRemote("enroll", host).addCallback(answered)
 
@@ -123,6 +137,12 @@ def _attempt(furl: str, *, reactor: Any, deadline: float, timeout: float, key: b
         d.addBoth(lambda _: result)
         return d
 
+    def again_for_invite(result: Any) -> Any:
+        if isinstance(result, _RedeemWithInviteKey):
+            return _attempt(furl, reactor=reactor, deadline=deadline, timeout=timeout, key=invite_key,
+                            tell=tell, host=host, wait=wait, invite_key=invite_key)
+        return result
+
     def failed(failure: Any) -> Any:
         if failure.check(WorkerSetupError):
             return failure
@@ -131,14 +151,14 @@ def _attempt(furl: str, *, reactor: Any, deadline: float, timeout: float, key: b
         # lost before the answer (the master closes invite connections over its cap, or
         # restarted): nothing was consumed unless the answer itself was lost; try again
         lost = failure.check(DeadReferenceError, error.ConnectionLost, error.ConnectionDone)
-        usable_hints = kind.message != NO_USABLE_HINTS_MESSAGE  # (no retry makes tor: hints usable)
+        usable_hints = not failure.check(NoLocationHintsError)  # (no retry makes tor: hints usable)
         retry = not timed_out and usable_hints and (
             lost or kind.kind is FailureKind.UNREACHABLE
             or (kind.kind is FailureKind.REFUSED and not kind.permanent))
         if retry and reactor.seconds() + wait < deadline:
             return task.deferLater(reactor, wait, _attempt, furl, reactor=reactor, deadline=deadline,
                                    timeout=timeout, key=key, tell=tell, host=host,
-                                   wait=min(RETRY_MAX, wait * 2))
+                                   wait=min(RETRY_MAX, wait * 2), invite_key=invite_key)
         if timed_out:
             raise WorkerSetupError(
                 f"cannot reach the master at any of the FURL's addresses (no answer in {timeout:.0f}s)"
@@ -150,6 +170,7 @@ def _attempt(furl: str, *, reactor: Any, deadline: float, timeout: float, key: b
     d.addTimeout(left, reactor)
     d.addBoth(stopped)
     d.addErrback(failed)
+    d.addCallback(again_for_invite)
     return d
 
 
@@ -183,7 +204,8 @@ def redeem_invite(
             raise WorkerSetupError("this is a worker's FURL, not an invite")
         return str(result["furl"])
 
-    d = resolve_credential(invite_furl, reactor=reactor, timeout=timeout, key=key, progress=progress)
+    d = resolve_credential(invite_furl, reactor=reactor, timeout=timeout, key=key, progress=progress,
+                           invite_key=key)
     d.addCallback(own)
     return d
 
@@ -265,11 +287,12 @@ def create_worker(
             )
         return failure
 
-    # the invite's connection carries no key of the worker's: a throwaway one. With the worker's
-    # key, the master could still hold that connection (it closes it after the answer) when the
-    # next one of the same TubID arrives, and Foolscap drops one of two same-TubID connections
-    d = resolve_credential(credential_text, reactor=reactor, timeout=timeout, key=None, progress=tell,
-                           announce=False)
+    # first with the worker's key: a worker FURL may be bound to it. An invite's enroll goes over
+    # a second connection with a throwaway key: the master holds the invite connection until its
+    # answer has left, and Foolscap drops one of two connections with the same TubID, which the
+    # next connection (the worker's key, fetching its settings) would be
+    d = resolve_credential(credential_text, reactor=reactor, timeout=timeout, key=key, progress=tell,
+                           announce=False, invite_key=None)
     d.addCallback(fetch)
     d.addCallback(write)
     d.addCallbacks(done, failed)

@@ -122,3 +122,28 @@ def test_an_invite_from_bbenroll_invite_then_revoked(master, tmp_path):
     assert revoked.code == 0, revoked.err
     proc = create(tmp_path / "w2", "-", input_text=invite)
     assert proc.returncode == 1 and proc.stderr.endswith("invite revoked\n"), proc.stderr
+
+
+def test_a_bound_furl_recreates_its_own_basedir_and_an_invite_after_it_still_works(master, tmp_path):
+    """``worker create --force`` with a FURL already bound to the basedir's key: the first
+    connection (which tells a FURL from an invite) is made with that key, or a bound FURL
+    would be refused as "bound to another worker key" (found by the pushed-rotation tests)."""
+    added = run(BIN / "bbenroll", "--registry", master, "--json", "add", "w1", timeout=60)
+    furl = json.loads(added.stdout)["furl"]
+    first = create(tmp_path / "w1", "-", input_text=furl)
+    assert first.returncode == 0, first.stderr
+    assert store.load(master).registry.workers["w1"].bound is not None
+    again = create(tmp_path / "w1", "--force", "-", input_text=furl)
+    assert again.returncode == 0, again.stderr
+    # an invite into a basedir whose key exists: redeemed over a throwaway key, bound to the basedir's
+    invite_id, invite = make_invite(master, name="w2")
+    (tmp_path / "w2").mkdir()
+    (tmp_path / "w2" / "bbenroll.pem").write_bytes((tmp_path / "w1" / "bbenroll.pem").read_bytes())
+    (tmp_path / "w2" / "bbenroll.pem").chmod(0o600)
+    third = create(tmp_path / "w2", "-", input_text=invite)
+    assert third.returncode == 0, third.stderr
+    registry = store.load(master).registry
+    assert registry.workers["w2"].enrolled_by == invite_id
+    assert registry.workers["w2"].bound == registry.workers["w1"].bound.__class__(
+        registry.workers["w1"].bound.tubid, registry.workers["w2"].bound.at
+    )
