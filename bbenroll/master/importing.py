@@ -304,97 +304,14 @@ def import_workers(
     registry_path: Path, plan: Plan, *, now: datetime, actor: Mapping[str, str] | None = None,
     timeout: float = 30.0,
 ) -> list[str]:
-    """Write ``plan``'s importable workers into the registry at ``registry_path`` in ONE edit
-    (under the registry's lock, audited, atomic), and return their names.
-
-    Like ``store.edit``, but through an ImportEditor (:func:`_import_editor_class`): tomledit writes no
-    ``[workers.NAME.buildbot]`` table for a new worker (it never rewrites Buildbot
-    options), and an imported worker's options must go in with it.
-    """
-    from bbenroll.fileio import exclusive_lock
+    """Write ``plan``'s importable workers, with their ``[workers.NAME.buildbot]`` options, into
+    the registry at ``registry_path`` in ONE edit (under the registry's lock, audited, atomic),
+    and return their names."""
     from bbenroll.registry import store
 
-    path = Path(registry_path)
-    if not path.exists():
-        store.read_text(path)  # the friendly "not found"
-    real = store.real_path(path)
-    with exclusive_lock(store.lock_path(real), timeout=timeout, owned_like=real):
-        editor = _import_editor_class()(store.load(path, real=real), real)
+    with store.edit(Path(registry_path), timeout, actor=actor, now=now) as editor:
         names = apply_plan(editor, plan)
-        editor.save(now=now, actor=actor)
     return names
-
-
-def _import_editor_class() -> type:
-    from bbenroll.errors import RegistryError
-    from bbenroll.registry import store, tomledit
-    from bbenroll.registry.tomlscan import scan
-
-    class ImportEditor(store.Editor):
-        """An Editor whose new workers may carry ``buildbot`` options: the workers are rendered
-        without them, then each one's ``[workers.NAME.buildbot]`` table is put right after its
-        own table, and the whole text checked to read back as the registry with them."""
-
-        def render(self) -> str:
-            full = self.workers
-            options = {name: full[name].buildbot for name in self._added if full[name].buildbot}
-            self.workers = {
-                name: replace(w, buildbot={}) if name in options else w for name, w in full.items()
-            }
-            try:
-                text = super().render()
-            finally:
-                self.workers = full
-            text = with_option_tables(text, options)
-            try:
-                back = store.registry_from_text(self.path, text)
-            except RegistryError as e:
-                raise RegistryError(
-                    str(self.path), f"cannot add the Buildbot options: {e}; file unchanged"
-                ) from None
-            if back != self.registry:
-                raise RegistryError(str(self.path), "cannot add the Buildbot options: the text would not "
-                                    "read back as intended; file unchanged")
-            return text
-
-    def with_option_tables(text: str, options: Mapping[str, Mapping[str, Any]]) -> str:
-        import tomlkit
-
-        newline = tomledit.newline_of(text)
-        for name, values in options.items():
-            scanned = scan(text)
-            index = next(i for i, h in enumerate(scanned.headers) if h.path == ("workers", name))
-            _, end = tomledit.table_span(scanned, index)
-            table = tomlkit.document()
-            table.add("workers", {name: {"buildbot": dict(values)}})
-            chunk = tomledit.with_newline(tomlkit.dumps(table).lstrip("\n"), newline)
-            # tomlkit writes the parent tables' headers first ([workers], [workers.NAME]): only
-            # the buildbot tables are new
-            lines = chunk.splitlines(keepends=True)
-            first = next(i for i, line in enumerate(lines) if _is_options_header(line, name))
-            chunk = "".join(lines[first:])
-            before = text[:end]
-            if not before.endswith(newline):
-                before += newline
-            text = before + newline + chunk.rstrip() + newline + text[end:]
-        return text
-
-    return ImportEditor
-
-
-def _is_options_header(line: str, name: str) -> bool:
-    from bbenroll.registry.tomlscan import ScanError, header_path
-
-    if not line.startswith("["):
-        return False
-    try:
-        path, _ = header_path(line.rstrip("\r\n"))
-    except ScanError:
-        return False
-    return path[:3] == ("workers", name, "buildbot")
-
-
-# --- the child: runs master.cfg ---------------------------------------------------------
 
 
 def _describe_value(value: Any) -> dict[str, Any]:

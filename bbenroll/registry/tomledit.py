@@ -143,7 +143,11 @@ def update_table(table: Table | InlineTable, old: Worker | None, new: Worker) ->
             del table[key]
     for key, value in new_data.items():
         if key == "buildbot":
-            continue  # hand-written Buildbot options are never rewritten
+            if old is None and value:  # a new worker's options (bbenroll import): its own sub-table
+                options = tomlkit.table()
+                options.update(value)
+                table.add("buildbot", options)
+            continue  # an existing worker's hand-written Buildbot options are never rewritten
         if old_data.get(key) != value or key not in table:
             table[key] = _toml_value(key, value)
 

@@ -288,3 +288,26 @@ def test_only_the_master_changes_outside_its_table_nothing_moves() -> None:
     old_location = MASTER_TABLE[MASTER_TABLE.index("location = ["): MASTER_TABLE.index("listen")]
     assert table == MASTER_TABLE.replace(old_location, 'location = ["tcp:new.example.org:9989"]\n')
     assert tomllib.loads(new_text)["master"]["location"] == ["tcp:new.example.org:9989"]
+
+
+def test_a_new_workers_buildbot_options_get_their_own_table_and_are_never_rewritten_later(reg_path):
+    """bbenroll import adds workers with options: tomledit writes them as [workers.NAME.buildbot];
+    an existing worker's hand-written options stay exactly as written."""
+    from dataclasses import replace as with_
+
+    from bbenroll.registry import model, store
+    from tests.helpers.cli import FIXED_NOW
+
+    options = {"max_builds": 2, "properties": {"arch": "arm64", "cores": 8}}
+    with store.edit(reg_path, now=FIXED_NOW) as editor:
+        editor.add(with_(model.new_worker("w1", FIXED_NOW), buildbot=options, legacy=True))
+    text = reg_path.read_text()
+    assert "[workers.w1.buildbot]\nmax_builds = 2\n" in text
+    assert store.load(reg_path).registry.workers["w1"].buildbot == options
+    hand = text.replace("max_builds = 2\n", "max_builds = 2  # by hand: keep\n")
+    reg_path.write_text(hand)
+    with store.edit(reg_path, now=FIXED_NOW) as editor:
+        worker = editor.worker("w1")
+        editor.update(with_(worker, note="rack 4"))
+    after = reg_path.read_text()
+    assert "max_builds = 2  # by hand: keep\n" in after and 'note = "rack 4"' in after
