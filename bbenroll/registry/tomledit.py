@@ -226,20 +226,6 @@ def render_new_invite_table(invite: Invite, newline: str = "\n") -> str:
     return with_newline(doc.as_string(), newline)
 
 
-def _invite_holds_exactly(chunk: str, invite_id: str, expected: Invite) -> bool:
-    """Whether ``chunk`` alone is a TOML document holding invite ``invite_id`` as
-    ``expected`` and nothing else."""
-    try:
-        data = tomllib.loads(chunk)
-    except tomllib.TOMLDecodeError:
-        return False
-    invites = data.get("invites")
-    if set(data) != {"invites"} or not isinstance(invites, dict) or set(invites) != {invite_id}:
-        return False
-    problems = Problems()
-    return schema.invite_from_data(invite_id, invites[invite_id], problems) == expected and not problems
-
-
 def _invite_headers(headers: list[Header], ids: Collection[str]) -> dict[str, int]:
     """Index of each invite's header; Fallback unless every invite is one plain
     ``[invites.ID]`` table (no ``[invites]``, no sub-tables, no arrays of tables)."""
@@ -256,18 +242,19 @@ def _invite_headers(headers: list[Header], ids: Collection[str]) -> dict[str, in
     return found
 
 
-def _holds_exactly(chunk: str, name: str, expected: Worker) -> bool:
-    """Whether ``chunk`` alone is a TOML document holding worker ``name`` as
-    ``expected`` and nothing else."""
+def _holds_exactly(chunk: str, key: str, expected: Worker | Invite, family: str = "workers") -> bool:
+    """Whether ``chunk`` alone is a TOML document holding ``[FAMILY.KEY]`` (a worker, or with
+    ``family="invites"`` an invite) as ``expected`` and nothing else."""
     try:
         data = tomllib.loads(chunk)
     except tomllib.TOMLDecodeError:
         return False
-    workers = data.get("workers")
-    if set(data) != {"workers"} or not isinstance(workers, dict) or set(workers) != {name}:
+    tables = data.get(family)
+    if set(data) != {family} or not isinstance(tables, dict) or set(tables) != {key}:
         return False
     problems = Problems()
-    return schema.worker_from_data(name, workers[name], problems) == expected and not problems
+    from_data = schema.worker_from_data if family == "workers" else schema.invite_from_data
+    return from_data(key, tables[key], problems) == expected and not problems
 
 
 def _worker_headers(headers: list[Header], names: Collection[str]) -> dict[str, int]:
@@ -392,7 +379,7 @@ def splice(text: str, edit: Edit) -> str:
             table = render_new_invite_table(invite, newline)
         except TOMLKIT_ERRORS:
             raise Fallback from None
-        if not _invite_holds_exactly(table, invite_id, invite):
+        if not _holds_exactly(table, invite_id, invite, "invites"):
             raise Fallback
         tables.append(table)
     return append_tables(_replace_spans(text, spans), tables, newline)
@@ -408,7 +395,7 @@ def _invite_spans(text: str, scanned: Scan, edit: Edit, newline: str) -> list[tu
     for invite_id, invite in edit.invites_changed.items():
         start, end = table_span(scanned, index[invite_id], subtables=False)
         chunk = text[start:end]
-        if not _invite_holds_exactly(chunk, invite_id, old_invites[invite_id]):
+        if not _holds_exactly(chunk, invite_id, old_invites[invite_id], "invites"):
             raise Fallback
         if invite is None:
             spans.append((start, _skip_blank_lines(text, end), ""))
@@ -419,7 +406,7 @@ def _invite_spans(text: str, scanned: Scan, edit: Edit, newline: str) -> list[tu
             new_chunk = with_newline(doc.as_string(), newline)
         except TOMLKIT_ERRORS:
             raise Fallback from None
-        if not _invite_holds_exactly(new_chunk, invite_id, invite):
+        if not _holds_exactly(new_chunk, invite_id, invite, "invites"):
             raise Fallback
         spans.append((start, end, new_chunk))
     return spans

@@ -4,9 +4,6 @@ real master service in its own process (issue 9 tests 1-2, from the worker's sid
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,32 +11,16 @@ import pytest
 from bbenroll.registry import store
 from tests.helpers.buildbot import BIN, run
 from tests.helpers.invites_master import make_invite
+from tests.helpers.service_process import serving
 
 pytestmark = pytest.mark.network
-
-SERVE = textwrap.dedent("""
-    import sys
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-    from bbenroll.master.service import EnrollmentService
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[2], "a"))], redirectStandardIO=False)
-    service = EnrollmentService(sys.argv[1], reactor=reactor, poll_interval=0.2)
-    service.startService()
-    print("ready", flush=True)
-    reactor.run()
-""")
 
 
 @pytest.fixture
 def master(served_reg_path):
     """The Foolscap service alone (no Buildbot), in its own process, logging to master.log."""
-    log = served_reg_path.parent / "master.log"
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(served_reg_path), str(log)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    yield served_reg_path
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving(served_reg_path, served_reg_path.parent / "master.log"):
+        yield served_reg_path
 
 
 def create(basedir, *args, env=None, input_text=None):

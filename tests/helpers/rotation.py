@@ -170,7 +170,8 @@ class Worker:
 class RotationFarm:
     """A master with the hook on 127.0.0.1 and ``names`` workers, all started and connected."""
 
-    def __init__(self, tmp: Path, names: list[str]) -> None:
+    def __init__(self, tmp: Path, names: list[str], *, start_workers: bool = True) -> None:
+        """``start_workers=False``: the workers are added to the registry (``self.furls``), not made."""
         self.tmp = tmp
         self.basedir = tmp / "master"
         self.registry = self.basedir / "workers.toml"
@@ -188,9 +189,11 @@ class RotationFarm:
             pb=f"tcp:{free_port()}:interface=127.0.0.1",
             identity="master.pem",
         )
-        furls = {name: self.cli("add", name) for name in names}
+        self.furls = furls = {name: self.cli("add", name) for name in names}
         try:
             run(BIN / "buildbot", "start", self.basedir, timeout=120)
+            if not start_workers:
+                return
             for name in names:
                 self.workers[name] = Worker(self, name, furls[name])
                 self.workers[name].start()

@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from bbenroll.registry import store
-from tests.helpers.buildbot import BIN, run, stop_daemon, wait_for
-from tests.helpers.net import free_port
-from tests.helpers.rotation import MASTER_CFG, OUTPUT_SCRIPT, RotationFarm
+from tests.helpers.buildbot import BIN, stop_daemon, wait_for
+from tests.helpers.rotation import RotationFarm
 
 
 class RunFarm(RotationFarm):
@@ -19,29 +16,7 @@ class RunFarm(RotationFarm):
     the tests start them with ``worker run``."""
 
     def __init__(self, tmp: Path, names: list[str]) -> None:
-        self.tmp = tmp
-        self.basedir = tmp / "master"
-        self.registry = self.basedir / "workers.toml"
-        self.www = free_port()
-        self.port = free_port()
-        self.workers = {}
-        tmp.mkdir(parents=True, exist_ok=True)
-        run(BIN / "buildbot", "create-master", "--quiet", "--db", "sqlite:///state.sqlite", self.basedir)
-        cfg = MASTER_CFG.format(www_port=self.www, python=sys.executable, script=OUTPUT_SCRIPT)
-        (self.basedir / "master.cfg").write_text(cfg)
-        store.create(
-            self.registry,
-            location=[f"tcp:127.0.0.1:{self.port}"],
-            listen=f"tcp:{self.port}:interface=127.0.0.1",
-            pb=f"tcp:{free_port()}:interface=127.0.0.1",
-            identity="master.pem",
-        )
-        self.furls = {name: self.cli("add", name) for name in names}
-        try:
-            run(BIN / "buildbot", "start", self.basedir, timeout=120)
-        except BaseException:
-            self.stop()
-            raise
+        super().__init__(tmp, names, start_workers=False)
 
 
 class WorkerRun:

@@ -23,6 +23,7 @@ from bbenroll.worker import migrate
 from bbenroll.worker.migrate import BACKUP, STEPS, MigrateError, migrate_worker, read_tac, running_pid
 from tests.helpers.buildbot import BIN, run
 from tests.helpers.cli import run_cli
+from tests.helpers.service_process import serving
 from tests.helpers.stock_master import NON_DEFAULT_WORKER_OPTIONS, create_stock_worker
 
 pytestmark = pytest.mark.network
@@ -265,22 +266,11 @@ def test_running_detection(tmp_path):
 
 # --- the CLI, in its own process against a master service in another --------------------------
 
-SERVE = (
-    "import sys\nfrom twisted.internet import reactor\n"
-    "from bbenroll.master.service import EnrollmentService\n"
-    "EnrollmentService(sys.argv[1], reactor=reactor, poll_interval=0.2).startService()\n"
-    "print('ready', flush=True)\nreactor.run()\n"
-)
-
 
 @pytest.fixture
 def master_process(served_reg_path):
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(served_reg_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    yield served_reg_path
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving(served_reg_path):
+        yield served_reg_path
 
 
 def cli_migrate(*args: str | Path, furl: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
-import textwrap
 import time
 import tomllib
 
@@ -20,29 +18,16 @@ from bbenroll.identity import tubid_from_pem
 from tests.helpers.buildbot import BIN, run, stop_daemon, wait_for
 from tests.helpers.cli import run_cli
 from tests.helpers.net import free_port
+from tests.helpers.service_process import serving
 
 pytestmark = pytest.mark.network
-
-SERVE = textwrap.dedent("""
-    import sys
-    from twisted.internet import reactor
-    from bbenroll.master.service import EnrollmentService
-    service = EnrollmentService(sys.argv[1], reactor=reactor, poll_interval=0.2)
-    service.startService()
-    print("ready", flush=True)
-    reactor.run()
-""")
 
 
 @pytest.fixture
 def master(served_reg_path):
     """The Foolscap service alone (no Buildbot), in its own process."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(served_reg_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    yield served_reg_path
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving(served_reg_path):
+        yield served_reg_path
 
 
 def bbenroll(reg_path, *args):
