@@ -9,6 +9,7 @@ the frames that cause them break the protocol.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from bbenroll.tunnel.frames import ProtocolError
@@ -53,6 +54,70 @@ RECV_MOVES: dict[RecvState, frozenset[RecvState]] = {
 }
 
 
+class SendBuffer:
+    """A stream's unacknowledged and unsent bytes, kept as the chunks the application wrote.
+
+    ``base`` is the first byte the peer has not acknowledged, ``end`` the offset after
+    the last byte written. A write appends its bytes object (no copy); an ack drops the
+    chunks below it (a ``bytearray``'s ``del buf[:n]`` moves every byte behind it, so
+    each ack cost as much as the whole window); :meth:`read` returns a frame's payload,
+    the chunk itself when a frame is exactly one write, else one join of the pieces it
+    spans (so a backlog of small writes goes out as few large frames).
+    """
+
+    __slots__ = ("_chunks", "_first", "_starts", "base", "end")
+
+    def __init__(self, base: int = 0) -> None:
+        self._chunks: list[bytes] = []
+        self._starts: list[int] = []  # absolute offset of each chunk's first byte
+        self._first = 0  # index of the first chunk not wholly acknowledged
+        self.base = base
+        self.end = base
+
+    def __len__(self) -> int:
+        return self.end - self.base
+
+    def append(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._starts.append(self.end)
+        self.end += len(data)
+
+    def discard_to(self, offset: int) -> None:
+        """The peer has everything before ``offset`` (base <= offset <= end)."""
+        self.base = offset
+        chunks, starts, first = self._chunks, self._starts, self._first
+        count = len(chunks)
+        while first < count and starts[first] + len(chunks[first]) <= offset:
+            first += 1
+        if first == count:
+            chunks.clear()
+            starts.clear()
+            first = 0
+        elif first > 64 and 2 * first > count:
+            # forget the acknowledged chunks' slots now and then, not on every ack
+            del chunks[:first], starts[:first]
+            first = 0
+        self._first = first
+
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes from absolute ``offset`` (base <= offset, offset + size <= end)."""
+        i = bisect_right(self._starts, offset, self._first) - 1
+        chunk = self._chunks[i]
+        start = offset - self._starts[i]
+        stop = start + size
+        if stop <= len(chunk):
+            return chunk if start == 0 and stop == len(chunk) else chunk[start:stop]
+        parts = [chunk[start:]]
+        needed = size - len(parts[0])
+        while needed > 0:
+            i += 1
+            chunk = self._chunks[i]
+            piece = chunk if len(chunk) <= needed else chunk[:needed]
+            parts.append(piece)
+            needed -= len(piece)
+        return b"".join(parts)
+
+
 @dataclass
 class Stream:
     id: int
@@ -61,17 +126,25 @@ class Stream:
     receiving: RecvState = RecvState.OPEN
     paused: bool = False  # flow control, not lifecycle: the application was told to pause
     # sending: bytes from send_base (acked by the peer up to here) on
-    send_buffer: bytearray = field(default_factory=bytearray)
-    send_base: int = 0
+    send_buffer: SendBuffer = field(default_factory=SendBuffer)
     send_next: int = 0  # next offset to put on the link
     # receiving
     recv_next: int = 0
     recv_acked: int | None = 0  # last ack we sent; None: the peer must be told again (resume)
     peer_final: int | None = None  # offset of the peer's close
+    # data that overtook earlier data on the link (Foolscap reorders): offset -> payload,
+    # delivered once the bytes before it arrive; at most a window's worth (core.py)
+    early: dict[int, bytes] = field(default_factory=dict)
+    early_heap: list[int] = field(default_factory=list)  # the keys of ``early``, lowest first
+    early_bytes: int = 0
+
+    @property
+    def send_base(self) -> int:
+        return self.send_buffer.base
 
     @property
     def send_end(self) -> int:
-        return self.send_base + len(self.send_buffer)
+        return self.send_buffer.end
 
     @property
     def finished(self) -> bool:

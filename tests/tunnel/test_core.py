@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -31,7 +32,7 @@ from bbenroll.tunnel.frames import (
 from bbenroll.tunnel.stream import RECV_MOVES, SEND_MOVES, RecvState, SendState, Stream
 
 SMALL = Settings(window=64, chunk=16, ack_every=32, ack_delay=0.02, high_water=128, low_water=32,
-                 ping_interval=5, dead_after=15, resume_deadline=60)
+                 ping_interval=5, dead_after=15, idle_dead_after=20, answer_hold=2, resume_deadline=60)
 
 
 class Pair:
@@ -202,23 +203,118 @@ def test_duplicates_are_trimmed():
     assert delivered == b"abcdefghi"
 
 
-def test_gap_is_a_protocol_error():
+def test_data_ahead_is_held_until_the_gap_fills():
     m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
     m.link_up(0, {})
     m.receive(Open(1), 0)
-    with pytest.raises(core.ProtocolError):
-        m.receive(Data(1, 5, b"x"), 0)
+    m.take()
+    m.receive(Data(1, 6, b"ghi"), 0)
+    m.receive(Data(1, 3, b"def"), 0)
+    assert [e for e in m.take()[1] if isinstance(e, Deliver)] == []
+    m.receive(Data(1, 0, b"abc"), 0)
+    delivered = b"".join(e.data for e in m.take()[1] if isinstance(e, Deliver))
+    assert delivered == b"abcdefghi"
+    assert m.streams[1].early == {} and m.streams[1].early_bytes == 0
+
+
+def test_data_more_than_a_window_ahead_is_a_protocol_error():
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
+    m.link_up(0, {})
+    m.receive(Open(1), 0)
+    m.receive(Data(1, SMALL.window - 1, b"x"), 0)  # the window's last byte: held
+    with pytest.raises(core.ProtocolError, match="more than a window ahead"):
+        m.receive(Data(1, SMALL.window, b"x"), 0)
+
+
+def test_held_data_is_bounded_in_bytes_and_frames(monkeypatch):
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
+    m.link_up(0, {})
+    m.receive(Open(1), 0)
+    m.receive(Data(1, 1, bytes(40)), 0)
+    with pytest.raises(core.ProtocolError, match="bytes held ahead"):
+        m.receive(Data(1, 2, bytes(40)), 0)  # overlapping copies must not add up past a window
+    monkeypatch.setattr(core, "MAX_EARLY_FRAMES", 3)
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
+    m.link_up(0, {})
+    m.receive(Open(1), 0)
+    for offset in (10, 8, 6):
+        m.receive(Data(1, offset, b"x"), 0)
+    with pytest.raises(core.ProtocolError, match="3 frames ahead"):
+        m.receive(Data(1, 4, b"x"), 0)
+
+
+def test_only_the_worker_pings_an_idle_link_and_the_master_answers():
+    p = Pair()
+    p.connect()
+    assert p.worker.next_wakeup() == SMALL.ping_interval
+    assert p.master.next_wakeup() == SMALL.idle_dead_after
+    p.advance(SMALL.ping_interval)
+    assert p.in_flight == [("worker", Ping())]
+    p.deliver(1)
+    assert [f for _, f in p.in_flight] == [Ping()]  # the master's answer
+    p.deliver()
+    assert p.in_flight == []  # the worker does not answer the answer
+    # a whole hour of idleness: one ping and one answer per ping_interval, no link lost
+    pings = 0
+    for _ in range(int(3600 / SMALL.ping_interval)):
+        p.advance(SMALL.ping_interval)
+        pings += len(p.in_flight)
+        p.deliver(1)
+        pings += len(p.in_flight)
+        p.deliver()
+    assert pings == 2 * int(3600 / SMALL.ping_interval)
+    assert p.worker.link and p.master.link
+
+
+def test_a_ping_is_not_answered_right_after_sending_something():
+    m = master_with_stream()
+    m.write(1, b"x", 0)
+    m.take()
+    m.receive(Ping(), SMALL.answer_hold - 1)
+    assert m.take()[0] == []
+    m.receive(Ping(), SMALL.answer_hold)
+    assert m.take()[0] == [Ping()]
+
+
+def test_an_older_peer_that_pings_every_5s_keeps_its_link():
+    # bbenroll before 0.13 pinged from both sides every 5 s and gave up after 15 s
+    m = TunnelCore(role=Role.MASTER, now=0, settings=Settings())
+    m.link_up(0, {})
+    heard = [0.0]
+    for t in range(5, 300, 5):
+        m.receive(Ping(), t)
+        if m.take()[0]:
+            heard.append(t)
+    assert max(b - a for a, b in itertools.pairwise(heard)) < 15
+
+
+def test_a_waiting_side_gives_up_after_dead_after_an_idle_one_after_idle_dead_after():
+    p, s = settled_stream()
+    p.up = False
+    p.worker.write(s, b"x", p.now)  # unacknowledged: the worker waits for an answer
+    p.collect()
+    p.advance(SMALL.dead_after - 0.1)
+    assert p.worker.link
+    p.advance(0.1)
+    assert not p.worker.link and isinstance(p.events["worker"][-1], LinkDead)
+    assert p.master.link  # nothing outstanding there: it waits idle_dead_after
+    p.advance(SMALL.idle_dead_after - SMALL.dead_after - 0.1)
+    assert p.master.link
+    p.advance(0.1)
+    assert not p.master.link
 
 
 def test_pings_when_idle_and_dead_link_detection():
     p = Pair()
     p.connect()
     p.advance(SMALL.ping_interval)
-    assert [f for _, f in p.in_flight] == [Ping(), Ping()]
+    assert [f for _, f in p.in_flight] == [Ping()]
     p.deliver()
-    # the master goes silent: the worker notices after dead_after
+    # the master goes silent: the worker pings after ping_interval, and gives up
+    # dead_after after that ping
     p.up = False
     p.in_flight.clear()
+    p.advance(SMALL.ping_interval)  # the ping (lost)
     p.advance(SMALL.dead_after - 1)
     p.master.take()
     assert not any(isinstance(e, LinkDead) for e in p.events["worker"])
@@ -423,13 +519,95 @@ def test_an_unknown_frame_type_is_a_protocol_error():
         m.receive(Deliver(1, b"x"), 0)  # an event is not a frame
 
 
-def test_frames_for_unknown_streams_are_answered_with_a_reset():
+def test_frames_for_gone_streams_are_answered_with_a_reset():
     m = master_with_stream()
-    m.receive(Data(9, 0, b"x"), 0)
-    m.receive(Close(9, 0), 0)
-    m.receive(Ack(9, 0), 0)
-    m.receive(Reset(9), 0)
-    assert m.take()[0] == [Reset(9), Reset(9)]
+    m.receive(Reset(1), 0)  # stream 1 is gone: the master saw it opened, then reset
+    m.take()
+    m.receive(Data(1, 0, b"x"), 0)
+    m.receive(Close(1, 0), 0)
+    m.receive(Ack(1, 0), 0)
+    m.receive(Reset(1), 0)
+    m.receive(Open(1), 0)  # late: ignored, the stream is not opened again
+    frames, events = m.take()
+    assert frames == [Reset(1), Reset(1)] and events == [] and m.streams == {}
+
+
+def test_the_worker_answers_frames_for_streams_it_does_not_know_with_a_reset():
+    w = TunnelCore(role=Role.WORKER, now=0, settings=SMALL)
+    w.link_up(0, {})
+    w.receive(Data(9, 0, b"x"), 0)
+    w.receive(Close(9, 0), 0)
+    assert w.take()[0] == [Reset(9), Reset(9)] and w.streams == {}
+
+
+def test_data_that_overtakes_its_open_opens_the_stream_once():
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
+    m.link_up(0, {})
+    m.receive(Data(2, 3, b"def"), 0)  # stream 2's frames, last-in first-out
+    m.receive(Data(2, 0, b"abc"), 0)
+    m.receive(Open(2), 0)
+    m.receive(Close(1, 0), 0)  # stream 1: opened and closed at once, reversed
+    m.receive(Open(1), 0)
+    events = m.take()[1]
+    assert kinds(events) == [(Opened, 2), (Deliver, 2), (Deliver, 2), (Opened, 1), (Closed, 1)]
+    assert b"".join(e.data for e in events if isinstance(e, Deliver)) == b"abcdef"
+
+
+def test_a_reset_that_overtakes_its_stream_voids_it():
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
+    m.link_up(0, {})
+    m.receive(Reset(3), 0)
+    m.receive(Data(3, 0, b"x"), 0)
+    m.receive(Open(3), 0)
+    frames, events = m.take()
+    assert events == [] and m.streams == {} and frames == [Reset(3)]
+
+
+def test_the_master_forgets_ids_skipped_for_good():
+    m = TunnelCore(role=Role.MASTER, now=0, settings=SMALL)
+    m.link_up(0, {})
+    for stream in range(2, core.MAX_IDS_AHEAD + 3):  # stream 1 never reached the master
+        m.receive(Open(stream), 0)
+        m.receive(Reset(stream), 0)
+    assert len(m._seen_ahead) <= core.MAX_IDS_AHEAD
+    m.receive(Open(1), 0)  # taken as late: ids below the horizon count as seen
+    assert 1 not in m.streams
+
+
+def test_acks_out_of_order_count_as_the_highest():
+    p, s = settled_stream()
+    p.worker.write(s, b"abcdefgh" * 4, p.now)
+    p.collect()
+    p.in_flight.clear()
+    p.worker.receive(Ack(s, 32), p.now)
+    p.worker.receive(Ack(s, 16), p.now)  # an older ack, overtaken
+    assert len(p.worker.streams[s].send_buffer) == 0
+
+
+def test_a_close_that_overtakes_data_waits_for_it():
+    m = master_with_stream()
+    m.receive(Close(1, 6), 0)
+    m.receive(Data(1, 3, b"def"), 0)
+    assert not any(isinstance(e, Closed) for e in m.take()[1])
+    m.receive(Data(1, 0, b"abc"), 0)
+    events = m.take()[1]
+    assert kinds(events) == [(Deliver, 1), (Deliver, 1), (Closed, 1)]
+    assert b"".join(e.data for e in events if isinstance(e, Deliver)) == b"abcdef"
+
+
+def test_held_data_is_dropped_on_resume_and_the_resend_fills_the_stream():
+    p, s = settled_stream()
+    p.worker.write(s, b"0123456789abcdef", p.now)  # one frame: SMALL.chunk is 16
+    p.worker.write(s, b"ghij", p.now)
+    p.collect()
+    p.in_flight.reverse()  # the second frame first: held at the master
+    p.deliver(1)
+    assert p.master.streams[s].early_bytes == 4
+    p.cut()
+    p.connect()
+    assert p.master.streams[s].early == {}
+    p.settle()
+    assert p.delivered["master"][s] == b"0123456789abcdefghij"
 
 
 def test_every_frame_and_event_type_has_its_handler():

@@ -104,12 +104,14 @@ def test_link_down_past_the_deadline_closes_the_pb_connections():
 def test_silence_is_a_dead_link_and_pings_keep_it_alive():
     clock = task.Clock()
     session, _, _, dead = make_session(clock)
+    settings = session.core.settings
     peer = FakePeer()
     session.attach(peer, {})
-    clock.advance(5)
-    assert ("frame_ping",) in peer.calls
+    clock.advance(settings.ping_interval)
+    assert peer.calls == []  # the master never starts a ping: the worker does
     session.receive(Ping())
-    clock.advance(14)
+    assert peer.calls == [("frame_ping",)]  # it answers one
+    clock.advance(settings.idle_dead_after - 1)
     assert dead == []
     clock.advance(1)
     assert dead == [session]
@@ -122,7 +124,7 @@ def test_protocol_error_drops_the_link_but_keeps_the_session():
     session, _, ended, dead = make_session(clock)
     session.attach(FakePeer(), {})
     session.receive(Open(1))
-    session.receive(Data(1, 99, b"gap"))
+    session.receive(Data(1, session.core.settings.window, b"beyond the window"))
     assert dead == [session] and not ended and 1 in session.core.streams
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
@@ -337,11 +339,11 @@ def test_a_down_link_stops_reading_the_pb_legs_until_it_is_back():
 def test_a_dead_link_or_a_protocol_error_stops_reading_too():
     clock = task.Clock()
     session, _, pb, dead = with_one_stream(clock)
-    clock.advance(session.core.settings.dead_after)  # silence: the core declares the link dead
+    clock.advance(session.core.settings.idle_dead_after)  # silence: the core declares the link dead
     assert dead == [session] and pb.producerState == "paused"
     session.attach(FakePeer(), {1: 0})
     assert pb.producerState == "producing"
-    session.receive(Data(1, 99, b"gap"))
+    session.receive(Data(1, session.core.settings.window, b"beyond the window"))
     assert dead == [session, session] and pb.producerState == "paused"
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
