@@ -7,10 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from bbenroll.registry import store
 from tests.helpers.cli import HINT, Clock, Result, run_cli
 from tests.helpers.net import free_port
+
+# Property tests check behaviour, never speed: on a shared, loaded machine drawing inputs
+# can take seconds, and Hypothesis's timing checks (too_slow, the per-example deadline)
+# would fail tests that are right. Speed is measured in bench/.
+settings.register_profile(
+    "bbenroll", suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
+settings.load_profile("bbenroll")
 
 
 @pytest.fixture(scope="session")
