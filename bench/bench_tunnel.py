@@ -4,6 +4,7 @@
 Run from anywhere, with the Python that has bbenroll, buildbot and buildbot-worker installed:
 
     python bench/bench_tunnel.py [--quick] [--parts builds,stream,outage] [--repeat N] [--markdown FILE]
+                                 [--pb-leg in-process|tcp]
 
 It measures, in one run, side by side:
 
@@ -15,7 +16,9 @@ It measures, in one run, side by side:
    50 MB (wall time from the force request until the build is complete, polled over REST)
    and 20 small builds in sequence (total wall time);
 2. stream: bytes pushed through one tunnel stream (bbenroll's ``WorkerTunnel`` in one
-   process; ``EnrollmentService`` and a TCP sink standing in for the PB port in another),
+   process; ``EnrollmentService`` and a sink standing in for the PB port in another; the
+   master's PB leg is joined in-process to the sink's factory, as the Buildbot hook joins it
+   to Buildbot's PB factory, or with ``--pb-leg tcp`` is a loopback TCP connection to it),
    next to the same bytes over Twisted TCP, Twisted TLS, and pipelined Foolscap
    ``callRemote`` calls of 64 KiB, 256 KiB and 1 MiB between two Tubs (and 256 KiB calls
    whose receiver forwards the bytes to the sink over loopback TCP, as the tunnel's master
@@ -81,6 +84,20 @@ ECHO = 2**64 - 1  # a stream header asking the sink to echo
 FOREVER = 2**63  # a stream header for a sink that only counts
 PING_BYTES = 64  # round-trip latency: messages of this size, one at a time
 GAP = 0.5  # the sink reports data arriving after a silence this long
+# Every stream starts as a PB connection does, on every transport alike: the client's first
+# bytes are a PB login as the bench's worker (the master lets nothing else through, and
+# nothing after it until the server answered: pblogin.py), the sink (the PB stand-in)
+# answers it with GREETING (the master resets a tunnel leg that hears nothing from its PB
+# port: master_side.PB_GREETING_TIMEOUT), and only then does the client send the rest
+GREETING = b"pb?"
+BENCH_WORKER = "bench"
+
+
+def login_prefix() -> bytes:
+    """What Twisted's PB client sends first, logging in as the bench's worker."""
+    from tests.helpers.pb import login_bytes
+
+    return login_bytes(BENCH_WORKER)
 PATTERN_PERIOD = 251  # continuous streams carry byte i = i % 251, checked by the sink
 OUTAGE_RATE_CHUNK = 32 * KiB  # continuous stream: this much every OUTAGE_RATE_PERIOD
 OUTAGE_RATE_PERIOD = 0.01
@@ -259,6 +276,7 @@ def role_server(config: dict[str, Any]) -> None:
 
     pattern = pattern_bytes(2 * MiB)
     view = memoryview(pattern)
+    login = login_prefix()
 
     class Sink(protocol.Protocol):
         """Reads an 8-byte length, then that many bytes, then answers b"ok".
@@ -268,6 +286,7 @@ def role_server(config: dict[str, Any]) -> None:
         """
 
         def connectionMade(self) -> None:
+            self.skip = len(login)  # the client's login comes first; it is answered
             self.header = b""
             self.want: int | None = None
             self.got = 0
@@ -275,6 +294,14 @@ def role_server(config: dict[str, Any]) -> None:
 
         def dataReceived(self, data: bytes) -> None:
             now = time.monotonic()
+            if self.skip:
+                cut = min(self.skip, len(data))
+                self.skip -= cut
+                data = data[cut:]
+                if not self.skip:
+                    self.transport.write(GREETING)
+                if not data:
+                    return
             if self.want is None:
                 self.header += data
                 if len(self.header) < 8:
@@ -317,7 +344,7 @@ def role_server(config: dict[str, Any]) -> None:
         """A loopback TCP connection to the sink, as the tunnel's master side has to PB."""
 
         def connectionMade(self) -> None:
-            self.transport.write(struct.pack("!Q", FOREVER))
+            self.transport.write(login + struct.pack("!Q", FOREVER))
 
     forward: list[Any] = []
 
@@ -343,7 +370,15 @@ def role_server(config: dict[str, Any]) -> None:
     tub.startService()
     fs_furl = tub.registerReference(Chunks())
 
-    service = EnrollmentService(config["registry"], reactor=reactor)
+    from bbenroll.tunnel.master_side import MasterSession
+
+    # the bench opens many short streams in a row, which the master takes for failed logins
+    # (MAX_SHORT_LEGS, then a cool-down): off here, this measures the data path
+    MasterSession.max_short_legs = 10**9
+    in_process = config.get("pb_leg", "in-process") == "in-process"
+    service = EnrollmentService(
+        config["registry"], reactor=reactor, pb_server_factory=(lambda: sink) if in_process else None
+    )
     service.startService()
     endpoint = TCP4ClientEndpoint(reactor, LOOP, config["sink_port"])
     connected = endpoint.connect(protocol.Factory.forProtocol(Forward))
@@ -411,6 +446,8 @@ def bench_tunnel_class() -> type:
 def source_protocol() -> type:
     from twisted.internet import defer, protocol, task
 
+    login = login_prefix()
+
     class Source(protocol.Protocol):
         """Writes an 8-byte length and that many bytes as fast as the transport takes them
         (a streaming producer), then waits for b"ok". ``size`` 0: an endless paced stream of
@@ -427,8 +464,13 @@ def source_protocol() -> type:
             self.payload = b"\xa5" * WRITE if size else pattern_bytes(OUTAGE_RATE_CHUNK)
 
         def connectionMade(self) -> None:
-            self.transport.registerProducer(self, True)
+            self.greeted = False
             self.started = time.perf_counter()
+            self.transport.write(login)
+
+        def _greeted(self) -> None:
+            self.greeted = True
+            self.transport.registerProducer(self, True)
             self.transport.write(struct.pack("!Q", self.size))
             if self.size:
                 self.resumeProducing()
@@ -447,7 +489,7 @@ def source_protocol() -> type:
 
         def resumeProducing(self) -> None:
             self.paused = False
-            if not self.size:
+            if not self.size or not self.greeted:
                 return
             while not self.paused and self.sent < self.size:
                 n = min(WRITE, self.size - self.sent)
@@ -461,7 +503,9 @@ def source_protocol() -> type:
 
         def dataReceived(self, data: bytes) -> None:
             self.answer += data
-            if self.answer.startswith(b"ok") and not self.done.called:
+            if not self.greeted and len(self.answer) >= len(GREETING):
+                self._greeted()
+            if self.answer[len(GREETING) :].startswith(b"ok") and not self.done.called:
                 self.done.callback(time.perf_counter() - self.started)
                 self.transport.loseConnection()
 
@@ -481,14 +525,23 @@ def source_protocol() -> type:
             self.done: defer.Deferred = defer.Deferred()
 
         def connectionMade(self) -> None:
-            self.transport.write(struct.pack("!Q", ECHO))
-            self._ping()
+            self.greeting = len(GREETING)  # bytes of the sink's answer to the login still to come
+            self.transport.write(login)
 
         def _ping(self) -> None:
             self.sent_at = time.perf_counter()
             self.transport.write(b"p" * PING_BYTES)
 
         def dataReceived(self, data: bytes) -> None:
+            if self.greeting:
+                cut = min(self.greeting, len(data))
+                self.greeting -= cut
+                data = data[cut:]
+                if not self.greeting:
+                    self.transport.write(struct.pack("!Q", ECHO))
+                    self._ping()
+                if not data:
+                    return
             self.answer += data
             if len(self.answer) < PING_BYTES:
                 return
@@ -913,8 +966,9 @@ def part_builds(tmp: Path, big_mb: float, smalls: int, repeat: int) -> Part:
 
 
 class StreamFarm:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, pb_leg: str = "in-process") -> None:
         self.dir = directory
+        self.pb_leg = pb_leg  # how the master side reaches the sink (the PB stand-in)
         self.helpers: list[Helper] = []
 
     def start(self) -> None:
@@ -922,12 +976,12 @@ class StreamFarm:
         self.listen = free_port()
         self.sink = free_port()
         self.registry = new_registry(self.dir, listen=self.listen, pb=self.sink)
-        self.furl = bbenroll(self.registry, "add", "bench")
+        self.furl = bbenroll(self.registry, "add", BENCH_WORKER)
         self.server = self.helper(
             "server",
             "server",
             {"registry": str(self.registry), "sink_port": self.sink, "pem": str(self.dir / "master.pem"),
-             "foolscap_port": free_port()},
+             "foolscap_port": free_port(), "pb_leg": self.pb_leg},
         )
         self.ready = self.server.expect(lambda e: e.get("event") == "ready", 60, "the server to start")
 
@@ -1146,6 +1200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--outages", help="outage lengths in s, comma-separated (default 5,9; --quick 5)")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the results as markdown")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, basedirs)")
+    parser.add_argument("--pb-leg", choices=("in-process", "tcp"), default="in-process",
+                        help="parts 2 and 3: the master side's PB leg (default: %(default)s; tcp: the "
+                        "loopback TCP fallback, as before the in-process leg)")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - {"builds", "stream", "outage"}
@@ -1164,14 +1221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))  # tests.netproxy
     started = datetime.now(UTC)
-    log(f"bbenroll tunnel benchmark: {describe_machine()}; {repeat} rounds per part")
+    log(f"bbenroll tunnel benchmark: {describe_machine()}; {repeat} rounds per part; PB leg {args.pb_leg}")
     tmp = Path(tempfile.mkdtemp(prefix="bbenroll-bench-tunnel-"))
     results: list[Part] = []
     try:
         if "builds" in parts:
             results.append(part_builds(tmp, build_mb, smalls, repeat))
         if "stream" in parts or "outage" in parts:
-            farm = StreamFarm(tmp / "stream")
+            farm = StreamFarm(tmp / "stream", args.pb_leg)
             try:
                 farm.start()
                 if "stream" in parts:
@@ -1198,7 +1255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.markdown:
         md = [f"Run {started:%Y-%m-%d %H:%M} UTC on {describe_machine()}; {repeat} rounds"
-              f"{' (--quick)' if args.quick else ''}.", ""]
+              f"{' (--quick)' if args.quick else ''}; PB leg {args.pb_leg}.", ""]
         for part in results:
             md += [f"**{part.title}**", "", markdown_table(part.header, part.rows), "", part.note, ""]
         md += [f"- **{'PASS' if ok else 'FAIL'}** {text}" for text, ok in checks]
