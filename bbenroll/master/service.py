@@ -158,7 +158,9 @@ class EnrollmentService(service.MultiService):
     ``reactor`` is used for the network, ``clock`` (an IReactorTime) for polling,
     timers and "now", so tests can move time. ``on_workers_changed`` is called
     with the new ``{name: Worker}`` of usable workers whenever that set changes
-    (a Buildbot master reconfigures itself then).
+    (a Buildbot master reconfigures itself then). ``pb_server_factory`` returns
+    Buildbot's PB server factory or None: with one, the tunnels' PB legs are
+    in-process (tunnel/inprocess.py), else loopback TCP to ``[master] pb``.
     """
 
     def __init__(

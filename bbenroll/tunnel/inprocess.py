@@ -129,6 +129,8 @@ class PipeEnd:
     # -- IConsumer: a producer that writes into us --------------------------------------
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
+        # a pull producer is asked once: nothing here drains a write buffer later (neither
+        # Buildbot's PB side nor PBLeg registers one; PB's own Pager is not used on this path)
         self.producer = producer
         self.streaming = streaming
         self.producer_paused = False

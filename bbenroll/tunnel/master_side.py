@@ -319,7 +319,11 @@ class MasterSession(TunnelAdapter):
             )
             self.reset(stream, "PB port unreachable")
             return
-        if leg.lost or stream not in self.core.streams:  # closed while Buildbot greeted it
+        if leg.lost:  # Buildbot hung up while greeting it (pb_lost closed the stream)
+            return
+        if stream not in self.core.streams or self.closed:  # the stream ended while Buildbot greeted
+            leg.closed_by_tunnel = True
+            leg.transport.loseConnection()
             return
         self.legs[stream] = leg
         leg.read_while(self.link_up)

@@ -380,3 +380,26 @@ def test_a_dial_that_never_completes_is_cancelled_by_the_greeting_timeout():
     assert dials[-1] == "cancelled" and ("frame_reset", 1) in peer.calls and session.pending == {}
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
+
+
+def test_a_stream_that_ends_while_buildbot_greets_closes_its_in_process_leg():
+    class Overflowing(protocol.Protocol):
+        """Greets with more than the core may hold for the stream: the core resets it at once."""
+
+        def connectionMade(self):
+            self.transport.write(b"z" * (session.core.settings.max_buffer + 1))
+
+        def connectionLost(self, reason=None):
+            lost.append(reason)
+
+    lost = []
+    factory = protocol.Factory.forProtocol(Overflowing)
+    clock = task.Clock()
+    session, _, _, _ = make_session(clock, pb_server_factory=lambda: factory)
+    peer = AddressedPeer()
+    session.attach(peer, {})
+    session.receive(Open(1))
+    assert ("frame_reset", 1) in peer.calls and 1 not in session.core.streams
+    assert session.legs == {} and len(lost) == 1  # Buildbot's protocol is not left orphaned
+    session.terminate("test over")
+    assert clock.getDelayedCalls() == []
