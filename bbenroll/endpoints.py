@@ -66,6 +66,31 @@ def tcp_server(text: str) -> tuple[str, int | None, str | None] | None:
     return kind, port, interface
 
 
+# the listen backlog of a TCP port whose endpoint string names none: Twisted's default (50)
+# overflows when a fleet reconnects at once (a master restart), and an overflowing PB port
+# makes the kernel use SYN cookies, which can leave a client "connected" to nobody. The
+# kernel caps it at net.core.somaxconn (docs/deploy.md).
+DEFAULT_BACKLOG = 1024
+
+
+def with_backlog(endpoint: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """``endpoint`` with ``backlog=`` added if it is a TCP server endpoint that names none.
+
+    ``tcp:9989`` -> ``tcp:9989:backlog=1024``; a bare ``9989`` becomes ``tcp:9989:backlog=1024``;
+    an explicit backlog and other kinds (``unix:``, ``systemd:``) are left as they are.
+    """
+    text = str(endpoint).strip(BLANKS)
+    tcp = tcp_server(text)
+    if tcp is None or tcp[1] is None:  # not TCP, or not valid: the checks name the original
+        return text
+    parts = endpoint_parts(text)
+    if len(parts) == 1:
+        return f"tcp:{text}:backlog={backlog}"
+    if any(part.startswith("backlog=") for part in parts[1:]):
+        return text
+    return f"{text}:backlog={backlog}"
+
+
 def listen_port(listen: str) -> int | None:
     """The TCP port a server endpoint listens on (``tcp:9989``, ``tcp:port=9989:...``, ``9989``), or None."""
     server = tcp_server(listen)

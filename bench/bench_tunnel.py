@@ -15,7 +15,10 @@ It measures, in one run, side by side:
    50 MB (wall time from the force request until the build is complete, polled over REST)
    and 20 small builds in sequence (total wall time);
 2. stream: bytes pushed through one tunnel stream (bbenroll's ``WorkerTunnel`` in one
-   process; ``EnrollmentService`` and a TCP sink standing in for the PB port in another),
+   process; ``EnrollmentService`` and a sink standing in for the PB port in another; the
+   master's PB leg is joined in-process to the sink's factory, as the Buildbot hook joins it
+   to Buildbot's PB factory; a second tunnel, of another worker, has the loopback TCP leg
+   instead, the fallback and what every tunnel had before),
    next to the same bytes over Twisted TCP, Twisted TLS, and pipelined Foolscap
    ``callRemote`` calls of 64 KiB, 256 KiB and 1 MiB between two Tubs (and 256 KiB calls
    whose receiver forwards the bytes to the sink over loopback TCP, as the tunnel's master
@@ -72,6 +75,7 @@ BUILD_RATIO_TARGET = 1.05  # bbenroll / direct, builds
 TLS_RATIO_TARGET = 0.3  # tunnel >= this x plain TLS
 FOOLSCAP_RATIO_TARGET = 0.8  # tunnel >= this x Foolscap calls of the tunnel's frame size
 RECOVERY_TARGET = 2.0  # seconds from unblock() to the first new byte
+RTT_TARGET = 1.3  # tunnel round trip <= this x a bare Foolscap call's
 
 FRAME = 256 * KiB  # the tunnel's data frame (core.Settings.chunk)
 WINDOW = 4 * MiB  # the tunnel's window (core.Settings.window); Foolscap calls use the same
@@ -81,6 +85,21 @@ ECHO = 2**64 - 1  # a stream header asking the sink to echo
 FOREVER = 2**63  # a stream header for a sink that only counts
 PING_BYTES = 64  # round-trip latency: messages of this size, one at a time
 GAP = 0.5  # the sink reports data arriving after a silence this long
+# Every stream starts as a PB connection does, on every transport alike: the client's first
+# bytes are a PB login as the bench's worker (the master lets nothing else through, and
+# nothing after it until the server answered: pblogin.py), the sink (the PB stand-in)
+# answers it with GREETING (the master resets a tunnel leg that hears nothing from its PB
+# port: master_side.PB_GREETING_TIMEOUT), and only then does the client send the rest
+GREETING = b"pb?"
+BENCH_WORKER = "bench-inproc"  # its tunnel's PB leg is in-process
+TCP_LEG_WORKER = "bench-tcpleg"  # its tunnel's PB leg is loopback TCP (same length: same login size)
+
+
+def login_prefix(worker: str = BENCH_WORKER) -> bytes:
+    """What Twisted's PB client sends first, logging in as ``worker``."""
+    from tests.helpers.pb import login_bytes
+
+    return login_bytes(worker)
 PATTERN_PERIOD = 251  # continuous streams carry byte i = i % 251, checked by the sink
 OUTAGE_RATE_CHUNK = 32 * KiB  # continuous stream: this much every OUTAGE_RATE_PERIOD
 OUTAGE_RATE_PERIOD = 0.01
@@ -259,6 +278,7 @@ def role_server(config: dict[str, Any]) -> None:
 
     pattern = pattern_bytes(2 * MiB)
     view = memoryview(pattern)
+    login = login_prefix()
 
     class Sink(protocol.Protocol):
         """Reads an 8-byte length, then that many bytes, then answers b"ok".
@@ -268,6 +288,7 @@ def role_server(config: dict[str, Any]) -> None:
         """
 
         def connectionMade(self) -> None:
+            self.skip = len(login)  # the client's login comes first; it is answered
             self.header = b""
             self.want: int | None = None
             self.got = 0
@@ -275,6 +296,14 @@ def role_server(config: dict[str, Any]) -> None:
 
         def dataReceived(self, data: bytes) -> None:
             now = time.monotonic()
+            if self.skip:
+                cut = min(self.skip, len(data))
+                self.skip -= cut
+                data = data[cut:]
+                if not self.skip:
+                    self.transport.write(GREETING)
+                if not data:
+                    return
             if self.want is None:
                 self.header += data
                 if len(self.header) < 8:
@@ -317,7 +346,7 @@ def role_server(config: dict[str, Any]) -> None:
         """A loopback TCP connection to the sink, as the tunnel's master side has to PB."""
 
         def connectionMade(self) -> None:
-            self.transport.write(struct.pack("!Q", FOREVER))
+            self.transport.write(login + struct.pack("!Q", FOREVER))
 
     forward: list[Any] = []
 
@@ -343,7 +372,22 @@ def role_server(config: dict[str, Any]) -> None:
     tub.startService()
     fs_furl = tub.registerReference(Chunks())
 
-    service = EnrollmentService(config["registry"], reactor=reactor)
+    from bbenroll.master.sessions import SessionTable
+    from bbenroll.tunnel.master_side import MasterSession
+
+    # the bench opens many short streams in a row, which the master takes for failed logins
+    # (MAX_SHORT_LEGS, then a cool-down): off here, this measures the data path
+    MasterSession.max_short_legs = 10**9
+    new_session = SessionTable._new_session
+
+    def bench_session(self: Any, worker: str, session_id: str, deadline: int) -> Any:
+        session = new_session(self, worker, session_id, deadline)
+        if worker == TCP_LEG_WORKER:  # this one tunnel dials the sink over loopback TCP
+            session.pb_server_factory = None
+        return session
+
+    SessionTable._new_session = bench_session  # type: ignore[method-assign]
+    service = EnrollmentService(config["registry"], reactor=reactor, pb_server_factory=lambda: sink)
     service.startService()
     endpoint = TCP4ClientEndpoint(reactor, LOOP, config["sink_port"])
     connected = endpoint.connect(protocol.Factory.forProtocol(Forward))
@@ -411,13 +455,16 @@ def bench_tunnel_class() -> type:
 def source_protocol() -> type:
     from twisted.internet import defer, protocol, task
 
+    logins = {worker: login_prefix(worker) for worker in (BENCH_WORKER, TCP_LEG_WORKER)}
+
     class Source(protocol.Protocol):
         """Writes an 8-byte length and that many bytes as fast as the transport takes them
         (a streaming producer), then waits for b"ok". ``size`` 0: an endless paced stream of
         the check pattern."""
 
-        def __init__(self, size: int) -> None:
+        def __init__(self, size: int, worker: str = BENCH_WORKER) -> None:
             self.size = size
+            self.login = logins[worker]
             self.sent = 0
             self.paused = False
             self.done: defer.Deferred = defer.Deferred()
@@ -427,8 +474,13 @@ def source_protocol() -> type:
             self.payload = b"\xa5" * WRITE if size else pattern_bytes(OUTAGE_RATE_CHUNK)
 
         def connectionMade(self) -> None:
-            self.transport.registerProducer(self, True)
+            self.greeted = False
             self.started = time.perf_counter()
+            self.transport.write(self.login)
+
+        def _greeted(self) -> None:
+            self.greeted = True
+            self.transport.registerProducer(self, True)
             self.transport.write(struct.pack("!Q", self.size))
             if self.size:
                 self.resumeProducing()
@@ -447,7 +499,7 @@ def source_protocol() -> type:
 
         def resumeProducing(self) -> None:
             self.paused = False
-            if not self.size:
+            if not self.size or not self.greeted:
                 return
             while not self.paused and self.sent < self.size:
                 n = min(WRITE, self.size - self.sent)
@@ -461,7 +513,9 @@ def source_protocol() -> type:
 
         def dataReceived(self, data: bytes) -> None:
             self.answer += data
-            if self.answer.startswith(b"ok") and not self.done.called:
+            if not self.greeted and len(self.answer) >= len(GREETING):
+                self._greeted()
+            if self.answer[len(GREETING) :].startswith(b"ok") and not self.done.called:
                 self.done.callback(time.perf_counter() - self.started)
                 self.transport.loseConnection()
 
@@ -474,21 +528,31 @@ def source_protocol() -> type:
     class Pinger(protocol.Protocol):
         """Sends PING_BYTES and waits for them to come back, ``count`` times: the round trips."""
 
-        def __init__(self, count: int) -> None:
+        def __init__(self, count: int, worker: str = BENCH_WORKER) -> None:
             self.count = count
+            self.login = logins[worker]
             self.rtts: list[float] = []
             self.answer = b""
             self.done: defer.Deferred = defer.Deferred()
 
         def connectionMade(self) -> None:
-            self.transport.write(struct.pack("!Q", ECHO))
-            self._ping()
+            self.greeting = len(GREETING)  # bytes of the sink's answer to the login still to come
+            self.transport.write(self.login)
 
         def _ping(self) -> None:
             self.sent_at = time.perf_counter()
             self.transport.write(b"p" * PING_BYTES)
 
         def dataReceived(self, data: bytes) -> None:
+            if self.greeting:
+                cut = min(self.greeting, len(data))
+                self.greeting -= cut
+                data = data[cut:]
+                if not self.greeting:
+                    self.transport.write(struct.pack("!Q", ECHO))
+                    self._ping()
+                if not data:
+                    return
             self.answer += data
             if len(self.answer) < PING_BYTES:
                 return
@@ -577,6 +641,9 @@ def role_stream_client(config: dict[str, Any]) -> None:
         tunnel = bench_tunnel_class()(config["furl"], reactor=reactor)
         tunnel.start()
         yield tunnel.when_ready()
+        tcp_leg = bench_tunnel_class()(config["tcp_leg_furl"], reactor=reactor)
+        tcp_leg.start()
+        yield tcp_leg.when_ready()
         tub = Tub()
         tub.startService()
         ref = yield tub.getReference(config["foolscap"])
@@ -588,16 +655,16 @@ def role_stream_client(config: dict[str, Any]) -> None:
                 return via_endpoint(tcp, size)
             if kind == "tls":
                 return via_endpoint(tls, size)
-            if kind == "tunnel":
-                source = Source(size)
-                tunnel.open_stream(source)
+            if kind in ("tunnel", "tunnel-tcp"):
+                source = Source(size, BENCH_WORKER if kind == "tunnel" else TCP_LEG_WORKER)
+                (tunnel if kind == "tunnel" else tcp_leg).open_stream(source)
                 return source.done
             if kind.startswith("foolscap-"):
                 chunk = int(kind.split("-")[1])
                 return foolscap_calls(ref, size, chunk, "forward" if kind.endswith("-fwd") else "chunk")
-            if kind == "rtt-tunnel":
-                pinger = Source.Pinger(size)
-                tunnel.open_stream(pinger)
+            if kind in ("rtt-tunnel", "rtt-tunnel-tcp"):
+                pinger = Source.Pinger(size, BENCH_WORKER if kind == "rtt-tunnel" else TCP_LEG_WORKER)
+                (tunnel if kind == "rtt-tunnel" else tcp_leg).open_stream(pinger)
                 return pinger.done
             if kind == "rtt-tcp":
                 return via_endpoint_rtt(tcp, size)
@@ -627,6 +694,7 @@ def role_stream_client(config: dict[str, Any]) -> None:
             )
             yield task_sleep(0.2)  # let the previous transfer's tail (acks, closes) settle
         yield tunnel.shutdown()
+        yield tcp_leg.shutdown()
         yield tub.stopService()
 
     def task_sleep(seconds: float) -> defer.Deferred:
@@ -922,7 +990,8 @@ class StreamFarm:
         self.listen = free_port()
         self.sink = free_port()
         self.registry = new_registry(self.dir, listen=self.listen, pb=self.sink)
-        self.furl = bbenroll(self.registry, "add", "bench")
+        self.furl = bbenroll(self.registry, "add", BENCH_WORKER)
+        self.tcp_leg_furl = bbenroll(self.registry, "add", TCP_LEG_WORKER)
         self.server = self.helper(
             "server",
             "server",
@@ -942,8 +1011,9 @@ class StreamFarm:
         self.helpers.clear()
 
 
-STREAM_KINDS = ("tunnel", "tls", "tcp", *(f"foolscap-{c}" for c in FOOLSCAP_CHUNKS), f"foolscap-{FRAME}-fwd")
-RTT_KINDS = ("rtt-tunnel", "rtt-tls", "rtt-tcp", "rtt-foolscap")
+STREAM_KINDS = ("tunnel", "tunnel-tcp", "tls", "tcp", *(f"foolscap-{c}" for c in FOOLSCAP_CHUNKS),
+                f"foolscap-{FRAME}-fwd")
+RTT_KINDS = ("rtt-tunnel", "rtt-tunnel-tcp", "rtt-tls", "rtt-tcp", "rtt-foolscap")
 
 
 def kind_label(kind: str) -> str:
@@ -954,7 +1024,9 @@ def kind_label(kind: str) -> str:
         size = int(kind.split("-")[1])
         label = "Foolscap callRemote " + (f"{size // MiB} MiB" if size >= MiB else f"{size // KiB} KiB")
         return label + (" + loopback TCP to the sink" if kind.endswith("-fwd") else "")
-    return {"tunnel": "bbenroll tunnel stream", "tls": "Twisted TLS", "tcp": "Twisted TCP (no crypto)"}[kind]
+    return {"tunnel": "bbenroll tunnel stream (in-process PB leg)",
+            "tunnel-tcp": "bbenroll tunnel stream, loopback TCP PB leg (the fallback)",
+            "tls": "Twisted TLS", "tcp": "Twisted TCP (no crypto)"}[kind]
 
 
 def part_stream(farm: StreamFarm, size_mb: float, pings: int, repeat: int) -> list[Part]:
@@ -972,8 +1044,8 @@ def part_stream(farm: StreamFarm, size_mb: float, pings: int, repeat: int) -> li
     client = farm.helper(
         "stream-client",
         "stream-client",
-        {"furl": farm.furl, "foolscap": ready["foolscap"], "tcp": ready["tcp"], "tls": ready["tls"],
-         "server_pid": ready["pid"], "schedule": schedule},
+        {"furl": farm.furl, "tcp_leg_furl": farm.tcp_leg_furl, "foolscap": ready["foolscap"],
+         "tcp": ready["tcp"], "tls": ready["tls"], "server_pid": ready["pid"], "schedule": schedule},
     )
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     for _ in schedule:
@@ -1026,10 +1098,14 @@ def part_stream(farm: StreamFarm, size_mb: float, pings: int, repeat: int) -> li
              f"{med(rtt_us(kind)) / base:.1f}x"] for kind in RTT_KINDS]
     note = (f"{pings} round trips of {PING_BYTES} bytes, one at a time (echoed by the sink; a "
             "Foolscap call that returns its argument), per round; median (min) over rounds of each "
-            "round's median, and the median of each round's 90th percentile. Not a target: it is "
-            "what every PB call of a build pays on top of the direct connection.")
+            "round's median, and the median of each round's 90th percentile. What every PB call of a "
+            "build pays on top of the direct connection; the target is the tunnel (in-process PB "
+            "leg) within 1.3x of a bare Foolscap call.")
+    rtt_ratio = med(rtt_us("rtt-tunnel")) / med(rtt_us("rtt-foolscap"))
+    rtt_checks = [(f"round trip: tunnel is {rtt_ratio:.2f}x a bare Foolscap call (target <= {RTT_TARGET}x)",
+                   rtt_ratio <= RTT_TARGET)]
     latency = Part("Part 2b: round-trip latency of a small message", ["transport", "median us (min)",
-                   "p90 us", "vs TCP"], rows, note)
+                   "p90 us", "vs TCP"], rows, note, rtt_checks)
     return [throughput, latency]
 
 

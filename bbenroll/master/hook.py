@@ -12,11 +12,26 @@ In master.cfg::
 Buildbot re-executes master.cfg on every reconfig, so all of this is cheap and
 idempotent; the Foolscap service itself lives across reconfigs (Buildbot keeps
 the running instance of a service whose name and class are unchanged).
+
+Startup order: the Foolscap port opens only once Buildbot can take workers.
+Buildbot starts c['services'] before its worker manager registers the workers on
+the PB port, all inside its startup (or a reconfig) under ``master.initLock``;
+the service therefore starts listening when it next gets that lock: right after
+"BuildMaster is running", when the PB port listens and the workers are
+registered. A taken Foolscap port still fails the startup: the service tries to
+bind it while starting (:func:`check_port_free`).
+
+The tunnels' PB legs are in-process (tunnel/inprocess.py): each stream is joined
+to a protocol of the PB server factory of Buildbot's dispatcher for the
+configured PB port (:meth:`EnrollmentMasterService.pb_server_factory`); a login
+on such a leg came through a tunnel by construction. Both ports get a listen
+backlog (``endpoints.DEFAULT_BACKLOG``) when their endpoint string names none.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +41,15 @@ from buildbot.util import service as bbservice
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from bbenroll.endpoints import check_loopback_endpoint
+from bbenroll.endpoints import check_loopback_endpoint, tcp_server, with_backlog
 from bbenroll.errors import BBEnrollError
 from bbenroll.master.reloader import POLL_INTERVAL
 from bbenroll.master.service import EnrollmentService
+from bbenroll.master.tub import ListenError
 from bbenroll.registry import DEFAULT_PB
 from bbenroll.registry import store as regmod
 from bbenroll.registry.model import usable
+from bbenroll.tunnel.inprocess import is_in_process
 
 log = Logger(namespace="bbenroll")
 
@@ -154,15 +171,16 @@ class Enrollment:
     @property
     def buildbot_pb_port(self) -> str:
         """The port Buildbot's PB listens on: ``[master] legacy_pb`` (public) during a cut-over,
-        else the loopback ``pb`` (always checked: the tunnels fall back to it afterwards)."""
+        else the loopback ``pb`` (always checked: the tunnels fall back to it afterwards).
+        A TCP port without a ``backlog=`` gets :data:`~bbenroll.endpoints.DEFAULT_BACKLOG`."""
         loopback = self.pb_port
         legacy_pb = self.loaded.registry.master.legacy_pb
         if legacy_pb is None:
-            return loopback
+            return with_backlog(loopback)
         from bbenroll.master.legacy import check_legacy_pb
 
         try:
-            return check_legacy_pb(legacy_pb)
+            return with_backlog(check_legacy_pb(legacy_pb))
         except BBEnrollError as e:
             raise _config_error(f"{self.path}: {e}") from None
 
@@ -277,6 +295,71 @@ def follow_pb_port(master: Any) -> Any:
                         worker=getattr(worker, "workername", "?"))
 
 
+def check_port_free(listen: str) -> None:
+    """Raise :class:`ListenError` now if the TCP port ``listen`` names is taken.
+
+    The service listens only after Buildbot's startup (the module docstring), too late
+    to fail it; this bind (and close) while Buildbot is starting keeps a taken port a
+    failed startup. SO_REUSEADDR as Twisted's own port has it: a port in TIME_WAIT is free.
+    Other kinds (``unix:``, ``systemd:``) are checked when the service listens.
+    """
+    tcp = tcp_server(listen)
+    if tcp is None or tcp[1] is None:
+        return
+    kind, port, interface = tcp
+    ipv6 = kind == "tcp6" or (interface is not None and ":" in interface)
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    host = interface if interface is not None else ("::" if family == socket.AF_INET6 else "")
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ListenError(listen, e.strerror or str(e)) from None
+
+
+def when_buildbot_ready(master: Any) -> defer.Deferred[None]:
+    """Fires once Buildbot's startup (or the reconfig) in progress is over.
+
+    Buildbot holds ``master.initLock`` for its whole startup and for each reconfig;
+    the workers are registered on the PB port (and it listens) before it lets go.
+    Waiting for the lock, then giving it back at once, is that point. A master
+    without the lock (a test's stand-in) is ready now.
+    """
+    lock = getattr(master, "initLock", None)
+    if lock is None:
+        return defer.succeed(None)
+
+    def got(_: Any) -> None:
+        lock.release()
+
+    return lock.acquire().addCallback(got)
+
+
+def pb_server_factory(master: Any) -> Any:
+    """The PB server factory of Buildbot's dispatcher for its configured PB port, or None.
+
+    None (no PB port configured, no worker registered yet, its port not listening)
+    makes the tunnel dial the PB port over loopback TCP instead, which then fails
+    or succeeds as it always did.
+    """
+    dispatchers = getattr(getattr(master, "pbmanager", None), "dispatchers", None)
+    if not dispatchers:
+        return None
+    protocols = getattr(getattr(master, "config", None), "protocols", None) or {}
+    port = (protocols.get("pb") or {}).get("port")
+    if port is not None:
+        portstr = port if isinstance(port, str) and ":" in port else f"tcp:{port}"  # as Buildbot's
+        dispatcher = dispatchers.get(portstr)  # BaseManager.register normalizes it
+    elif len(dispatchers) == 1:
+        (dispatcher,) = dispatchers.values()
+    else:
+        dispatcher = None
+    if dispatcher is None or getattr(dispatcher, "port", None) is None:
+        return None
+    return getattr(dispatcher, "serverFactory", None)
+
+
 def running_service(master: Any) -> EnrollmentMasterService | None:
     """This master's bbenroll service: c['services'] are children of Buildbot's service
     manager (``master.service_manager``), not of the master itself."""
@@ -300,6 +383,8 @@ def pb_login_refusal(master: Any, creds: Any) -> str | None:
         return None  # Buildbot refuses it itself
     registry = enrollment.gate.registry
     transport = getattr(getattr(creds, "broker", None), "transport", None)
+    if is_in_process(transport):  # an in-process leg: only a tunnel makes one (tunnel/inprocess.py)
+        return None
     peer = legacy.address(transport.getPeer()) if transport is not None else None
     why = legacy.login_refusal(
         registry.workers.get(name),
@@ -368,7 +453,8 @@ class EnrollmentMasterService(bbservice.BuildbotService):
         yield super().stopService()
 
     def _start_enrollment(self) -> defer.Deferred[None]:
-        """Start the Foolscap service; fails (after one log line) if its port is taken."""
+        """Make the Foolscap service and start it once Buildbot can take workers
+        (:func:`when_buildbot_ready`); fails now (after one log line) if its port is taken."""
 
         def has_running_build(name: str) -> bool:
             # the check _busy_removed_workers makes, for one worker
@@ -383,9 +469,26 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             poll_interval=self.poll_interval,
             on_workers_changed=self._workers_changed,
             busy=has_running_build,  # ephemeral workers are never removed during a build
+            pb_server_factory=lambda: pb_server_factory(self.master),
         )
-        self.enrollment.startService()
-        return self.enrollment.when_listening()
+        enrollment = self.enrollment
+        listen = enrollment.loaded.registry.master.listen
+        try:
+            check_port_free(listen)
+        except ListenError as e:
+            log.error("bbenroll: {error}", error=str(e))
+            self.enrollment = None
+            return defer.fail(e)
+
+        def start(_: Any) -> None:
+            if self.enrollment is enrollment and self.running:  # not stopped or replaced meanwhile
+                enrollment.startService()  # a failed bind is logged there, once
+
+        # never waited for here: Buildbot is starting this service while holding the lock
+        when_buildbot_ready(self.master).addCallback(start).addErrback(
+            lambda f: log.failure("bbenroll: while starting the Foolscap service", f)
+        )
+        return defer.succeed(None)
 
     @defer.inlineCallbacks
     def _stop_enrollment(self) -> Any:

@@ -52,6 +52,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 
+from bbenroll.endpoints import with_backlog
 from bbenroll.master import guard as guardmod
 from bbenroll.master.tub import (
     Doorkeeper,
@@ -155,7 +156,9 @@ class ServedIdentities(service.MultiService):
         if not self.tubs:
             raise RuntimeError("add an identity before listening")
         try:
-            endpoint = serverFromString(reactor, description)
+            # a registry written before init gave the port a backlog: Twisted's 50 overflows under
+            # an attach storm, so a TCP port without one gets endpoints.DEFAULT_BACKLOG
+            endpoint = serverFromString(reactor, with_backlog(description))
         except (ValueError, KeyError, TypeError) as e:
             return defer.fail(ListenError(description, f"not a server endpoint ({e})"))
         reporting = ReportingEndpoint(endpoint, description)

@@ -158,7 +158,9 @@ class EnrollmentService(service.MultiService):
     ``reactor`` is used for the network, ``clock`` (an IReactorTime) for polling,
     timers and "now", so tests can move time. ``on_workers_changed`` is called
     with the new ``{name: Worker}`` of usable workers whenever that set changes
-    (a Buildbot master reconfigures itself then).
+    (a Buildbot master reconfigures itself then). ``pb_server_factory`` returns
+    Buildbot's PB server factory or None: with one, the tunnels' PB legs are
+    in-process (tunnel/inprocess.py), else loopback TCP to ``[master] pb``.
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class EnrollmentService(service.MultiService):
         on_workers_changed: Callable[[dict[str, Any]], None] | None = None,
         run_write: Runner | None = None,
         busy: Callable[[str], bool] | None = None,
+        pb_server_factory: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -193,7 +196,7 @@ class EnrollmentService(service.MultiService):
         self.gate = gatemod.Gate(self.loaded.registry)
         self.guard = guardmod.Guard()
         self._near_open_files_limit = False
-        self.sessions = SessionTable(self.reactor, self.clock, self._pb_endpoint)
+        self.sessions = SessionTable(self.reactor, self.clock, self._pb_endpoint, pb_server_factory)
         self._announced = self._buildbot_view(self.gate.usable_workers(self.now()))
         self.offer_retry = OFFER_RETRY
         self.max_rotations_per_tick = MAX_ROTATIONS_PER_TICK

@@ -58,10 +58,17 @@ class SessionTable:
     max_sessions_per_worker: int = MAX_SESSIONS_PER_WORKER
     max_resume_deadline: float = MASTER_MAX_RESUME_DEADLINE
 
-    def __init__(self, reactor: Any, clock: IReactorTime, pb_endpoint: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        clock: IReactorTime,
+        pb_endpoint: Callable[[], str | None],
+        pb_server_factory: Callable[[], Any] | None = None,
+    ) -> None:
         self.reactor = reactor  # for the PB connections
         self.clock = clock
         self.pb_endpoint = pb_endpoint  # the PB port the running master listens on
+        self.pb_server_factory = pb_server_factory  # Buildbot's PB factory: in-process legs (master_side.py)
         self.sessions: dict[tuple[str, str], MasterSession] = {}
         self._attached: dict[MasterSession, _Attachment] = {}
 
@@ -111,6 +118,7 @@ class SessionTable:
             settings=master_settings(self.granted_deadline(deadline)),
             on_expired=self._over,
             on_link_dead=self._link_dead,
+            pb_server_factory=self.pb_server_factory,
         )
         self.sessions[(worker, session_id)] = session
         return session

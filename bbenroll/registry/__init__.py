@@ -12,7 +12,8 @@
 # the one source of the registry's default path and its environment variable
 DEFAULT_REGISTRY = "workers.toml"
 ENV_REGISTRY = "BBENROLL_REGISTRY"
-# what `bbenroll init` writes unless told otherwise
-DEFAULT_LISTEN = "tcp:9989"
-DEFAULT_PB = "tcp:9990:interface=127.0.0.1"
+# what `bbenroll init` writes unless told otherwise; the backlogs fit a fleet reconnecting
+# at once (endpoints.DEFAULT_BACKLOG says why)
+DEFAULT_LISTEN = "tcp:9989:backlog=1024"
+DEFAULT_PB = "tcp:9990:interface=127.0.0.1:backlog=1024"
 DEFAULT_IDENTITY = "master.pem"

@@ -1,4 +1,12 @@
-"""The master's end of the tunnel: each stream becomes a TCP connection to the PB port.
+"""The master's end of the tunnel: each stream becomes a PB connection to Buildbot.
+
+Each stream's :class:`PBLeg` is joined straight to a protocol of Buildbot's PB
+server factory, in this process (:mod:`bbenroll.tunnel.inprocess`), when the
+session has a ``pb_server_factory`` (the Buildbot hook gives it): no socket, no
+file descriptor, no kernel round trip. Without one (tests, the service run on
+its own, a master with no PB port yet) the leg is a loopback TCP connection to
+Buildbot's PB port. Either way the leg is the same protocol and every bound
+below holds.
 
 A :class:`MasterSession` outlives the worker's Foolscap connections: when the
 link drops, it keeps its streams (and their PB connections, which Buildbot sees
@@ -12,6 +20,12 @@ that is still being made, and while the link is down its PB legs are not read
 :data:`MAX_SHORT_LEGS` PB connections in a row that each ended within
 :data:`SHORT_LEG` seconds (failed logins: Buildbot logs a traceback for each),
 the session's opens are reset for :data:`LOGIN_COOL_DOWN` seconds.
+
+A PB server speaks first. A leg that hears nothing from Buildbot within
+:data:`PB_GREETING_TIMEOUT` seconds of its open (a TCP connect lost in a SYN
+flood, a handshake whose last packet a SYN-cookie kernel dropped: the client
+believes it is connected) is reset; buildbot-worker sees its connection lost and
+retries, instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import protocol
+from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -28,6 +42,7 @@ from bbenroll.endpoints import endpoint_parts, tcp_server
 from bbenroll.tunnel import frames
 from bbenroll.tunnel.adapter import TunnelAdapter
 from bbenroll.tunnel.core import Settings
+from bbenroll.tunnel.inprocess import connect_in_process
 from bbenroll.tunnel.pblogin import LoginCheck, Verdict
 
 log = Logger(namespace="bbenroll")
@@ -50,11 +65,16 @@ SHORT_LEG = 10.0  # seconds
 MAX_SHORT_LEGS = 3  # short PB connections in a row; then opens are reset for a while
 LOGIN_COOL_DOWN = 60.0  # seconds during which a session's new streams are reset
 
+# Buildbot's PB server sends its greeting as soon as it has the connection; a leg
+# without it this long after its open is stuck (see the module docstring)
+PB_GREETING_TIMEOUT = 10.0  # seconds
+
 # why a stream was reset (the Closed event's reason; never sent to the worker)
 TOO_MANY_STREAMS = "too many streams in this session"
 TOO_MUCH_PENDING = "too much data before the PB connection was made"
 TOO_MANY_SHORT_LEGS = "too many short PB connections in a row (failed logins?)"
 LOGIN_REFUSED = "PB login refused: a tunnel logs in only as its own worker"
+PB_SILENT = "no greeting from Buildbot's PB port"
 
 
 def pb_client_endpoint(reactor: Any, server_endpoint: str) -> Any:
@@ -84,7 +104,7 @@ def master_settings(resume_deadline: float) -> Settings:
 
 
 class PBLeg(protocol.Protocol):
-    """The master-side TCP connection of one stream, to Buildbot's PB port."""
+    """The master's PB connection of one stream: in-process into Buildbot's PB factory, or TCP."""
 
     def __init__(self, session: MasterSession, stream: int) -> None:
         self.session = session
@@ -93,6 +113,8 @@ class PBLeg(protocol.Protocol):
         self.window_full = False  # the core asked to pause this stream (flow control)
         self.reading = True  # whether we read from Buildbot's end
         self.made_at: float | None = None  # when the PB connection was made (the session's clock)
+        self.heard = False  # Buildbot sent something (its greeting, at least)
+        self.lost = False
 
     def read_while(self, link_up: bool) -> None:
         """Read from Buildbot only while the link is up and the stream's window has room."""
@@ -113,9 +135,13 @@ class PBLeg(protocol.Protocol):
             set_no_delay(True)
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.heard:
+            self.heard = True
+            self.session.pb_heard(self.stream)
         self.session.write(self.stream, data)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
         self.session.pb_lost(self.stream, self)
 
 
@@ -127,6 +153,7 @@ class MasterSession(TunnelAdapter):
     short_leg: float = SHORT_LEG
     max_short_legs: int = MAX_SHORT_LEGS
     login_cool_down: float = LOGIN_COOL_DOWN
+    pb_greeting_timeout: float = PB_GREETING_TIMEOUT
 
     def __init__(
         self,
@@ -138,12 +165,18 @@ class MasterSession(TunnelAdapter):
         settings: Settings,
         on_expired: Callable[[MasterSession], None],
         on_link_dead: Callable[[MasterSession], None],
+        pb_server_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.worker = worker
         self.session_id = session_id
-        self.pb_endpoint = pb_endpoint
+        self.pb_endpoint = pb_endpoint  # the TCP fallback
+        # Buildbot's PB server factory now, or None (then the leg dials pb_endpoint); asked per
+        # open, because Buildbot makes a new one when its PB port moves (legacy_pb)
+        self.pb_server_factory = pb_server_factory
         self.legs: dict[int, PBLeg] = {}
         self.pending: dict[int, bytearray] = {}  # data that arrived before the PB connection
+        self.dials: dict[int, Any] = {}  # the TCP connect Deferred of each pending stream
+        self.greeting_timers: dict[int, Any] = {}  # streams whose leg has not heard Buildbot yet
         # streams whose PB login was not seen yet (pblogin.py), and the bytes held until it is:
         # nothing reaches Buildbot before the login names this session's worker
         self.logins: dict[int, LoginCheck] = {}
@@ -201,20 +234,55 @@ class MasterSession(TunnelAdapter):
 
     # -- PB legs --------------------------------------------------------------------
 
+    def pb_heard(self, stream: int) -> None:
+        """Buildbot spoke on ``stream``'s leg: it is not stuck."""
+        timer = self.greeting_timers.pop(stream, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def pb_lost(self, stream: int, leg: PBLeg) -> None:
         if self.legs.get(stream) is leg:
             del self.legs[stream]
-        if not self.closed and leg.made_at is not None:
+        self.pb_heard(stream)  # a lost leg's greeting timer is moot (stream ids are never reused)
+        # a leg that never heard Buildbot carried no login: it does not count towards the cool-down
+        if not self.closed and leg.made_at is not None and leg.heard:
             self._count_leg(self.clock.seconds() - leg.made_at)
         if not leg.closed_by_tunnel and not self.closed:
             self.close(stream)
 
+    def _greeting_overdue(self, stream: int) -> None:
+        self.greeting_timers.pop(stream, None)
+        log.warn(
+            "bbenroll: worker {worker!r}: Buildbot's PB port said nothing within {timeout:.0f} s;"
+            " resetting the stream (buildbot-worker reconnects)",
+            worker=self.worker,
+            timeout=self.pb_greeting_timeout,
+        )
+        self.reset(stream, PB_SILENT)  # its Closed event closes the leg or cancels the dial
+
+    def _worker_address(self) -> Any:
+        """The worker's address as its Foolscap connection has it (what Buildbot shows), or None."""
+        get_peer = getattr(self.peer, "getPeer", None)
+        try:
+            return get_peer() if get_peer is not None else None
+        except Exception:  # a reference whose broker is gone: no address is better than no leg
+            return None
+
     def _connect_leg(self, stream: int) -> None:
         leg = PBLeg(self, stream)
+        self.greeting_timers[stream] = self.clock.callLater(
+            self.pb_greeting_timeout, self._greeting_overdue, stream
+        )
+        factory = self.pb_server_factory() if self.pb_server_factory is not None else None
+        if factory is not None:
+            self._connect_in_process(stream, leg, factory)
+            return
         self.pending[stream] = bytearray()
         d = self.pb_endpoint.connect(protocol.Factory.forProtocol(lambda: leg))
+        self.dials[stream] = d
 
         def connected(proto: PBLeg) -> None:
+            self.dials.pop(stream, None)
             if stream not in self.pending or self.closed:  # closed meanwhile
                 proto.closed_by_tunnel = True
                 proto.transport.loseConnection()
@@ -226,8 +294,9 @@ class MasterSession(TunnelAdapter):
             proto.read_while(self.link_up)
 
         def failed(failure: Any) -> None:
+            self.dials.pop(stream, None)
             self.pending.pop(stream, None)
-            if self.closed:
+            if self.closed or failure.check(defer.CancelledError):  # cancelled: the stream is gone
                 return
             log.error(
                 "bbenroll: worker {worker!r}: cannot connect to the master's PB port: {error}",
@@ -237,6 +306,27 @@ class MasterSession(TunnelAdapter):
             self.reset(stream, "PB port unreachable")
 
         d.addCallbacks(connected, failed)
+
+    def _connect_in_process(self, stream: int, leg: PBLeg, factory: Any) -> None:
+        """Join ``leg`` to a new protocol of Buildbot's PB factory: no socket (inprocess.py)."""
+        try:
+            connect_in_process(factory, leg, self.worker, self._worker_address())
+        except error.ConnectError as e:
+            log.error(
+                "bbenroll: worker {worker!r}: Buildbot's PB factory refused a connection: {error}",
+                worker=self.worker,
+                error=str(e),
+            )
+            self.reset(stream, "PB port unreachable")
+            return
+        if leg.lost:  # Buildbot hung up while greeting it (pb_lost closed the stream)
+            return
+        if stream not in self.core.streams or self.closed:  # the stream ended while Buildbot greeted
+            leg.closed_by_tunnel = True
+            leg.transport.loseConnection()
+            return
+        self.legs[stream] = leg
+        leg.read_while(self.link_up)
 
     def _count_leg(self, lived: float) -> None:
         """A PB connection ended after ``lived`` seconds: short ones in a row start a cool-down."""
@@ -256,6 +346,10 @@ class MasterSession(TunnelAdapter):
             )
 
     def _close_leg(self, stream: int) -> None:
+        self.pb_heard(stream)  # the greeting timer is moot
+        dial = self.dials.pop(stream, None)
+        if dial is not None:
+            dial.cancel()  # a TCP connect still in flight (a SYN lost in a storm)
         self.pending.pop(stream, None)
         self.logins.pop(stream, None)
         self.held.pop(stream, None)

@@ -30,8 +30,8 @@ def test_init_creates_private_registry_and_identity(tmp_path, clock):
         f"created {path} and {tmp_path / 'master.pem'} (mode 0600); add a worker with: bbenroll add NAME\n"
     )
     assert data["master"]["location"] == [HINT, "tcp:10.0.0.1:9989"]
-    assert data["master"]["listen"] == "tcp:9989"
-    assert data["master"]["pb"] == "tcp:9990:interface=127.0.0.1"
+    assert data["master"]["listen"] == "tcp:9989:backlog=1024"
+    assert data["master"]["pb"] == "tcp:9990:interface=127.0.0.1:backlog=1024"
     for name in ("workers.toml", "master.pem"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
     # refuses to overwrite, leaves both files alone

@@ -135,13 +135,13 @@ class TestConfigure:
     def test_without_legacy_pb_the_pb_port_is_the_loopback_one(self, reg_path):
         c: dict = {}
         Enrollment(reg_path).configure(c)
-        assert c["protocols"] == {"pb": {"port": "tcp:9990:interface=127.0.0.1"}}
+        assert c["protocols"] == {"pb": {"port": "tcp:9990:interface=127.0.0.1:backlog=1024"}}
 
     def test_legacy_pb_puts_buildbots_pb_port_on_the_public_one(self, reg_path):
         set_master(reg_path, legacy_pb="tcp:9989")
         c: dict = {}
         Enrollment(reg_path).configure(c)
-        assert c["protocols"] == {"pb": {"port": "tcp:9989"}}
+        assert c["protocols"] == {"pb": {"port": "tcp:9989:backlog=1024"}}
 
     def test_a_public_pb_is_still_refused_with_legacy_pb(self, reg_path):
         set_master(reg_path, legacy_pb="tcp:9989")

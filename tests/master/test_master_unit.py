@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import socket
+from types import SimpleNamespace
+
 import pytest
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+    serverFromString,
+)
 from twisted.internet.testing import MemoryReactor
 
-from bbenroll.endpoints import check_listen_endpoint, check_loopback_endpoint, endpoint_parts, tcp_server
+from bbenroll.endpoints import (
+    DEFAULT_BACKLOG,
+    check_listen_endpoint,
+    check_loopback_endpoint,
+    endpoint_parts,
+    tcp_server,
+    with_backlog,
+)
 from bbenroll.errors import BBEnrollError
+from bbenroll.master.hook import check_port_free, pb_server_factory, when_buildbot_ready
+from bbenroll.master.tub import ListenError
 from bbenroll.tunnel.master_side import pb_client_endpoint
 
 
@@ -136,3 +154,61 @@ def test_other_listen_endpoints_are_refused(listen, message):
 )
 def test_tcp_server_reads_the_port_as_twisted_does(text, server):
     assert tcp_server(text) == server
+
+
+@pytest.mark.parametrize(
+    "text, with_it",
+    [
+        ("tcp:9989", "tcp:9989:backlog=1024"),
+        ("9989", "tcp:9989:backlog=1024"),
+        ("tcp:9990:interface=127.0.0.1", "tcp:9990:interface=127.0.0.1:backlog=1024"),
+        ("tcp:9989:backlog=50", "tcp:9989:backlog=50"),  # an explicit backlog is the admin's choice
+        ("tcp6:port=9990:interface=\\:\\:1", "tcp6:port=9990:interface=\\:\\:1:backlog=1024"),
+        ("unix:/run/pb.sock", "unix:/run/pb.sock"),
+        ("tcp:garbage", "tcp:garbage"),  # not valid: left for the checks to name as written
+    ],
+)
+def test_a_tcp_endpoint_without_a_backlog_gets_the_default(text, with_it):
+    assert with_backlog(text) == with_it
+    assert with_it == text or f"backlog={DEFAULT_BACKLOG}" in with_it
+    if with_it.startswith("tcp") and tcp_server(with_it)[1] is not None:  # Twisted reads it
+        assert serverFromString(reactor, with_it)._backlog == (50 if "backlog=50" in with_it else 1024)
+
+
+def test_a_taken_foolscap_port_is_found_before_listening():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        with pytest.raises(ListenError, match=f"cannot listen on {listen}: Address already in use"):
+            check_port_free(listen)
+    check_port_free(f"tcp:{port}:interface=127.0.0.1")  # free again
+    check_port_free("unix:/nonexistent/dir/sock")  # other kinds are checked when listening
+
+
+def test_the_pb_factory_is_the_dispatchers_for_the_configured_port():
+    factory = object()
+    listening = SimpleNamespace(port=object(), serverFactory=factory)
+    master = SimpleNamespace(
+        pbmanager=SimpleNamespace(dispatchers={"tcp:9990:interface=127.0.0.1:backlog=1024": listening}),
+        config=SimpleNamespace(protocols={"pb": {"port": "tcp:9990:interface=127.0.0.1:backlog=1024"}}),
+    )
+    assert pb_server_factory(master) is factory
+    listening.port = None  # registered but not listening (stopping): the TCP fallback
+    assert pb_server_factory(master) is None
+    assert pb_server_factory(SimpleNamespace()) is None  # no pbmanager: a stand-in master
+    master.pbmanager.dispatchers = {}
+    assert pb_server_factory(master) is None
+
+
+def test_the_service_starts_once_buildbots_init_lock_is_free():
+    lock = defer.DeferredLock()
+    lock.acquire()  # Buildbot's startup holds it
+    ready = []
+    when_buildbot_ready(SimpleNamespace(initLock=lock)).addCallback(ready.append)
+    assert ready == []
+    lock.release()
+    assert ready == [None] and not lock.locked
+    when_buildbot_ready(SimpleNamespace()).addCallback(ready.append)  # a stand-in: now
+    assert ready == [None, None]

@@ -65,6 +65,8 @@ class SlowPBEndpoint(FakePBEndpoint):
     def complete(self) -> None:
         waiting, self.waiting = self.waiting, []
         for factory, d in waiting:
+            if d.called:  # cancelled by the session, as a real endpoint's connect is: no connection
+                continue
             super().connect(factory).chainDeferred(d)
 
 
@@ -182,13 +184,11 @@ def test_bytes_waiting_for_a_pb_connection_stay_within_max_pending(data):
             assert stream not in session.core.streams and ("frame_reset", stream) in peer.calls
     endpoint.complete()
     assert errors == [] and dead == []
-    # the legs connect in the order of the opens
-    for stream, transport in zip(sent, endpoint.transports, strict=True):
-        if stream in session.core.streams:
-            assert transport.value() == LOGIN + b"d" * (sent[stream] - len(LOGIN))
-            assert not transport.disconnecting
-        else:
-            assert transport.value() == b"" and transport.disconnecting
+    # the legs connect in the order of the opens; a reset stream's dial was cancelled: no connection
+    live = [stream for stream in sent if stream in session.core.streams]
+    for stream, transport in zip(live, endpoint.transports, strict=True):
+        assert transport.value() == LOGIN + b"d" * (sent[stream] - len(LOGIN))
+        assert not transport.disconnecting
     session.terminate("test over")
     assert clock.getDelayedCalls() == []
 

@@ -165,6 +165,9 @@ class RecordingPeer:
         self.sent.append((method, *args))
 
 
+GREETING = b"pb"  # what LoopbackPB's server says first
+
+
 class LoopbackPB:
     """Buildbot's PB port as the master's legs meet it: each connect gets a StringTransport."""
 
@@ -175,6 +178,7 @@ class LoopbackPB:
         leg = factory.buildProtocol(None)
         self.connections.append(StringTransport())
         leg.makeConnection(self.connections[-1])
+        leg.dataReceived(GREETING)  # a PB server speaks first (a silent leg is reset after 10 s)
         return defer.succeed(leg)
 
 
@@ -201,7 +205,7 @@ def test_failed_logins_in_a_row_reset_the_sessions_next_streams_for_a_while():
             session.receive(Ping())
             session.legs[stream].connectionLost(None)  # Buildbot (or the worker) closed it
             session.receive(Close(stream, 0))  # the worker's end closes in turn,
-            session.receive(Ack(stream, 1))  # and acknowledges the master's close
+            session.receive(Ack(stream, len(GREETING) + 1))  # and acknowledges the greeting and the close
             return True
 
         def wait(seconds: float) -> None:
