@@ -60,12 +60,20 @@ BIN = Path(PYTHON).parent
 LOOP = "127.0.0.1"
 POLL = 0.02  # s between registry reads while waiting for confirmations
 HEARTBEAT = 0.2  # s between the 1 KiB writes of each bench stream
+START_PER_TUNNEL = 1.5  # s the client process may take per tunnel to have them all open (a loaded machine)
 
 SERVE = """
 import sys
 from twisted.internet import protocol, reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
+from bbenroll.master import guard
 from bbenroll.master.service import EnrollmentService
+
+# every bench tunnel comes from 127.0.0.1, where a fleet's come from as many machines: the per-address
+# caps on connections without an accepted secret (the worker's test of an offered FURL is one) would
+# otherwise refuse all but 8 at a time, which no fleet of separate machines meets
+guard.Guard.max_unauthenticated_per_address = int(sys.argv[4])
+guard.Guard.max_silent_per_address = max(guard.Guard.max_silent_per_address, int(sys.argv[4]))
 
 globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[3], "a"))], redirectStandardIO=False)
 
@@ -108,14 +116,19 @@ class Hold(protocol.Protocol):
         if self.beat.running:
             self.beat.stop()
 
-def failed(f):
-    state["failed"] += 1
-
-for path in paths:
+def connect(path):
     endpoint = clientFromString(reactor, f"bbenroll:furlfile={path}:resume=600")
     factory = protocol.Factory.forProtocol(Hold)
     factory.name = path.parent.name
-    endpoint.connect(factory).addErrback(failed)
+    endpoint.connect(factory).addErrback(failed, path)
+
+def failed(f, path):
+    # a first connect that timed out on a busy master: buildbot-worker's ClientService retries too
+    state["failed"] += 1
+    reactor.callLater(1.0, connect, path)
+
+for path in paths:
+    connect(path)
 
 def commands():
     for line in sys.stdin:
@@ -186,8 +199,7 @@ class Fleet:
     """A master service (own process) and N tunnels in one client process."""
 
     def __init__(self, directory: Path, n: int) -> None:
-        from bbenroll.registry import store
-        from tests.helpers.cli import run_cli
+        from bbenroll.registry import model, store
 
         directory.mkdir(parents=True)
         self.registry = directory / "workers.toml"
@@ -196,28 +208,36 @@ class Fleet:
                      listen=f"tcp:{listen}:interface={LOOP}", pb=f"tcp:{pb}:interface={LOOP}",
                      identity="master.pem")
         clients = directory / "workers"
-        for i in range(n):
-            name = f"w{i:03d}"
-            result = run_cli(["--registry", str(self.registry), "add", name],
-                             clock=lambda: datetime.now(UTC).replace(microsecond=0))
-            if result.code != 0:
-                raise BenchError(result.err)
+        now = datetime.now(UTC).replace(microsecond=0)
+        # one edit for the whole fleet (N `bbenroll add`s would cost O(N^2): minutes at 1,000)
+        with store.edit(self.registry) as editor:
+            for i in range(n):
+                editor.add(model.new_worker(f"w{i:03d}", now))
+            registry = editor.registry
+        for name, worker in registry.workers.items():
             (clients / name).mkdir(parents=True, mode=0o700)
             furl_file = clients / name / "bbenroll.furl"
-            furl_file.write_text(result.out.strip() + "\n")
+            furl_file.write_text(registry.furl(worker) + "\n")
             furl_file.chmod(0o600)
         self.procs: list[subprocess.Popen[str]] = []
         # their logs stay in the directory (--keep) for when a round fails
-        self.master = self._start([PYTHON, "-c", SERVE, str(self.registry), str(pb),
-                                   str(directory / "master.log")], "the master")
-        self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(HEARTBEAT),
-                                   str(directory / "client.log")], f"{n} tunnels", stdin=True)
+        try:
+            self.master = self._start([PYTHON, "-c", SERVE, str(self.registry), str(pb),
+                                       str(directory / "master.log"), str(max(n, 8))], "the master")
+            # each tunnel's Tub makes its own TLS key and handshake: up to a second each on a busy 2 cores
+            self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(HEARTBEAT),
+                                       str(directory / "client.log")], f"{n} tunnels", stdin=True,
+                                      timeout=max(120.0, n * START_PER_TUNNEL))
+        except BaseException:
+            self.stop()  # the caller gets no Fleet to stop: never leave a process behind
+            raise
 
-    def _start(self, argv: list[str], what: str, stdin: bool = False) -> subprocess.Popen[str]:
+    def _start(self, argv: list[str], what: str, stdin: bool = False,
+               timeout: float = 120.0) -> subprocess.Popen[str]:
         proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env())
         self.procs.append(proc)
-        line = read_line(proc, 120)
+        line = read_line(proc, timeout)
         if line != "ready":
             raise BenchError(f"{what} did not start (said {line!r})")
         return proc
