@@ -41,7 +41,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bbenroll.fileio import atomic_write
-from bbenroll.registry import model, readcache
+from bbenroll.registry import model
+
+try:
+    from bbenroll.registry import readcache
+except ImportError:  # an older checkout (PYTHONPATH=...), before the read cache: "no cache" is "list"
+    readcache = None  # type: ignore[assignment]
 from bbenroll.registry.tomledit import append_tables, render_new_table
 
 PYTHON = sys.executable
@@ -163,7 +168,7 @@ def measure(size: int, repeat: int, env: dict[str, str], keep: bool) -> Result:
             f"import json, sys, tomllib; json.dump(tomllib.load(open({str(path)!r},'rb')), sys.stdout, "
             "default=str, ensure_ascii=False)"
         )
-        cache = readcache.cache_path(path.resolve())
+        cache = readcache.cache_path(path.resolve()) if readcache is not None else None
 
         def argv(command: str, round_: int | str) -> list[str]:
             return {
@@ -180,7 +185,7 @@ def measure(size: int, repeat: int, env: dict[str, str], keep: bool) -> Result:
         result = Result(size, path.stat().st_size, {c: [] for c in COMMANDS})
 
         def timed(command: str, round_: int | str) -> float:
-            if command == "list-cold":
+            if command == "list-cold" and cache is not None:
                 cache.unlink(missing_ok=True)
             return run(argv(command, round_), env)
 

@@ -94,6 +94,7 @@ from pathlib import Path
 from twisted.internet import protocol, reactor, task
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import globalLogBeginner, textFileLogObserver
+from bbenroll.worker.setup import KEY_FILE, connection_string
 from tests.helpers.pb import login_bytes
 
 globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[3], "a"))], redirectStandardIO=False)
@@ -117,7 +118,8 @@ class Hold(protocol.Protocol):
             self.beat.stop()
 
 def connect(path):
-    endpoint = clientFromString(reactor, f"bbenroll:furlfile={path}:resume=600")
+    # with the worker's key, as `bbenroll worker create` writes it: no Tub mints a key of its own
+    endpoint = clientFromString(reactor, connection_string(path, 600, path.parent / KEY_FILE))
     factory = protocol.Factory.forProtocol(Hold)
     factory.name = path.parent.name
     endpoint.connect(factory).addErrback(failed, path)
@@ -198,8 +200,10 @@ def median_min(values: list[float]) -> str:
 class Fleet:
     """A master service (own process) and N tunnels in one client process."""
 
-    def __init__(self, directory: Path, n: int) -> None:
+    def __init__(self, directory: Path, n: int, heartbeat: float = HEARTBEAT) -> None:
+        from bbenroll.fileio import atomic_write
         from bbenroll.registry import model, store
+        from bbenroll.worker.setup import KEY_FILE
 
         directory.mkdir(parents=True)
         self.registry = directory / "workers.toml"
@@ -214,18 +218,20 @@ class Fleet:
             for i in range(n):
                 editor.add(model.new_worker(f"w{i:03d}", now))
             registry = editor.registry
-        for name, worker in registry.workers.items():
+        keys = worker_keys(directory.parent / "keys", n)
+        for (name, worker), key in zip(registry.workers.items(), keys, strict=True):
             (clients / name).mkdir(parents=True, mode=0o700)
             furl_file = clients / name / "bbenroll.furl"
             furl_file.write_text(registry.furl(worker) + "\n")
             furl_file.chmod(0o600)
+            atomic_write(clients / name / KEY_FILE, key)
         self.procs: list[subprocess.Popen[str]] = []
         # their logs stay in the directory (--keep) for when a round fails
         try:
             self.master = self._start([PYTHON, "-c", SERVE, str(self.registry), str(pb),
                                        str(directory / "master.log"), str(max(n, 8))], "the master")
             # each tunnel's Tub makes its own TLS key and handshake: up to a second each on a busy 2 cores
-            self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(HEARTBEAT),
+            self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(heartbeat),
                                        str(directory / "client.log")], f"{n} tunnels", stdin=True,
                                       timeout=max(120.0, n * START_PER_TUNNEL))
         except BaseException:
@@ -257,6 +263,26 @@ class Fleet:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def worker_keys(directory: Path, n: int) -> list[bytes]:
+    """N distinct worker keys (``bbenroll.pem``), made once per run and shared by its fleets.
+
+    A real worker has one (``bbenroll worker create``); without it every Tub the tunnel
+    starts, the test connection of each pushed FURL too, would mint an RSA key: a
+    fifth of a second each, which 1,000 tunnels in one process cannot afford.
+    """
+    from bbenroll.fileio import atomic_write
+    from bbenroll.identity import make_identity_pem
+
+    directory.mkdir(exist_ok=True)
+    keys = []
+    for i in range(n):
+        path = directory / f"k{i:04d}.pem"
+        if not path.exists():
+            atomic_write(path, make_identity_pem("bbenroll worker"))
+        keys.append(path.read_bytes())
+    return keys
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -294,7 +320,7 @@ def part_confirm(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, An
     rows, failures = [], []
     for n in args.sizes:
         log(f"confirm: {n} workers")
-        fleet = Fleet(tmp / f"fleet{n}", n)
+        fleet = Fleet(tmp / f"fleet{n}", n, args.heartbeat)
         try:
             rounds = []
             for i in range(args.repeat):
@@ -432,6 +458,8 @@ def main() -> int:
     parser.add_argument("--build-lines", type=int, help="lines of the build, 151 bytes each "
                         "(default 300000: 45 MB; --quick 60000)")
     parser.add_argument("--timeout", type=float, default=60.0, help="s a rotation may take to be confirmed")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT,
+                        help="s between the 1 KiB writes of each confirm stream (default: %(default)s)")
     parser.add_argument("--markdown", type=Path, help="also write the tables to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
