@@ -514,7 +514,7 @@ class Editor:
         text = self.render()
         checked = None
         if changes:
-            text, checked = _audited(
+            text, checked = audited(
                 self.path, self.target, self.loaded.audit, text, changes, now=now, actor=actor
             )
         data = text.encode("utf-8")
@@ -547,23 +547,10 @@ def audited(
     *,
     now: datetime | None,
     actor: Mapping[str, str] | None,
-) -> str:
-    """:func:`_audited`'s new text."""
-    return _audited(path, target, anchor, text, changes, now=now, actor=actor)[0]
-
-
-def _audited(
-    path: Path,
-    target: Path,
-    anchor: AuditHead | None,
-    text: str,
-    changes: list[audit.Change],
-    *,
-    now: datetime | None,
-    actor: Mapping[str, str] | None,
 ) -> tuple[str, tuple[Registry, AuditHead]]:
     """Append ``changes`` to the audit log of ``target`` (fsync'd, chained after ``anchor``,
-    the [audit] table read under the lock) and return ``text`` with its new [audit] table.
+    the [audit] table read under the lock) and return ``text`` with its new [audit] table,
+    with the registry and head that reading that text gives (for the read cache).
 
     The caller holds the lock and writes the returned text next: a crash in
     between leaves the log ahead of the registry's count, which ``audit
@@ -612,12 +599,12 @@ def replace_text(
         before = None
     if before is None:
         changes = [audit.Change("changed", reason="edited while it did not load: no per-worker record")]
-        text = audited(path, real, None, text, changes, now=now, actor=actor)
+        text, _ = audited(path, real, None, text, changes, now=now, actor=actor)
     else:
         changes = audit.diff(before.registry.workers, after.workers, before.registry.master, after.master)
         changes += audit.invite_changes(before.registry.invites, after.invites)
         if changes:
-            text = audited(path, real, before.audit, text, changes, now=now, actor=actor)
+            text, _ = audited(path, real, before.audit, text, changes, now=now, actor=actor)
         elif before.audit is not None:  # nothing audited changed: keep the anchor as it was
             text = with_audit_table(text, before.audit, str(path))
     try:

@@ -210,3 +210,21 @@ def test_check_always_parses(reg_path, cli, monkeypatch):
     calls = parses(monkeypatch)
     assert store.check(reg_path) == []
     assert calls == [str(reg_path)]
+
+
+def test_the_cache_is_written_without_fsync(reg_path, cli, monkeypatch):
+    """Two fsyncs would cost a read 10-50 ms on a busy disk; the checksum makes a torn cache a miss."""
+    from bbenroll import fileio
+
+    cli("add", "w1")
+    readcache.cache_path(reg_path).unlink()
+
+    def no_fsync(fd: int) -> None:
+        raise AssertionError("the read cache was fsync'd")
+
+    monkeypatch.setattr(fileio.os, "fsync", no_fsync)
+    store.load(reg_path)
+    monkeypatch.undo()
+    cache = readcache.cache_path(reg_path)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert readcache.lookup(reg_path, readcache.key_of(os.stat(reg_path), reg_path.read_bytes())) is not None
