@@ -5,15 +5,19 @@ Run from the root of a checkout, with the project's venv (its ``[test]`` extra b
 buildbot and buildbot-worker; the script imports ``tests.helpers`` from the checkout)::
 
     .venv/bin/python bench/bench_rotation.py [--quick] [--parts confirm,builds] [--sizes 1,10,50]
-                                              [--repeat N] [--build-lines N] [--markdown FILE]
+                                              [--repeat N] [--build-lines N] [--heartbeat S]
+                                              [--timeout S] [--offer-window K] [--markdown FILE]
 
 1. confirm: for each size N, a throwaway registry with N workers and a real
    ``EnrollmentService`` in its own process (the master's PB port is a TCP sink that
-   counts bytes, standing in for Buildbot's). One client process holds N tunnels, one
-   per worker, each opened the way buildbot-worker opens it (``clientFromString``
-   with ``bbenroll:furlfile=...``, so the process's one ``TunnelTable``), each with one
-   stream that logs in to the PB port as its worker (the master checks that), then
-   writes 1 KiB every 0.2 s. A round runs ``bbenroll rotate --all`` (a fresh
+   counts bytes, standing in for Buildbot's; its per-address caps on connections
+   without an accepted secret are raised to N, since all N tunnels come from
+   127.0.0.1 where a fleet comes from N machines). One client process holds N
+   tunnels, one per worker, each opened the way buildbot-worker opens it
+   (``clientFromString`` with ``bbenroll:furlfile=...:keyfile=...``, the worker's own
+   key as ``worker create`` writes it, so the process's one ``TunnelTable``), each
+   with one stream that logs in to the PB port as its worker (the master checks
+   that), then writes 1 KiB every ``--heartbeat`` s (0.2). A round runs ``bbenroll rotate --all`` (a fresh
    process, as an admin would) and polls the registry every 20 ms until every worker's
    ``delivered`` equals its ``serial``. Time 0 is just before the command starts. It
    reports the command's own time, the first, median and last worker seen confirmed,
@@ -74,6 +78,31 @@ from bbenroll.master.service import EnrollmentService
 # otherwise refuse all but 8 at a time, which no fleet of separate machines meets
 guard.Guard.max_unauthenticated_per_address = int(sys.argv[4])
 guard.Guard.max_silent_per_address = max(guard.Guard.max_silent_per_address, int(sys.argv[4]))
+
+window = int(sys.argv[5])
+if window:
+    # --offer-window: the change proposed for EnrollmentService._offer_due, tried from outside
+    # (the bench's master only): at most `window` offers waiting for their confirmation at once;
+    # the others stay due, and the writes of the confirmations (_after_write) offer the next ones
+    failed = {}
+    real_offer, real_failed = EnrollmentService._offer, EnrollmentService.update_failed
+
+    def waiting(service, now):
+        return sum(1 for o in service._to_check
+                   if o.offered_serial is not None and o.serial < o.offered_serial
+                   and failed.get(o) != o.offered_serial and now - o.offered_at < 40.0)
+
+    def paced_offer(service, obj, worker):
+        if waiting(service, service.clock.seconds()) < window:
+            real_offer(service, obj, worker)
+
+    def noted_failure(service, obj, serial, reason):
+        failed[obj] = serial
+        real_failed(service, obj, serial, reason)
+        service._offer_due()
+
+    EnrollmentService._offer = paced_offer
+    EnrollmentService.update_failed = noted_failure
 
 globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[3], "a"))], redirectStandardIO=False)
 
@@ -200,7 +229,7 @@ def median_min(values: list[float]) -> str:
 class Fleet:
     """A master service (own process) and N tunnels in one client process."""
 
-    def __init__(self, directory: Path, n: int, heartbeat: float = HEARTBEAT) -> None:
+    def __init__(self, directory: Path, n: int, heartbeat: float = HEARTBEAT, offer_window: int = 0) -> None:
         from bbenroll.fileio import atomic_write
         from bbenroll.registry import model, store
         from bbenroll.worker.setup import KEY_FILE
@@ -229,7 +258,8 @@ class Fleet:
         # their logs stay in the directory (--keep) for when a round fails
         try:
             self.master = self._start([PYTHON, "-c", SERVE, str(self.registry), str(pb),
-                                       str(directory / "master.log"), str(max(n, 8))], "the master")
+                                       str(directory / "master.log"), str(max(n, 8)), str(offer_window)],
+                                      "the master")
             # each tunnel's Tub makes its own TLS key and handshake: up to a second each on a busy 2 cores
             self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(heartbeat),
                                        str(directory / "client.log")], f"{n} tunnels", stdin=True,
@@ -320,7 +350,7 @@ def part_confirm(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, An
     rows, failures = [], []
     for n in args.sizes:
         log(f"confirm: {n} workers")
-        fleet = Fleet(tmp / f"fleet{n}", n, args.heartbeat)
+        fleet = Fleet(tmp / f"fleet{n}", n, args.heartbeat, args.offer_window)
         try:
             rounds = []
             for i in range(args.repeat):
@@ -458,6 +488,9 @@ def main() -> int:
     parser.add_argument("--build-lines", type=int, help="lines of the build, 151 bytes each "
                         "(default 300000: 45 MB; --quick 60000)")
     parser.add_argument("--timeout", type=float, default=60.0, help="s a rotation may take to be confirmed")
+    parser.add_argument("--offer-window", type=int, default=0, metavar="K",
+                        help="an experiment: the bench's master keeps at most K offers waiting for their "
+                        "confirmation (0: as the service ships, all at once)")
     parser.add_argument("--heartbeat", type=float, default=HEARTBEAT,
                         help="s between the 1 KiB writes of each confirm stream (default: %(default)s)")
     parser.add_argument("--markdown", type=Path, help="also write the tables to FILE")

@@ -3,6 +3,9 @@
 One way in: :func:`inspect` reads the file with the standard library's
 ``tomllib`` only and checks all of it (schema, identity, permissions);
 :func:`load` stops at its first problem, :func:`check` lists them all.
+A non-strict read first looks in the read cache (:mod:`.readcache`), which
+answers only for exactly the bytes just read; a read that had to parse, and
+every :meth:`Editor.save`, leave it what they parsed.
 
 One way out: :func:`edit` holds an exclusive lock, re-reads the file, and
 :meth:`Editor.save` has :func:`tomledit.apply` rewrite only the tables of the
