@@ -20,13 +20,15 @@ PRIVATE_MODE = 0o600
 IS_POSIX = os.name == "posix"
 
 
-def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+def atomic_write(path: Path, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file.
 
     temp file in the same directory (created 0600) -> write -> fsync -> rename
     -> fsync the directory. The result is never wider than 0600; an existing
     file's stricter mode and its owner are kept. With ``exclusive`` the call
-    fails (FileExistsError) instead of replacing an existing file.
+    fails (FileExistsError) instead of replacing an existing file. Without
+    ``durable`` (a cache, which checks what it reads) both fsyncs are skipped:
+    readers still see the old file or the new one, but a crash may leave either.
     """
     path = Path(path)
     directory = path.parent
@@ -46,7 +48,8 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if IS_POSIX:
             os.chmod(tmp, mode)
             keep_owner(tmp, owner)
@@ -59,7 +62,8 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_directory(directory)
+    if durable:
+        fsync_directory(directory)
 
 
 # Files bbenroll creates are never opened through a symlink an attacker planted:

@@ -5,15 +5,19 @@ Run from the root of a checkout, with the project's venv (its ``[test]`` extra b
 buildbot and buildbot-worker; the script imports ``tests.helpers`` from the checkout)::
 
     .venv/bin/python bench/bench_rotation.py [--quick] [--parts confirm,builds] [--sizes 1,10,50]
-                                              [--repeat N] [--build-lines N] [--markdown FILE]
+                                              [--repeat N] [--build-lines N] [--heartbeat S]
+                                              [--timeout S] [--offer-window K] [--markdown FILE]
 
 1. confirm: for each size N, a throwaway registry with N workers and a real
    ``EnrollmentService`` in its own process (the master's PB port is a TCP sink that
-   counts bytes, standing in for Buildbot's). One client process holds N tunnels, one
-   per worker, each opened the way buildbot-worker opens it (``clientFromString``
-   with ``bbenroll:furlfile=...``, so the process's one ``TunnelTable``), each with one
-   stream that logs in to the PB port as its worker (the master checks that), then
-   writes 1 KiB every 0.2 s. A round runs ``bbenroll rotate --all`` (a fresh
+   counts bytes, standing in for Buildbot's; its per-address caps on connections
+   without an accepted secret are raised to N, since all N tunnels come from
+   127.0.0.1 where a fleet comes from N machines). One client process holds N
+   tunnels, one per worker, each opened the way buildbot-worker opens it
+   (``clientFromString`` with ``bbenroll:furlfile=...:keyfile=...``, the worker's own
+   key as ``worker create`` writes it, so the process's one ``TunnelTable``), each
+   with one stream that logs in to the PB port as its worker (the master checks
+   that), then writes 1 KiB every ``--heartbeat`` s (0.2). A round runs ``bbenroll rotate --all`` (a fresh
    process, as an admin would) and polls the registry every 20 ms until every worker's
    ``delivered`` equals its ``serial``. Time 0 is just before the command starts. It
    reports the command's own time, the first, median and last worker seen confirmed,
@@ -60,12 +64,45 @@ BIN = Path(PYTHON).parent
 LOOP = "127.0.0.1"
 POLL = 0.02  # s between registry reads while waiting for confirmations
 HEARTBEAT = 0.2  # s between the 1 KiB writes of each bench stream
+START_PER_TUNNEL = 1.5  # s the client process may take per tunnel to have them all open (a loaded machine)
 
 SERVE = """
 import sys
 from twisted.internet import protocol, reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
+from bbenroll.master import guard
 from bbenroll.master.service import EnrollmentService
+
+# every bench tunnel comes from 127.0.0.1, where a fleet's come from as many machines: the per-address
+# caps on connections without an accepted secret (the worker's test of an offered FURL is one) would
+# otherwise refuse all but 8 at a time, which no fleet of separate machines meets
+guard.Guard.max_unauthenticated_per_address = int(sys.argv[4])
+guard.Guard.max_silent_per_address = max(guard.Guard.max_silent_per_address, int(sys.argv[4]))
+
+window = int(sys.argv[5])
+if window:
+    # --offer-window: the change proposed for EnrollmentService._offer_due, tried from outside
+    # (the bench's master only): at most `window` offers waiting for their confirmation at once;
+    # the others stay due, and the writes of the confirmations (_after_write) offer the next ones
+    failed = {}
+    real_offer, real_failed = EnrollmentService._offer, EnrollmentService.update_failed
+
+    def waiting(service, now):
+        return sum(1 for o in service._to_check
+                   if o.offered_serial is not None and o.serial < o.offered_serial
+                   and failed.get(o) != o.offered_serial and now - o.offered_at < 40.0)
+
+    def paced_offer(service, obj, worker):
+        if waiting(service, service.clock.seconds()) < window:
+            real_offer(service, obj, worker)
+
+    def noted_failure(service, obj, serial, reason):
+        failed[obj] = serial
+        real_failed(service, obj, serial, reason)
+        service._offer_due()
+
+    EnrollmentService._offer = paced_offer
+    EnrollmentService.update_failed = noted_failure
 
 globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[3], "a"))], redirectStandardIO=False)
 
@@ -86,6 +123,7 @@ from pathlib import Path
 from twisted.internet import protocol, reactor, task
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import globalLogBeginner, textFileLogObserver
+from bbenroll.worker.setup import KEY_FILE, connection_string
 from tests.helpers.pb import login_bytes
 
 globalLogBeginner.beginLoggingTo([textFileLogObserver(open(sys.argv[3], "a"))], redirectStandardIO=False)
@@ -108,14 +146,20 @@ class Hold(protocol.Protocol):
         if self.beat.running:
             self.beat.stop()
 
-def failed(f):
-    state["failed"] += 1
-
-for path in paths:
-    endpoint = clientFromString(reactor, f"bbenroll:furlfile={path}:resume=600")
+def connect(path):
+    # with the worker's key, as `bbenroll worker create` writes it: no Tub mints a key of its own
+    endpoint = clientFromString(reactor, connection_string(path, 600, path.parent / KEY_FILE))
     factory = protocol.Factory.forProtocol(Hold)
     factory.name = path.parent.name
-    endpoint.connect(factory).addErrback(failed)
+    endpoint.connect(factory).addErrback(failed, path)
+
+def failed(f, path):
+    # a first connect that timed out on a busy master: buildbot-worker's ClientService retries too
+    state["failed"] += 1
+    reactor.callLater(1.0, connect, path)
+
+for path in paths:
+    connect(path)
 
 def commands():
     for line in sys.stdin:
@@ -185,9 +229,10 @@ def median_min(values: list[float]) -> str:
 class Fleet:
     """A master service (own process) and N tunnels in one client process."""
 
-    def __init__(self, directory: Path, n: int) -> None:
-        from bbenroll.registry import store
-        from tests.helpers.cli import run_cli
+    def __init__(self, directory: Path, n: int, heartbeat: float = HEARTBEAT, offer_window: int = 0) -> None:
+        from bbenroll.fileio import atomic_write
+        from bbenroll.registry import model, store
+        from bbenroll.worker.setup import KEY_FILE
 
         directory.mkdir(parents=True)
         self.registry = directory / "workers.toml"
@@ -196,28 +241,39 @@ class Fleet:
                      listen=f"tcp:{listen}:interface={LOOP}", pb=f"tcp:{pb}:interface={LOOP}",
                      identity="master.pem")
         clients = directory / "workers"
-        for i in range(n):
-            name = f"w{i:03d}"
-            result = run_cli(["--registry", str(self.registry), "add", name],
-                             clock=lambda: datetime.now(UTC).replace(microsecond=0))
-            if result.code != 0:
-                raise BenchError(result.err)
+        now = datetime.now(UTC).replace(microsecond=0)
+        # one edit for the whole fleet (N `bbenroll add`s would cost O(N^2): minutes at 1,000)
+        with store.edit(self.registry) as editor:
+            for i in range(n):
+                editor.add(model.new_worker(f"w{i:03d}", now))
+            registry = editor.registry
+        keys = worker_keys(directory.parent / "keys", n)
+        for (name, worker), key in zip(registry.workers.items(), keys, strict=True):
             (clients / name).mkdir(parents=True, mode=0o700)
             furl_file = clients / name / "bbenroll.furl"
-            furl_file.write_text(result.out.strip() + "\n")
+            furl_file.write_text(registry.furl(worker) + "\n")
             furl_file.chmod(0o600)
+            atomic_write(clients / name / KEY_FILE, key)
         self.procs: list[subprocess.Popen[str]] = []
         # their logs stay in the directory (--keep) for when a round fails
-        self.master = self._start([PYTHON, "-c", SERVE, str(self.registry), str(pb),
-                                   str(directory / "master.log")], "the master")
-        self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(HEARTBEAT),
-                                   str(directory / "client.log")], f"{n} tunnels", stdin=True)
+        try:
+            self.master = self._start([PYTHON, "-c", SERVE, str(self.registry), str(pb),
+                                       str(directory / "master.log"), str(max(n, 8)), str(offer_window)],
+                                      "the master")
+            # each tunnel's Tub makes its own TLS key and handshake: up to a second each on a busy 2 cores
+            self.client = self._start([PYTHON, "-c", CLIENT, str(clients), str(heartbeat),
+                                       str(directory / "client.log")], f"{n} tunnels", stdin=True,
+                                      timeout=max(120.0, n * START_PER_TUNNEL))
+        except BaseException:
+            self.stop()  # the caller gets no Fleet to stop: never leave a process behind
+            raise
 
-    def _start(self, argv: list[str], what: str, stdin: bool = False) -> subprocess.Popen[str]:
+    def _start(self, argv: list[str], what: str, stdin: bool = False,
+               timeout: float = 120.0) -> subprocess.Popen[str]:
         proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env())
         self.procs.append(proc)
-        line = read_line(proc, 120)
+        line = read_line(proc, timeout)
         if line != "ready":
             raise BenchError(f"{what} did not start (said {line!r})")
         return proc
@@ -237,6 +293,26 @@ class Fleet:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def worker_keys(directory: Path, n: int) -> list[bytes]:
+    """N distinct worker keys (``bbenroll.pem``), made once per run and shared by its fleets.
+
+    A real worker has one (``bbenroll worker create``); without it every Tub the tunnel
+    starts, the test connection of each pushed FURL too, would mint an RSA key: a
+    fifth of a second each, which 1,000 tunnels in one process cannot afford.
+    """
+    from bbenroll.fileio import atomic_write
+    from bbenroll.identity import make_identity_pem
+
+    directory.mkdir(exist_ok=True)
+    keys = []
+    for i in range(n):
+        path = directory / f"k{i:04d}.pem"
+        if not path.exists():
+            atomic_write(path, make_identity_pem("bbenroll worker"))
+        keys.append(path.read_bytes())
+    return keys
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -274,7 +350,7 @@ def part_confirm(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, An
     rows, failures = [], []
     for n in args.sizes:
         log(f"confirm: {n} workers")
-        fleet = Fleet(tmp / f"fleet{n}", n)
+        fleet = Fleet(tmp / f"fleet{n}", n, args.heartbeat, args.offer_window)
         try:
             rounds = []
             for i in range(args.repeat):
@@ -412,6 +488,11 @@ def main() -> int:
     parser.add_argument("--build-lines", type=int, help="lines of the build, 151 bytes each "
                         "(default 300000: 45 MB; --quick 60000)")
     parser.add_argument("--timeout", type=float, default=60.0, help="s a rotation may take to be confirmed")
+    parser.add_argument("--offer-window", type=int, default=0, metavar="K",
+                        help="an experiment: the bench's master keeps at most K offers waiting for their "
+                        "confirmation (0: as the service ships, all at once)")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT,
+                        help="s between the 1 KiB writes of each confirm stream (default: %(default)s)")
     parser.add_argument("--markdown", type=Path, help="also write the tables to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()

@@ -3,6 +3,9 @@
 One way in: :func:`inspect` reads the file with the standard library's
 ``tomllib`` only and checks all of it (schema, identity, permissions);
 :func:`load` stops at its first problem, :func:`check` lists them all.
+A non-strict read first looks in the read cache (:mod:`.readcache`), which
+answers only for exactly the bytes just read; a read that had to parse, and
+every :meth:`Editor.save`, leave it what they parsed.
 
 One way out: :func:`edit` holds an exclusive lock, re-reads the file, and
 :meth:`Editor.save` has :func:`tomledit.apply` rewrite only the tables of the
@@ -36,7 +39,7 @@ from bbenroll.errors import (
 )
 from bbenroll.fileio import atomic_write, exclusive_lock, owner_of, permission_problem
 from bbenroll.identity import load_identity
-from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, audit, schema
+from bbenroll.registry import DEFAULT_REGISTRY, ENV_REGISTRY, audit, readcache, schema
 from bbenroll.registry.audit import AuditHead
 from bbenroll.registry.invites import Invite, InviteNotFound
 from bbenroll.registry.model import MasterSettings, Registry, Worker
@@ -75,8 +78,14 @@ def default_path() -> Path:
 
 
 def read_text(path: Path) -> str:
+    return decode_text(read_bytes(path)[0], path)
+
+
+def read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
+    """The registry file's bytes and the ``fstat`` of the file they were read from."""
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read(), os.fstat(f.fileno())
     except FileNotFoundError:
         raise RegistryError(
             str(path), "not found (create one with 'bbenroll init', or point --registry at it)"
@@ -85,6 +94,9 @@ def read_text(path: Path) -> str:
         raise RegistryError(str(path), "is a directory, not a registry file") from None
     except OSError as e:
         raise RegistryError(str(path), f"cannot read: {e.strerror}") from None
+
+
+def decode_text(raw: bytes, path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -273,25 +285,59 @@ def inspect(path: Path, *, strict: bool = False, real: Path | None = None) -> In
     Buildbot may have added. ``real``: read the text from that file (the one
     :func:`edit` resolved and locked); messages and the identity still go by ``path``.
     """
+    source = real or path
     try:
-        text = read_text(real or path)
+        raw, st = read_bytes(source)
+        text = decode_text(raw, source)
     except RegistryError as e:
         return Inspection(path, "", None, [Problem(e.where, e.message)], [])
+    # the strict check (bbenroll check, bbenroll edit's temporary copy) always parses
+    key = None if strict else readcache.key_of(st, raw)
+    cached = readcache.lookup(real or real_path(path), key) if key is not None else None
+    if cached is not None:
+        registry, head = cached
+        return _finish(path, text, registry, [], _identity_table(registry.master), head)
     data, registry, problems = _examine_text(path, text)
     if data is None:
         return Inspection(path, text, None, problems, [])
+    head = schema.audit_from_data(data.get("audit"), Problems()) if registry is not None else None
+    if key is not None and registry is not None:
+        readcache.store(real or real_path(path), key, registry, head)
     if strict and registry is not None:
         options = Problems()
         for worker in registry.workers.values():
             where = f"workers.{schema.key_path(worker.name)}.buildbot"
             schema.check_buildbot_options(worker.buildbot, where, options)
         problems += _placed(path, text, options)
-    master = data.get("master")
-    problems += _identity_problems(path, master)
+    return _finish(path, text, registry, problems, data.get("master"), head)
+
+
+def _identity_table(master: MasterSettings) -> dict[str, Any]:
+    """The ``[master]`` keys the identity checks read, as a checked registry holds them."""
+    table: dict[str, Any] = {"identity": master.identity, "tubid": master.tubid}
+    if master.previous is not None:
+        table["previous"] = {"identity": master.previous.identity, "tubid": master.previous.tubid}
+    return table
+
+
+def _finish(
+    path: Path,
+    text: str,
+    registry: Registry | None,
+    problems: list[Problem],
+    master: Any,
+    head: AuditHead | None,
+) -> Inspection:
+    """What every read checks live, cached or not: the identity files and the permissions.
+
+    ``master`` is the raw ``[master]`` table (checked even when the rest has problems).
+    """
+    problems = problems + _identity_problems(path, master)
     private = [path, _identity_file(path, master), _previous_identity_file(path, master)]
     warnings = [problem for file in private if file and (problem := permission_problem(file))]
-    head = schema.audit_from_data(data.get("audit"), Problems()) if not problems else None
-    return Inspection(path, text, None if problems else registry, problems, warnings, head)
+    if problems:
+        return Inspection(path, text, None, problems, warnings)
+    return Inspection(path, text, registry, problems, warnings, head)
 
 
 def invite_warnings(path: Path, registry: Registry, now: datetime) -> list[str]:
@@ -469,12 +515,30 @@ class Editor:
         if not self.dirty and not changes:
             return
         text = self.render()
+        checked = None
         if changes:
-            text = audited(self.path, self.target, self.loaded.audit, text, changes, now=now, actor=actor)
+            text, checked = audited(
+                self.path, self.target, self.loaded.audit, text, changes, now=now, actor=actor
+            )
+        data = text.encode("utf-8")
         try:
-            atomic_write(self.target, text.encode("utf-8"))
+            atomic_write(self.target, data)
         except OSError as e:
             raise RegistryError(str(self.path), f"cannot write: {e.strerror}") from None
+        if checked is not None:  # the next read (the master's reload, the next command) skips the parse
+            remember(self.target, data, *checked)
+
+
+def remember(target: Path, data: bytes, registry: Registry, head: AuditHead | None) -> None:
+    """Cache ``registry`` and ``head`` for the file ``target`` that was just written with ``data``.
+
+    They must be what reading ``data`` gives: callers pass what they parsed from it.
+    """
+    try:
+        st = os.stat(target)
+    except OSError:
+        return
+    readcache.store(target, readcache.key_of(st, data), registry, head)
 
 
 def audited(
@@ -486,9 +550,10 @@ def audited(
     *,
     now: datetime | None,
     actor: Mapping[str, str] | None,
-) -> str:
+) -> tuple[str, tuple[Registry, AuditHead]]:
     """Append ``changes`` to the audit log of ``target`` (fsync'd, chained after ``anchor``,
-    the [audit] table read under the lock) and return ``text`` with its new [audit] table.
+    the [audit] table read under the lock) and return ``text`` with its new [audit] table,
+    with the registry and head that reading that text gives (for the read cache).
 
     The caller holds the lock and writes the returned text next: a crash in
     between leaves the log ahead of the registry's count, which ``audit
@@ -508,10 +573,11 @@ def audited(
         now=now if now is not None else datetime.now(UTC),
         actor=actor if actor is not None else audit.cli_actor(),
     )
-    text = with_audit_table(text, AuditHead(records[-1]["hash"], records[-1]["seq"]), str(path))
-    registry_from_text(path, text)  # never write what we could not read back
+    head = AuditHead(records[-1]["hash"], records[-1]["seq"])
+    text = with_audit_table(text, head, str(path))
+    registry = registry_from_text(path, text)  # never write what we could not read back
     audit.append(log, records, max_bytes=audit.AUDIT_MAX_BYTES, owner=owner_of(target))
-    return text
+    return text, (registry, head)
 
 
 def replace_text(
@@ -536,12 +602,12 @@ def replace_text(
         before = None
     if before is None:
         changes = [audit.Change("changed", reason="edited while it did not load: no per-worker record")]
-        text = audited(path, real, None, text, changes, now=now, actor=actor)
+        text, _ = audited(path, real, None, text, changes, now=now, actor=actor)
     else:
         changes = audit.diff(before.registry.workers, after.workers, before.registry.master, after.master)
         changes += audit.invite_changes(before.registry.invites, after.invites)
         if changes:
-            text = audited(path, real, before.audit, text, changes, now=now, actor=actor)
+            text, _ = audited(path, real, before.audit, text, changes, now=now, actor=actor)
         elif before.audit is not None:  # nothing audited changed: keep the anchor as it was
             text = with_audit_table(text, before.audit, str(path))
     try:

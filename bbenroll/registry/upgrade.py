@@ -141,7 +141,7 @@ def upgrade(
         atomic_write(backup, text.encode("utf-8"), exclusive=True)
         head = schema.audit_from_data(tomllib.loads(text).get("audit"), schema.Problems())
         change = audit.Change("upgraded", reason=f"registry version {found.old} -> {found.new}")
-        new_text = store.audited(path, real, head, found.text, [change], now=now, actor=actor)
+        new_text, _ = store.audited(path, real, head, found.text, [change], now=now, actor=actor)
         try:
             atomic_write(real, new_text.encode("utf-8"))
         except OSError as e:
