@@ -44,7 +44,7 @@ def escape_endpoint_value(value: str) -> str:
 
 def connection_string(furl_file: Path, resume: int, key_file: Path | None = None) -> str:
     text = f"bbenroll:furlfile={escape_endpoint_value(str(furl_file))}:resume={resume}"
-    if key_file is not None:  # without it the tunnel makes a random key at every start
+    if key_file is not None:  # without it: bbenroll.pem beside the FURL file, made at first start
         text += f":keyfile={escape_endpoint_value(str(key_file))}"
     return text
 
@@ -276,7 +276,8 @@ def create_worker_dir(
 
     ``key``: the worker's key (:func:`worker_key`), written to ``bbenroll.pem``
     (exclusively; an existing file is kept as it is) and named in the tac's
-    connection string; None: no key file, the tunnel makes a random key.
+    connection string; None: no key file written now (the tunnel makes one beside the
+    FURL file at its first start, :func:`persistent_worker_key`).
 
     All or nothing: when any step fails, what this call wrote is removed (and
     a basedir it made), and a ``--force``'d old ``buildbot.tac`` is put back,
