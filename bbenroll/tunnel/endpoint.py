@@ -22,9 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bbenroll.errors import BBEnrollError, IdentityError
+from bbenroll.errors import BBEnrollError
 from bbenroll.furl import parse_furl
-from bbenroll.identity import tubid_from_pem
 from bbenroll.tunnel.core import RESUME_DEADLINE_DEFAULT
 from bbenroll.tunnel.furlfile import FurlFile, FurlFileError, read_furl_file
 from bbenroll.tunnel.worker_side import CONNECT_TIMEOUT, WorkerTunnel
@@ -148,7 +147,8 @@ class TunnelEndpoint:
     """``bbenroll:furlfile=PATH[:resume=SECONDS][:keyfile=PATH]``: a stream through the worker's tunnel.
 
     ``keyfile``: the worker's key (``bbenroll.pem``), which every connection to the
-    master is made with (docs/security.md); without it the tunnel has a random key.
+    master is made with (docs/security.md); without it, ``bbenroll.pem`` beside the FURL
+    file, made on first use.
     """
 
     def __init__(
@@ -179,20 +179,22 @@ class TunnelEndpoint:
             raise error.ConnectError(string=f"{self.furlfile}: {e}") from None
         return current
 
-    def _key(self) -> bytes | None:
-        """The worker's key, read at each connect (a tunnel that runs keeps the one it started with)."""
-        if self.keyfile is None:
-            return None
+    def _key(self) -> bytes:
+        """The worker's key, read at each connect (a tunnel that runs keeps the one it started with).
+
+        Without ``keyfile=`` (a tac written before binding) it is ``bbenroll.pem`` beside the
+        FURL file, made there on first use: one key per basedir, never one per start.
+        """
+        from bbenroll.worker.setup import KEY_FILE, WorkerSetupError, persistent_worker_key, read_worker_key
+
         try:
-            pem = self.keyfile.read_bytes()
-            if b"PRIVATE KEY-----" not in pem:
-                raise IdentityError(f"{self.keyfile}: no PEM private key found")
-            tubid_from_pem(pem, str(self.keyfile))
-        except OSError as e:
-            why = f"{self.keyfile}: cannot read the worker's key: {e.strerror}"
-            raise error.ConnectError(string=why) from None
-        except IdentityError as e:
+            if self.keyfile is None:
+                return persistent_worker_key(self.furlfile.parent / KEY_FILE)
+            pem = read_worker_key(self.keyfile)
+        except WorkerSetupError as e:
             raise error.ConnectError(string=str(e)) from None
+        if pem is None:  # named, so made by `worker create`; the FURL may be bound to it: never remade
+            raise error.ConnectError(string=f"{self.keyfile}: cannot read the worker's key: it is missing")
         return pem
 
     def connect(self, protocolFactory: Any) -> defer.Deferred:

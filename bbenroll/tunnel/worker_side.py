@@ -5,6 +5,10 @@ process's :class:`WorkerTunnel`, which keeps one Foolscap connection to the mast
 capped backoff (Foolscap's Reconnector backs off to an hour), and resumes every
 open stream after a reconnect, so buildbot-worker never notices an outage
 shorter than the resume deadline. No port is opened on the worker.
+
+When the link falls behind a stream's output (the core's ``Pause``), the stream's
+transport holds the commands feeding it until ``Resume`` (transport.py), so a
+stall costs pipe space, not memory; ``WORKER_MAX_BUFFER`` is only the safety net.
 """
 
 from __future__ import annotations
@@ -27,7 +31,17 @@ from bbenroll.tunnel import core
 from bbenroll.tunnel.adapter import TunnelAdapter
 from bbenroll.tunnel.core import Settings
 from bbenroll.tunnel.failures import FailureKind, classify
-from bbenroll.tunnel.frames import Closed, Deliver, Expired, Frame, LinkDead, ProtocolError, Role
+from bbenroll.tunnel.frames import (
+    Closed,
+    Deliver,
+    Expired,
+    Frame,
+    LinkDead,
+    Pause,
+    ProtocolError,
+    Resume,
+    Role,
+)
 from bbenroll.tunnel.transport import StreamTransport, TunnelAddress
 from bbenroll.tunnel.updater import FurlUpdater
 from bbenroll.tunnel.wire import FrameSink, RITunnelPeer, abort_connection, start_client_tub
@@ -41,9 +55,12 @@ CONNECT_TIMEOUT = 30.0  # a connect() that cannot reach the master gives up (bui
 BACKOFF = (0.2, 0.5, 1.0, 1.5)
 JITTER = (0.7, 1.1)
 REFUSED_RETRY = 30.0  # revoked or unknown secret: no point hammering the master
-# Bytes a stream may queue while the link is down or slower than the build's
-# output, before it gives up (buildbot-worker cannot be paused). 64 MiB was
-# measured too small: a build printing 100 MB lost its stream in a 10 s stall.
+# The safety net, far above the core's high_water (8 MiB): past this many bytes
+# queued for the link, a stream is reset. Normally a stream never gets near it:
+# at high_water the core says Pause, and the stream's transport holds the commands
+# that feed it (transport.py), so a stalled link fills their pipes, not our memory.
+# Only output nothing can pause (a source other than a command's pipe, or a
+# buildbot-worker whose internals transport.command_stream does not know) grows to it.
 WORKER_MAX_BUFFER = 512 * 1024 * 1024
 
 
@@ -106,6 +123,7 @@ class WorkerTunnel(TunnelAdapter):
         on_refused: Callable[[WorkerTunnel, str], None] | None = None,
     ) -> None:
         self.furl = furl
+        self.reactor = reactor
         # told of a refusal no retry changes (wire.RefusedForGood), instead of retrying slowly;
         # ``worker run``'s child sets it (endpoint.TunnelTable) so that the worker exits
         self.on_refused = on_refused
@@ -385,7 +403,8 @@ class WorkerTunnel(TunnelAdapter):
 
     def open_stream(self, protocol: Any, factory: Any = None) -> StreamTransport:
         stream = self.core.open_stream(self.clock.seconds())
-        transport = StreamTransport(self, stream, protocol, factory)
+        readers = getattr(self.reactor, "getReaders", None)  # where the command processes are
+        transport = StreamTransport(self, stream, protocol, factory, readers=readers)
         self.streams[stream] = transport
         protocol.makeConnection(transport)
         self.flush()
@@ -404,6 +423,16 @@ class WorkerTunnel(TunnelAdapter):
         transport = self.streams.get(event.stream)
         if transport is not None:
             transport.deliver(event.data)
+
+    def on_pause(self, event: Pause) -> None:
+        transport = self.streams.get(event.stream)
+        if transport is not None:
+            transport.pause_output()
+
+    def on_resume(self, event: Resume) -> None:
+        transport = self.streams.get(event.stream)
+        if transport is not None:
+            transport.resume_output()
 
     def on_closed(self, event: Closed) -> None:
         transport = self.streams.pop(event.stream, None)

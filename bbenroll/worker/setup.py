@@ -44,7 +44,7 @@ def escape_endpoint_value(value: str) -> str:
 
 def connection_string(furl_file: Path, resume: int, key_file: Path | None = None) -> str:
     text = f"bbenroll:furlfile={escape_endpoint_value(str(furl_file))}:resume={resume}"
-    if key_file is not None:  # without it the tunnel makes a random key at every start
+    if key_file is not None:  # without it: bbenroll.pem beside the FURL file, made at first start
         text += f":keyfile={escape_endpoint_value(str(key_file))}"
     return text
 
@@ -58,30 +58,85 @@ def worker_key(basedir: Path) -> bytes:
     """
     from bbenroll.identity import make_identity_pem
 
-    path = Path(basedir) / KEY_FILE
+    pem = read_worker_key(Path(basedir) / KEY_FILE)
+    return pem if pem is not None else make_identity_pem("bbenroll worker")
+
+
+def read_worker_key(path: Path) -> bytes | None:
+    """The worker's key file at ``path`` (PEM), checked; None if there is none.
+
+    The one reader of ``bbenroll.pem``, for ``worker create`` and the tunnel alike: a
+    symlink, a file others may read, or one that is not a matching key and certificate
+    is a WorkerSetupError (one line), and the file is left as it is, never replaced,
+    since the master may have bound the worker's FURL to the key inside it.
+    """
+    from bbenroll.fileio import permission_problem
+
+    path = Path(path)
     if path.is_symlink():
         raise WorkerSetupError(f"{path} is a symbolic link; refusing to use it as the worker's key")
     try:
         pem = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):  # no key yet (the write says what is wrong)
-        return make_identity_pem("bbenroll worker")
+        return None
     except OSError as e:
         raise WorkerSetupError(f"{path}: cannot read the worker's key: {e.strerror}") from None
+    problem = permission_problem(path)
+    if problem is not None:  # a key others could read may have leaked: the admin decides
+        raise WorkerSetupError(f"the worker's key {problem}")
     check_key(pem, str(path))
     return pem
 
 
+def persistent_worker_key(path: Path) -> bytes:
+    """The worker's key at ``path``, made and written there (0600, atomically) if missing.
+
+    For a basedir whose tac names no ``keyfile=`` (made before binding): its tunnel gets a
+    key of its own once, instead of minting a new one (80 ms of CPU) at every start. Two
+    processes racing to make it both end up with the one that was written first.
+    """
+    from bbenroll.identity import make_identity_pem
+
+    pem = read_worker_key(path)
+    if pem is not None:
+        return pem
+    try:
+        atomic_write(Path(path), make_identity_pem("bbenroll worker"), exclusive=True)
+    except FileExistsError:
+        pass  # another process wrote it first: that one is the worker's key
+    except OSError as e:
+        raise WorkerSetupError(f"cannot write the worker's key {path}: {e.strerror}") from None
+    pem = read_worker_key(path)
+    if pem is None:
+        raise WorkerSetupError(f"{path}: the worker's key vanished right after it was written")
+    return pem
+
+
 def check_key(pem: bytes, where: str) -> str:
-    """The TubID of a worker key file's content; WorkerSetupError if it is not a key and certificate."""
+    """The TubID of a worker key file's content; WorkerSetupError unless it holds a private key
+    and the certificate of that key (what Foolscap's Tub needs)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     from bbenroll.errors import IdentityError
     from bbenroll.identity import tubid_from_pem
 
+    again = "move it away to make a new key"
     if b"PRIVATE KEY-----" not in pem:
-        raise WorkerSetupError(f"{where}: no PEM private key found; move it away to make a new key")
+        raise WorkerSetupError(f"{where}: no PEM private key found; {again}")
     try:
-        return tubid_from_pem(pem, where)
+        tubid = tubid_from_pem(pem, where)
     except IdentityError as e:
-        raise WorkerSetupError(f"{e}; move it away to make a new key") from None
+        raise WorkerSetupError(f"{e}; {again}") from None
+    try:
+        # the key's own checks are skipped: Foolscap made or loads it; a corrupt one fails to parse
+        key = load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
+        certificate = x509.load_pem_x509_certificate(pem)
+    except (ValueError, TypeError):
+        raise WorkerSetupError(f"{where}: the key or certificate is corrupt; {again}") from None
+    if key.public_key() != certificate.public_key():
+        raise WorkerSetupError(f"{where}: the certificate is not the key's own; {again}")
+    return tubid
 
 
 def fetch_worker_config(
@@ -221,7 +276,8 @@ def create_worker_dir(
 
     ``key``: the worker's key (:func:`worker_key`), written to ``bbenroll.pem``
     (exclusively; an existing file is kept as it is) and named in the tac's
-    connection string; None: no key file, the tunnel makes a random key.
+    connection string; None: no key file written now (the tunnel makes one beside the
+    FURL file at its first start, :func:`persistent_worker_key`).
 
     All or nothing: when any step fails, what this call wrote is removed (and
     a basedir it made), and a ``--force``'d old ``buildbot.tac`` is put back,

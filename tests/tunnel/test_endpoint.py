@@ -26,8 +26,9 @@ CURRENT = FurlFile(FURL)
 class FakeTunnel:
     """What TunnelTable makes and TunnelEndpoint uses of a WorkerTunnel."""
 
-    def __init__(self, furl, *, reactor, resume_deadline, on_stopped, furlfile, serial):
+    def __init__(self, furl, *, reactor, resume_deadline, on_stopped, furlfile, serial, key=None):
         self.furl, self.reactor, self.resume_deadline = furl, reactor, resume_deadline
+        self.key = key
         self.furlfile, self.serial = furlfile, serial
         self.on_stopped = on_stopped
         self.stopped = False

@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import defer, error, reactor, task
 from twisted.logger import globalLogPublisher
 
+from bbenroll.fileio import atomic_write
 from bbenroll.identity import make_identity_pem, tubid_from_pem
 from bbenroll.master import gate
 from bbenroll.tunnel.endpoint import TunnelTable, endpoint_from_string
@@ -41,7 +42,7 @@ def basedir_files(tmp_path: Path, furl: str, pem: bytes | None) -> tuple[Path, P
     furlfile, keyfile = tmp_path / "bbenroll.furl", tmp_path / "bbenroll.pem"
     write_furl_file(furlfile, furl, 0)
     if pem is not None:
-        keyfile.write_bytes(pem)
+        atomic_write(keyfile, pem)  # 0600, as `worker create` writes it
     return furlfile, keyfile
 
 
