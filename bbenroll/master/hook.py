@@ -377,12 +377,19 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             wfbs = getattr(worker, "workerforbuilders", {}) or {}
             return any(wfb.isBusy() for wfb in wfbs.values())
 
+        def is_attached(name: str) -> bool:
+            # Buildbot's Worker has a connection (conn) exactly while it is attached
+            manager = getattr(self.master, "workers", None)
+            worker = (getattr(manager, "workers", {}) or {}).get(name)
+            return getattr(worker, "conn", None) is not None
+
         self.enrollment = EnrollmentService(
             self.registry_path,
             reactor=self.master.reactor,  # Buildbot's own: the one the master runs on
             poll_interval=self.poll_interval,
             on_workers_changed=self._workers_changed,
             busy=has_running_build,  # ephemeral workers are never removed during a build
+            attached=is_attached,  # the status file says whether Buildbot has the worker
         )
         self.enrollment.startService()
         return self.enrollment.when_listening()
