@@ -98,6 +98,8 @@ class Plan:
     gate: Gate
     usable: dict[str, Worker]
     view: dict[str, tuple[str, Any]]
+    announced: dict[str, tuple[str, Any]] | None  # the view compared with (what Buildbot was told)
+    view_changed: bool  # view != announced, compared here rather than on the loop
     changed: frozenset[str]  # worker names added, removed or edited since the old registry
     removed: frozenset[str]
     master_changed: bool  # [master] differs: every connection is looked at again
@@ -106,17 +108,26 @@ class Plan:
     next_rotation: datetime | None
 
 
-def plan(old: Registry | None, new: Registry, now: datetime) -> Plan:
-    """What the service needs of ``new`` (loaded after ``old``, None: the first) at ``now``."""
+def plan(
+    old: Registry | None,
+    new: Registry,
+    now: datetime,
+    announced: dict[str, tuple[str, Any]] | None = None,
+) -> Plan:
+    """What the service needs of ``new`` (loaded after ``old``, None: the first) at ``now``;
+    ``announced``: the Buildbot view told so far."""
     before = old.workers if old is not None else {}
     after = new.workers
     removed = frozenset(before.keys() - after.keys())
     changed = frozenset(name for name, w in after.items() if before.get(name) != w) | removed
     workers = usable(new, now)
+    view = buildbot_view(workers)
     return Plan(
         gate=Gate(new),
         usable=workers,
-        view=buildbot_view(workers),
+        view=view,
+        announced=announced,
+        view_changed=view != announced,
         changed=changed,
         removed=removed,
         master_changed=old is None or old.master != new.master,

@@ -703,7 +703,9 @@ class EnrollmentService(service.MultiService):
         self._announce(usable, schedule.buildbot_view(usable))
         self._prune_invites(now)
 
-    def _announce(self, usable: dict[str, model.Worker], view: dict[str, tuple[str, Any]]) -> None:
+    def _announce(
+        self, usable: dict[str, model.Worker], view: dict[str, tuple[str, Any]], changed: bool | None = None
+    ) -> None:
         """Tell Buildbot the usable workers if they (or ``legacy_pb``) changed; end the sessions
         of workers no longer usable. Before the service runs: at its first tick."""
         if not self.running:
@@ -711,7 +713,9 @@ class EnrollmentService(service.MultiService):
             return
         self.sessions.end_all_but(usable, "worker no longer enrolled")
         legacy_pb_changed = self._legacy_pb_changed()  # first: it remembers what it saw
-        if view != self._announced or legacy_pb_changed:
+        if changed is None:
+            changed = view != self._announced
+        if changed or legacy_pb_changed:
             self._announced = view
             if self.on_workers_changed is not None:
                 self.on_workers_changed(usable)
@@ -770,10 +774,10 @@ class EnrollmentService(service.MultiService):
     def _reload(self) -> defer.Deferred[None]:
         """Reload a changed registry off the loop (one ``stat`` if it did not change); fires once
         it is applied, or once the load in flight settled. Never fails."""
-        now = self.now()
+        now, announced = self.now(), self._announced
 
         def prepare(old: LoadedRegistry, new: LoadedRegistry) -> schedule.Plan:  # in the thread
-            return schedule.plan(old.registry, new.registry, now)
+            return schedule.plan(old.registry, new.registry, now, announced)
 
         d = self.reloader.poll_off_loop(self.run_off_loop, prepare)
         d.addCallback(self._reloaded)
@@ -789,7 +793,7 @@ class EnrollmentService(service.MultiService):
         old = self.gate.registry
         loaded = self.reloader.poll()
         if loaded is not None:
-            self._apply(loaded, schedule.plan(old, loaded.registry, self.now()))
+            self._apply(loaded, schedule.plan(old, loaded.registry, self.now(), self._announced))
 
     def _apply(self, loaded: LoadedRegistry, plan: schedule.Plan) -> None:
         """Put a reloaded registry in force, by worker: only what changed is looked at."""
@@ -809,7 +813,9 @@ class EnrollmentService(service.MultiService):
         if self.identities is not None and (every or registry.master.previous is not None):
             self._sync_identities(now)  # a roll: serve the new identity at once
         self._recheck(touched, now)
-        self._announce(plan.usable, plan.view)
+        # compared in the thread, unless Buildbot was told something else meanwhile
+        changed = plan.view_changed if plan.announced is self._announced else None
+        self._announce(plan.usable, plan.view, changed)
         self._prune_invites(now)
         if self._event_at is not None and self._event_at <= self.clock.seconds():
             self._clock_event(now)  # planned at an earlier "now" (in the thread)

@@ -15,6 +15,7 @@ from bbenroll.master.status import BATCH_INTERVAL, HEARTBEAT, status_path
 from bbenroll.master.writer import run_here
 from bbenroll.registry import model, store
 from bbenroll.registry.tomledit import append_tables, render_new_table
+from tests.helpers.foolscap import pump, resolve
 
 DAY = 24 * 3600
 
@@ -182,3 +183,53 @@ def test_rotation_due_at_matches_rotation_due():
     assert schedule.rotation_due_at(expiring, every, now) is None
     assert schedule.rotation_due_at(worker, None, now) is None
     assert schedule.rotation_due_at(worker, model.NEVER, now) is None
+
+
+def test_one_reload_in_flight_and_the_newer_change_is_taken_by_the_next_tick(world):
+    world.add("w1")
+    world.start()
+    held: list[tuple[object, defer.Deferred]] = []
+
+    def hold(function):
+        d: defer.Deferred = defer.Deferred()
+        held.append((function, d))
+        return d
+
+    world.service.run_off_loop = hold  # the reload's "thread": runs when the test says so
+    world.add("w2")
+    world.advance(POLL_INTERVAL)
+    assert len(held) == 1  # the parse of the changed file is off the loop
+    world.add("w3")  # a newer change while it is in flight
+    for _ in range(3):
+        world.advance(POLL_INTERVAL)
+    assert len(held) == 1  # ticks wait: one load at a time
+    function, d = held.pop()
+    d.callback(function())
+    assert "w2" in world.service.gate.registry.workers
+    world.advance(POLL_INTERVAL)  # the next tick sees the newer file
+    function, d = held.pop()
+    d.callback(function())
+    assert "w3" in world.service.gate.registry.workers
+    world.finish()
+
+
+def test_a_lookup_of_a_secret_newer_than_the_registry_waits_for_the_off_loop_reload(world):
+    world.start()
+    held: list[tuple[object, defer.Deferred]] = []
+
+    def hold(function):
+        d: defer.Deferred = defer.Deferred()
+        held.append((function, d))
+        return d
+
+    world.service.run_off_loop = hold
+    swissnum = world.add("newcomer")  # no tick since: only the lookup can see it
+    link = world.connect()
+    answer = link.client.getYourReferenceByName(swissnum)
+    pump(world.clock)
+    assert len(held) == 1 and not answer.called  # no parse on the loop: the answer waits
+    function, d = held.pop()
+    d.callback(function())
+    ref = resolve(world.clock, answer)
+    assert world.call(ref, "get_worker_config")["name"] == "newcomer"
+    world.finish()
