@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from twisted.internet import defer
-
 from bbenroll.fileio import atomic_write
 from bbenroll.master import reloader as reloader_module
 from bbenroll.master import schedule
@@ -16,6 +14,7 @@ from bbenroll.master.writer import run_here
 from bbenroll.registry import model, store
 from bbenroll.registry.tomledit import append_tables, render_new_table
 from tests.helpers.foolscap import pump, resolve
+from tests.helpers.held import Held
 
 DAY = 24 * 3600
 
@@ -113,14 +112,8 @@ def test_an_ephemeral_removal_is_due_a_timeout_after_its_disconnect(world):
 
 def test_a_burst_of_connects_is_one_status_write(world):
     fleet_registry(world, 200)
-    held: list[tuple[object, defer.Deferred]] = []  # the registry writer's (audit) writes wait
-
-    def hold(function):
-        d: defer.Deferred = defer.Deferred()
-        held.append((function, d))
-        return d
-
-    world.start(run_write=hold)
+    held = Held()  # the registry writer's (audit) writes wait
+    world.start(run_write=held)
     writer = world.service.status_writer
     world.advance(HEARTBEAT.total_seconds() - POLL_INTERVAL)
     before = writer.writes
@@ -133,9 +126,7 @@ def test_a_burst_of_connects_is_one_status_write(world):
     entries = json.loads(status_path(world.path).read_text())["workers"]
     assert len(entries) == 200 and {e["state"] for e in entries.values()} == {"connected"}
     world.service.writer.run = run_here  # the audit records of the 200 accepts, written now
-    while held:
-        function, d = held.pop(0)
-        d.callback(function())
+    held.run_all()
     world.finish()
 
 
@@ -188,14 +179,8 @@ def test_rotation_due_at_matches_rotation_due():
 def test_one_reload_in_flight_and_the_newer_change_is_taken_by_the_next_tick(world):
     world.add("w1")
     world.start()
-    held: list[tuple[object, defer.Deferred]] = []
-
-    def hold(function):
-        d: defer.Deferred = defer.Deferred()
-        held.append((function, d))
-        return d
-
-    world.service.run_off_loop = hold  # the reload's "thread": runs when the test says so
+    held = Held()
+    world.service.run_off_loop = held  # the reload's "thread": runs when the test says so
     world.add("w2")
     world.advance(POLL_INTERVAL)
     assert len(held) == 1  # the parse of the changed file is off the loop
@@ -203,33 +188,24 @@ def test_one_reload_in_flight_and_the_newer_change_is_taken_by_the_next_tick(wor
     for _ in range(3):
         world.advance(POLL_INTERVAL)
     assert len(held) == 1  # ticks wait: one load at a time
-    function, d = held.pop()
-    d.callback(function())
+    held.run_one()
     assert "w2" in world.service.gate.registry.workers
     world.advance(POLL_INTERVAL)  # the next tick sees the newer file
-    function, d = held.pop()
-    d.callback(function())
+    held.run_one()
     assert "w3" in world.service.gate.registry.workers
     world.finish()
 
 
 def test_a_lookup_of_a_secret_newer_than_the_registry_waits_for_the_off_loop_reload(world):
     world.start()
-    held: list[tuple[object, defer.Deferred]] = []
-
-    def hold(function):
-        d: defer.Deferred = defer.Deferred()
-        held.append((function, d))
-        return d
-
-    world.service.run_off_loop = hold
+    held = Held()
+    world.service.run_off_loop = held
     swissnum = world.add("newcomer")  # no tick since: only the lookup can see it
     link = world.connect()
     answer = link.client.getYourReferenceByName(swissnum)
     pump(world.clock)
     assert len(held) == 1 and not answer.called  # no parse on the loop: the answer waits
-    function, d = held.pop()
-    d.callback(function())
+    held.run_one()
     ref = resolve(world.clock, answer)
     assert world.call(ref, "get_worker_config")["name"] == "newcomer"
     world.finish()

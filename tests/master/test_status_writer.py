@@ -6,12 +6,12 @@ import json
 import stat
 from datetime import UTC, datetime, timedelta
 
-from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from bbenroll.master import status as status_module
 from bbenroll.master.status import BATCH_INTERVAL, HEARTBEAT, StatusBook, StatusWriter, read_status
 from bbenroll.master.writer import run_here
+from tests.helpers.held import Held
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -87,24 +87,16 @@ def test_the_rendered_file_is_the_books_document(tmp_path):
 
 
 def test_changes_during_a_write_go_with_the_next_batch(tmp_path):
-    held: list[tuple[object, defer.Deferred]] = []
-
-    def hold(function):
-        d: defer.Deferred = defer.Deferred()
-        held.append((function, d))
-        return d
-
-    s = Setup(tmp_path, run=hold)
+    held = Held()
+    s = Setup(tmp_path, run=held)
     s.connect(1)
     s.clock.advance(BATCH_INTERVAL)
     assert len(held) == 1  # one write in flight
     s.connect(5)  # meanwhile: no timer, no second write
     assert s.clock.getDelayedCalls() == [] and len(held) == 1
-    function, d = held.pop()
-    d.callback(function())
+    held.run_one()
     s.clock.advance(BATCH_INTERVAL)  # the next batch carries the five
-    function, d = held.pop()
-    d.callback(function())
+    held.run_one()
     assert len(s.document()["workers"]) == 5 and s.writer.writes == 2
     assert s.clock.getDelayedCalls() == []
 
