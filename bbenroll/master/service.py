@@ -89,8 +89,8 @@ log = Logger(namespace="bbenroll")
 
 OFFER_RETRY = 60.0  # seconds before an unanswered or failed offer is made again
 MAX_ROTATIONS_PER_TICK = 50  # rotate_every: a fleet reaching its age on one day is spread out
-# seconds before a master's own edit that failed (a policy rotation, the removal of spent
-# invites) is tried again; when they are due is otherwise computed (master/schedule.py)
+# seconds before a policy rotation that failed is tried again (when rotations are due is
+# otherwise computed, master/schedule.py)
 ROTATION_CHECK = 60.0
 CONFIRM_OVER_NEW = "confirm over the new FURL"
 UNKNOWN_SERIAL = "no such FURL serial"
@@ -470,7 +470,7 @@ class EnrollmentService(service.MultiService):
         """Remove the master's own invites that are spent (one batched edit at a time)."""
         from bbenroll.master import invites as invitesmod
 
-        if self._pruning:
+        if self._pruning or not self.running:  # before the start: at the first tick
             return
         spent = invitesmod.spent_master_invites(getattr(self.gate.registry, "invites", {}), now)
         if not spent:

@@ -154,14 +154,8 @@ class StatusBook:
             link.update_failure_at = now
             self._touch(name)
 
-    def forget(self, names: set[str]) -> None:
-        """Drop workers that are no longer in the registry and not connected."""
-        for name in list(self.workers):
-            if name not in names and not self.workers[name].connections:
-                self.forget_one(name)
-
     def forget_removed(self, removed: set[str]) -> None:
-        """:meth:`forget` for a registry change that removed ``removed`` (a diff: no walk)."""
+        """Drop the workers a registry change removed, unless still connected (a diff: no walk)."""
         for name in removed:
             link = self.workers.get(name)
             if link is not None and not link.connections:
