@@ -1,4 +1,9 @@
-"""bbenroll status: what the running master knows about each worker's connection."""
+"""bbenroll status: what the running master knows about each worker's connection.
+
+``state`` is the worker's Foolscap connection; ``attached`` (a master under Buildbot
+only) whether Buildbot's Worker is attached. A worker connected but not attached is
+counted apart: its PB login never completed (a stuck one).
+"""
 
 from __future__ import annotations
 
@@ -34,10 +39,13 @@ def command(app: App) -> Result:
         kinds.append(kind_text(worker))
         entry = recorded.get(name) or {}
         connected = running and entry.get("state") == "connected"
+        attached = entry.get("attached")
         rows.append(
             {
                 "name": name,
                 "state": "connected" if connected else "disconnected",
+                # Buildbot's attachment; None: not known (no master, or one without Buildbot)
+                "attached": attached if running and isinstance(attached, bool) else None,
                 "since": entry.get("since") if running else None,
                 "peer": entry.get("peer"),
                 "last_seen": entry.get("last_seen"),
@@ -50,8 +58,16 @@ def command(app: App) -> Result:
                 **origin_fields(worker),  # the cut-over (legacy/moved), invites (ephemeral, enrolled_by)
             }
         )
+    stuck = [w["name"] for w in rows if w["state"] == "connected" and w["attached"] is False]
+    known = any(w["attached"] is not None for w in rows)
+    counts = {
+        "connected": sum(w["state"] == "connected" for w in rows),
+        "attached": sum(w["attached"] is True for w in rows) if known else None,
+        "connected_not_attached": len(stuck) if known else None,
+    }
     document = {
         "running": running,
+        "counts": counts,
         "why": None if running else why,
         "updated": (recorded_status or {}).get("updated"),
         "legacy_pb": loaded.registry.master.legacy_pb,
@@ -63,6 +79,9 @@ def command(app: App) -> Result:
             return format_short(parse_date(value)) if value else ""
         except BBEnrollError:
             return "?"
+
+    def yes_no(value: bool | None) -> str:
+        return "" if value is None else "yes" if value else "no"
 
     def update(w: dict) -> str:
         parts = []
@@ -76,12 +95,19 @@ def command(app: App) -> Result:
         if not running:
             out.warn(f"no master is running: {why}")
         with_kind = any(kinds)  # imported or ephemeral workers: say which (else the table as ever)
+        extra = (("kind",) if with_kind else ()) + (("attached",) if known else ())
         out.table(
-            COLUMNS[:2] + (("kind",) if with_kind else ()) + COLUMNS[2:],
-            [(w["name"], w["state"], *((kind,) if with_kind else ()), short(w["since"]), w["peer"] or "",
-              short(w["last_seen"]), update(w))
+            COLUMNS[:2] + extra + COLUMNS[2:],
+            [(w["name"], w["state"], *((kind,) if with_kind else ()),
+              *((yes_no(w["attached"]),) if known else ()),
+              short(w["since"]), w["peer"] or "", short(w["last_seen"]), update(w))
              for w, kind in zip(rows, kinds, strict=True)],
         )
+        if known:
+            out.info(
+                f"{counts['connected']} connected, {counts['attached']} attached in Buildbot"
+                + (f"; connected but not attached (stuck?): {', '.join(stuck)}" if stuck else "")
+            )
         if loaded.registry.master.legacy_pb is not None:
             from bbenroll.master.legacy import left_to_move
 

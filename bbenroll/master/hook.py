@@ -463,6 +463,12 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             wfbs = getattr(worker, "workerforbuilders", {}) or {}
             return any(wfb.isBusy() for wfb in wfbs.values())
 
+        def is_attached(name: str) -> bool:
+            # Buildbot's Worker has a connection (conn) exactly while it is attached
+            manager = getattr(self.master, "workers", None)
+            worker = (getattr(manager, "workers", {}) or {}).get(name)
+            return getattr(worker, "conn", None) is not None
+
         self.enrollment = EnrollmentService(
             self.registry_path,
             reactor=self.master.reactor,  # Buildbot's own: the one the master runs on
@@ -470,6 +476,7 @@ class EnrollmentMasterService(bbservice.BuildbotService):
             on_workers_changed=self._workers_changed,
             busy=has_running_build,  # ephemeral workers are never removed during a build
             pb_server_factory=lambda: pb_server_factory(self.master),
+            attached=is_attached,  # the status file says whether Buildbot has the worker
         )
         enrollment = self.enrollment
         listen = enrollment.loaded.registry.master.listen

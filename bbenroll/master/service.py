@@ -19,10 +19,20 @@ connection is behind, and records the worker's confirmation.
 
 A worker's FURL resolves through :class:`~bbenroll.master.tub.EnrollmentBroker`
 (a name lookup that also knows the connection) to a per-connection
-:class:`EnrolledWorker`. Every tick, each live connection is re-checked against
-the registry and the clock, and a connection whose worker was revoked,
-removed, expired or whose old secret's grace ended is dropped: Foolscap's
+:class:`EnrolledWorker`. A live connection is re-checked against the registry
+when its worker changes in the file and when the clock changes its right (an
+expiry, a grace's end), and a connection whose worker was revoked, removed,
+expired or whose old secret's grace ended is dropped: Foolscap's
 ``unregisterReference`` would not do that.
+
+The tick (once a second) costs what changed, not the fleet (issue #12): one
+``stat`` of the registry when it did not change; a changed one is parsed and
+planned in a thread (:mod:`~bbenroll.master.schedule`), and applied on the loop
+by worker (only the changed workers' connections are looked at). Time-driven
+work (expiries, grace ends, policy rotations, ephemeral removals, offers, invite
+pruning) runs only when its next due time, computed on a reload or a connection
+change, has come. Accepting a connection costs no registry parse and no status
+write: the status file is written in batches, in a thread (master/status.py).
 
 Nothing here imports Buildbot; :mod:`bbenroll.master.hook` adapts it to a master.
 """
@@ -46,14 +56,14 @@ from zope.interface import implementer
 
 from bbenroll.errors import BBEnrollError, WrongState
 from bbenroll.identity import load_identity
-from bbenroll.master import auditing, binding, ephemeral
+from bbenroll.master import auditing, binding, ephemeral, schedule
 from bbenroll.master import gate as gatemod
 from bbenroll.master import guard as guardmod
 from bbenroll.master import legacy as legacymod
 from bbenroll.master.identities import RETIRED, ServedIdentities
 from bbenroll.master.reloader import POLL_INTERVAL, RegistryReloader
 from bbenroll.master.sessions import SessionTable
-from bbenroll.master.status import StatusBook, StatusWriter, status_path
+from bbenroll.master.status import HEARTBEAT, StatusBook, StatusWriter, status_path
 from bbenroll.master.tub import (
     KEEPALIVE,
     MAX_SWISSNUM_LENGTH,
@@ -79,7 +89,9 @@ log = Logger(namespace="bbenroll")
 
 OFFER_RETRY = 60.0  # seconds before an unanswered or failed offer is made again
 MAX_ROTATIONS_PER_TICK = 50  # rotate_every: a fleet reaching its age on one day is spread out
-ROTATION_CHECK = 60.0  # seconds between looks at every worker's age (plus one on each reload)
+# seconds before a policy rotation that failed is tried again (when rotations are due is
+# otherwise computed, master/schedule.py)
+ROTATION_CHECK = 60.0
 CONFIRM_OVER_NEW = "confirm over the new FURL"
 UNKNOWN_SERIAL = "no such FURL serial"
 MAX_REASON_LOGGED = 200
@@ -161,6 +173,8 @@ class EnrollmentService(service.MultiService):
     (a Buildbot master reconfigures itself then). ``pb_server_factory`` returns
     Buildbot's PB server factory or None: with one, the tunnels' PB legs are
     in-process (tunnel/inprocess.py), else loopback TCP to ``[master] pb``.
+    ``attached(name)`` says whether Buildbot's Worker ``name`` is attached now (the
+    hook gives it; the status file reports it).
     """
 
     def __init__(
@@ -173,6 +187,7 @@ class EnrollmentService(service.MultiService):
         on_workers_changed: Callable[[dict[str, Any]], None] | None = None,
         run_write: Runner | None = None,
         busy: Callable[[str], bool] | None = None,
+        attached: Callable[[str], bool] | None = None,
         pb_server_factory: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__()
@@ -182,7 +197,17 @@ class EnrollmentService(service.MultiService):
         self.poll_interval = poll_interval
         self.on_workers_changed = on_workers_changed
         self.status = StatusBook()
-        self.status_writer = StatusWriter(status_path(self.registry_path), self.status)
+        # registry parses and status writes run here, off the loop (at once on a test clock)
+        self.run_off_loop = thread_runner(self.reactor)
+        self.status_writer = StatusWriter(
+            status_path(self.registry_path),
+            self.status,
+            now=self.now,
+            listen=lambda: self.loaded.registry.master.listen,
+            run=self.run_off_loop,
+            schedule=self.clock.callLater,
+            on_error=lambda error: log.error("bbenroll: {error}", error=error),
+        )
         self.connections: dict[tuple[int, str], EnrolledWorker] = {}
         self.tub: EnrollmentTub | None = None  # the current identity's (new FURLs carry its TubID)
         self.identities: ServedIdentities | None = None  # every identity served on the port
@@ -193,11 +218,13 @@ class EnrollmentService(service.MultiService):
         self._listen_waiters: list[defer.Deferred[None]] = []
         self._loop: task.LoopingCall | None = None
         self.reloader = RegistryReloader(self.registry_path)  # a broken registry fails loudly here
-        self.gate = gatemod.Gate(self.loaded.registry)
+        first = schedule.plan(None, self.loaded.registry, self.now())
+        self.gate = first.gate
         self.guard = guardmod.Guard()
         self._near_open_files_limit = False
         self.sessions = SessionTable(self.reactor, self.clock, self._pb_endpoint, pb_server_factory)
-        self._announced = self._buildbot_view(self.gate.usable_workers(self.now()))
+        self._announced = first.view
+        self._legacy_pb_seen = self.loaded.registry.master.legacy_pb  # what Buildbot was told
         self.offer_retry = OFFER_RETRY
         self.max_rotations_per_tick = MAX_ROTATIONS_PER_TICK
         self.writer = RegistryWriter(
@@ -211,7 +238,15 @@ class EnrollmentService(service.MultiService):
         self._to_check: set[EnrolledWorker] = set()  # of those, the ones that may need an offer
         self._rotating: set[str] = set()  # workers whose policy rotation is queued
         self.rotation_check = ROTATION_CHECK
-        self._rotation_check_at: float | None = None  # None: at the next tick
+        # the next due times (clock seconds; None: nothing due by the clock): see tick()
+        self._event_at = self._seconds_of(first.next_event)  # expiries, grace ends, overlaps
+        self._rotation_check_at = self._seconds_of(first.next_rotation)
+        self._ephemeral_at: float | None = None  # None here: at the next tick
+        self._ephemeral = first.ephemeral
+        self._dropping: set[EnrolledWorker] = set()  # dropped, their close not finished yet
+        self.attached = attached
+        self._unattached: set[str] = set()  # connected, not attached in Buildbot when last asked
+        self._attached_sweep_at = 0.0  # every worker watched is asked again then
         # ephemeral workers (master/ephemeral.py): busy(name) says it has a running build (the
         # Buildbot hook gives it; alone, nothing is ever busy); when each was last connected
         self.busy = busy
@@ -238,7 +273,7 @@ class EnrollmentService(service.MultiService):
         stops. Nothing is returned: a failed Deferred that a caller ignores (the
         service run on its own) would add an "Unhandled error" traceback.
         """
-        self._reload()  # it may have changed since the constructor read it
+        self._reload_now()  # it may have changed since the constructor read it
         self._started_at = self.now()
         self.reloader.started()
         self._raise_open_files_limit()
@@ -294,7 +329,7 @@ class EnrollmentService(service.MultiService):
                 tubid=master.previous.tubid,
                 until=format_time(master.previous.until),
             )
-        self._write_status(force=True)
+        self.status_writer.write_now()
         self._listen_settled(True)
         return None
 
@@ -312,23 +347,28 @@ class EnrollmentService(service.MultiService):
         self._loop = None
         self.sessions.end_all("master shutting down")
         self._log_refusals(all_due=True)  # recorded in the audit log too: before the writer closes
-        closed = self.writer.close()
+        closed = [self.writer.close()]
         d = super().stopService()
         if write_status:
-            self._write_status(force=True, running=False)
+            closed.append(self.status_writer.close())  # the last write: "running": false
+        else:
+            self.status_writer.stop()
         self.tub = None
         self.identities = None
-        return defer.gatherResults([defer.maybeDeferred(lambda: d), closed], consumeErrors=True)
+        return defer.gatherResults([defer.maybeDeferred(lambda: d), *closed], consumeErrors=True)
 
     # -- the lookup -------------------------------------------------------------
 
-    def lookup(self, swissnum: str, broker: EnrollmentBroker) -> EnrolledWorker | defer.Deferred[Any]:
+    def lookup(
+        self, swissnum: str, broker: EnrollmentBroker, *, may_reload: bool = True
+    ) -> EnrolledWorker | defer.Deferred[Any]:
         """Resolve a FURL's swissnum arriving on ``broker``.
 
         An accepted secret gets its object at once, whatever its address did
         before. A refusal is a Deferred failing with :class:`Refused`, as late as
         the guard says; then the connection ends, unless an accepted secret
-        arrived on it before (then only after a few refusals).
+        arrived on it before (then only after a few refusals). An unknown secret
+        while the registry file changed waits for its reload (off the loop).
         """
         if broker.refusals >= self.guard.max_refusals_per_connection:
             return defer.fail(Refused(guardmod.TOO_MANY_REFUSALS))  # it is being dropped
@@ -339,11 +379,13 @@ class EnrollmentService(service.MultiService):
             decision = gatemod.Decision(False, gatemod.UNKNOWN)
         else:
             decision = self.gate.decide(swissnum, self.now())
-            if decision.reason is gatemod.Reason.UNKNOWN:
+            if decision.reason is gatemod.Reason.UNKNOWN and may_reload and not self.reloader.unchanged():
                 # `bbenroll add` then at once `worker create`: the worker may be newer than
-                # our last poll. Re-reading costs a stat() unless the file really changed.
-                self._reload()
-                decision = self.gate.decide(swissnum, self.now())
+                # our last poll. It costs a stat() unless the file really changed; then the
+                # answer waits for the reload, which runs off the loop.
+                d = self._reload()
+                d.addCallback(lambda _: self.lookup(swissnum, broker, may_reload=False))
+                return d
             if decision.reason is gatemod.Reason.UNKNOWN:
                 # no worker's: an invite's? (an unknown one is refused as any unknown secret)
                 invited = self.gate.decide_invite(swissnum, self.now())
@@ -377,7 +419,9 @@ class EnrollmentService(service.MultiService):
             which=decision.reason,
         )
         self._audit(auditing.accepted(obj.name, swissnum, obj.peer, decision.reason))
-        self._write_status()
+        self.status_writer.changed()  # batched: a storm of connects is one write
+        if self.attached is not None:
+            self._unattached.add(obj.name)  # asked at the next tick
         self._mark_moved(obj.name)
         return obj
 
@@ -429,7 +473,7 @@ class EnrollmentService(service.MultiService):
         """Remove the master's own invites that are spent (one batched edit at a time)."""
         from bbenroll.master import invites as invitesmod
 
-        if self._pruning:
+        if self._pruning or not self.running:  # before the start: at the first tick
             return
         spent = invitesmod.spent_master_invites(getattr(self.gate.registry, "invites", {}), now)
         if not spent:
@@ -439,6 +483,7 @@ class EnrollmentService(service.MultiService):
         def done(result: Any) -> None:
             self._pruning = False
             if isinstance(result, Failure):
+                self._retry_soon()
                 log.info("bbenroll: cannot remove spent invites: {why}", why=str(result.value))
             else:
                 log.info("bbenroll: removed {count} spent invites of the master: {ids}",
@@ -526,7 +571,7 @@ class EnrollmentService(service.MultiService):
         """Whether ``[master] legacy_pb`` changed since the last look: Buildbot must reconfigure
         (open or close the public PB port), which the worker view alone would not ask for."""
         current = self.loaded.registry.master.legacy_pb
-        seen = self.__dict__.get("_legacy_pb_seen", current)
+        seen = self._legacy_pb_seen
         self._legacy_pb_seen = current
         return seen != current
 
@@ -537,10 +582,14 @@ class EnrollmentService(service.MultiService):
         self._subscribed.discard(obj)
         self._to_check.discard(obj)
         obj.updater = None
+        self._dropping.discard(obj)
         self.status.disconnected(obj.name, self.now(), obj.broker.tub.tubID)
-        self._last_connected[obj.name] = self.now()  # the ephemeral timeout counts from here
+        if obj.name in self._ephemeral:  # the ephemeral timeout counts from here
+            self._last_connected[obj.name] = self.now()
+            due = schedule.ephemeral_due_at(self.now(), ephemeral.timeout_of(self.gate.registry.master))
+            self._ephemeral_at = self._earlier(self._ephemeral_at, self._seconds_of(due))
         log.info("worker {worker!r} disconnected ({peer})", worker=obj.name, peer=obj.peer)
-        self._write_status()
+        self.status_writer.changed()
 
     def _kick(self, obj: EnrolledWorker, decision: gatemod.Decision) -> None:
         now = self.clock.seconds()
@@ -557,6 +606,7 @@ class EnrollmentService(service.MultiService):
                 why=f"{decision.reason}{binding.describe_keys(decision)}",  # a binding's drop: both keys
             )
         obj.dropped_at = now
+        self._dropping.add(obj)  # looked at again by the next ticks until it is gone
         self.sessions.end_connection(obj, decision.reason)
         self._subscribed.discard(obj)  # nothing is ever offered over it again
         self._to_check.discard(obj)
@@ -615,35 +665,71 @@ class EnrollmentService(service.MultiService):
     # -- the loop -----------------------------------------------------------------
 
     def tick(self) -> None:
-        """Reload the registry if it changed, re-check live connections, save status."""
+        """What is due: a changed registry (one ``stat`` when not), the clock's events, offers,
+        rotations, ephemeral removals, Buildbot's attachment, the status heartbeat.
+
+        Nothing here walks the fleet unless something is due (see the module's docstring).
+        A changed file is read off the loop; the rest of the tick runs once it is applied
+        (while a load is in flight, ticks wait for it: one load at a time).
+        """
+        if self.reloader.loading is not None:
+            return
+        self._reload().addCallback(lambda _: self._due_work())
+
+    def _due_work(self) -> None:
+        if not self.running:
+            return
         try:
-            self._reload()
             now = self.now()
-            self._sync_identities(now)
-            self._recheck(now)
+            seconds = self.clock.seconds()
+            if self._event_at is not None and seconds >= self._event_at:
+                self._clock_event(now)
+            self._recheck(self._dropping, now)
             self._offer_due()
             self._rotate_due(now)
             self._remove_ephemeral(now)
-            self._prune_invites(now)
             self.writer.flush()  # a batch that failed is retried here
-            usable = self.gate.usable_workers(now)
-            self.sessions.end_all_but(usable, "worker no longer enrolled")
-            view = self._buildbot_view(usable)
-            legacy_pb_changed = self._legacy_pb_changed()  # first: it remembers what it saw
-            if view != self._announced or legacy_pb_changed:
-                self._announced = view
-                if self.on_workers_changed is not None:
-                    self.on_workers_changed(usable)
-            self._write_status()
+            self._check_attached()
+            self.status_writer.heartbeat()
             self._log_guard()
         except Exception:
             log.failure("bbenroll: unexpected error in the registry loop")
 
-    def _recheck(self, now: datetime) -> None:
-        for obj in list(self.connections.values()):
+    def _clock_event(self, now: datetime) -> None:
+        """The clock changed someone's right (an expiry, a grace or overlap ended, an invite
+        expired): look at every connection and at what Buildbot knows (rare: at those moments)."""
+        registry = self.gate.registry
+        self._event_at = self._seconds_of(schedule.next_event(registry, now))
+        self._sync_identities(now)
+        self._recheck(self.connections.values(), now)
+        usable = self.gate.usable_workers(now)
+        self._announce(usable, schedule.buildbot_view(usable))
+        self._prune_invites(now)
+
+    def _announce(
+        self, usable: dict[str, model.Worker], view: dict[str, tuple[str, Any]], changed: bool | None = None
+    ) -> None:
+        """Tell Buildbot the usable workers if they (or ``legacy_pb``) changed; end the sessions
+        of workers no longer usable. Before the service runs: at its first tick."""
+        if not self.running:
+            self._event_at = self._earlier(self._event_at, self.clock.seconds())
+            return
+        self.sessions.end_all_but(usable, "worker no longer enrolled")
+        legacy_pb_changed = self._legacy_pb_changed()  # first: it remembers what it saw
+        if changed is None:
+            changed = view != self._announced
+        if changed or legacy_pb_changed:
+            self._announced = view
+            if self.on_workers_changed is not None:
+                self.on_workers_changed(usable)
+
+    def _recheck(self, connections: Iterable[EnrolledWorker], now: datetime) -> None:
+        for obj in list(connections):
             decision = self._still_allowed(obj, now)
             if not decision.accepted:
                 self._kick(obj, decision)
+            else:
+                self._dropping.discard(obj)  # allowed again (restored meanwhile)
 
     def _still_allowed(self, obj: EnrolledWorker, now: datetime) -> gatemod.Decision:
         """The gate's re-check, and the binding: a FURL bound (or re-bound) to another key
@@ -676,15 +762,66 @@ class EnrollmentService(service.MultiService):
         d.addCallbacks(written, not_applied)
         return d
 
-    def _reload(self) -> None:
+    def _retry_soon(self) -> None:
+        """A master's own edit of the clock's events failed: look at them again at the next tick."""
+        self._event_at = self._earlier(self._event_at, self.clock.seconds() + self.poll_interval)
+
+    @staticmethod
+    def _seconds_of(when: datetime | None) -> float | None:
+        return when.timestamp() if when is not None else None
+
+    @staticmethod
+    def _earlier(a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    def _reload(self) -> defer.Deferred[None]:
+        """Reload a changed registry off the loop (one ``stat`` if it did not change); fires once
+        it is applied, or once the load in flight settled. Never fails."""
+        now, announced = self.now(), self._announced
+
+        def prepare(old: LoadedRegistry, new: LoadedRegistry) -> schedule.Plan:  # in the thread
+            return schedule.plan(old.registry, new.registry, now, announced)
+
+        d = self.reloader.poll_off_loop(self.run_off_loop, prepare)
+        d.addCallback(self._reloaded)
+        d.addErrback(lambda f: log.failure("bbenroll: while applying a reloaded registry", f))
+        return d
+
+    def _reloaded(self, result: tuple[LoadedRegistry, schedule.Plan] | None) -> None:
+        if result is not None:
+            self._apply(*result)
+
+    def _reload_now(self) -> None:
+        """Reload a changed registry on this thread (the start, a latent instance's start)."""
+        old = self.gate.registry
         loaded = self.reloader.poll()
         if loaded is not None:
-            self.gate = gatemod.Gate(loaded.registry)
-            self.status.forget(set(loaded.registry.workers))
-            self._to_check |= self._subscribed  # a serial may have grown
-            self._rotation_check_at = None  # a policy or a worker may have changed
-            if self.identities is not None:
-                self._sync_identities(self.now())  # a roll: serve the new identity at once
+            self._apply(loaded, schedule.plan(old, loaded.registry, self.now(), self._announced))
+
+    def _apply(self, loaded: LoadedRegistry, plan: schedule.Plan) -> None:
+        """Put a reloaded registry in force, by worker: only what changed is looked at."""
+        now = self.now()
+        registry = loaded.registry
+        self.gate = plan.gate
+        self.status.forget_removed(set(plan.removed))
+        for name in plan.removed:
+            self._last_connected.pop(name, None)
+        every = plan.master_changed  # a new identity or policy concerns every connection
+        touched = [obj for obj in self.connections.values() if every or obj.name in plan.changed]
+        self._to_check |= {obj for obj in touched if obj in self._subscribed}  # a serial may have grown
+        self._ephemeral = plan.ephemeral
+        self._ephemeral_at = None  # looked at on the next tick (only the ephemeral workers)
+        self._event_at = self._seconds_of(plan.next_event)
+        self._rotation_check_at = self._seconds_of(plan.next_rotation)
+        if self.identities is not None and (every or registry.master.previous is not None):
+            self._sync_identities(now)  # a roll: serve the new identity at once
+        self._recheck(touched, now)
+        # compared in the thread, unless Buildbot was told something else meanwhile
+        changed = plan.view_changed if plan.announced is self._announced else None
+        self._announce(plan.usable, plan.view, changed)
+        self._prune_invites(now)
+        if self._event_at is not None and self._event_at <= self.clock.seconds():
+            self._clock_event(now)  # planned at an earlier "now" (in the thread)
 
     # -- master identities (key rollover) -------------------------------------------
 
@@ -758,6 +895,7 @@ class EnrollmentService(service.MultiService):
         def done(result: Any) -> None:
             if isinstance(result, Failure):
                 self._retiring_identity = None  # the next tick asks again
+                self._retry_soon()
                 log.info("bbenroll: cannot remove the retired identity from the registry: {why}",
                          why=str(result.value))
             else:
@@ -847,10 +985,19 @@ class EnrollmentService(service.MultiService):
         if obj.swissnum != worker.swissnum or obj.broker.tub.tubID != self.gate.registry.master.tubid:
             raise Refused(CONFIRM_OVER_NEW)
         if serial > worker.serial:
-            self._reload()  # the CLI may have rotated it since our last poll
-            worker = self.worker_for(obj)
-            if serial > worker.serial:
-                raise Refused(UNKNOWN_SERIAL)
+            # the CLI may have rotated it since our last poll: look again once the file is reloaded
+            d = self._reload()
+            d.addCallback(lambda _: self._confirm_reloaded(obj, serial))
+            return d
+        return self._confirm(obj, worker, serial)
+
+    def _confirm_reloaded(self, obj: EnrolledWorker, serial: int) -> Any:
+        worker = self.worker_for(obj)
+        if serial > worker.serial:
+            raise Refused(UNKNOWN_SERIAL)
+        return self._confirm(obj, worker, serial)
+
+    def _confirm(self, obj: EnrolledWorker, worker: model.Worker, serial: int) -> Any:
         obj.serial = max(obj.serial, serial)
         if serial < worker.serial:
             # it moved to an older FURL than the newest: the offer of the newest was lost or
@@ -895,24 +1042,23 @@ class EnrollmentService(service.MultiService):
         obj.offering = False
         obj.offered_at = self.clock.seconds()  # not again before OFFER_RETRY
         self._to_check.add(obj)
-        self._write_status()
+        self.status_writer.changed()
 
     def _after_write(self) -> None:
-        """The master wrote the registry: use it now, not at the next poll."""
+        """The master wrote the registry: use it now (off the loop), not at the next poll."""
         if not self.running:  # a write that was under way when the service stopped
             return
-        self._reload()
-        self._recheck(self.now())
-        self._offer_due()
+        self._reload().addCallback(lambda _: self._offer_due())
 
     def _rotate_due(self, now: datetime) -> None:
         """``rotate_every``: queue the rotation of (a bounded number of) workers that reached it.
 
-        The whole registry is looked at once a :data:`ROTATION_CHECK` (a policy counts in
-        days), on a reload, and on every tick while more are due than one tick rotates.
+        The registry is looked at only when the first worker's rotation is due (computed on
+        each reload, master/schedule.py), and on every tick while more are due than one tick
+        rotates; a rotation that failed is tried again after :data:`ROTATION_CHECK`.
         """
         seconds = self.clock.seconds()
-        if self._rotation_check_at is not None and seconds < self._rotation_check_at:
+        if self._rotation_check_at is None or seconds < self._rotation_check_at:
             return
         default = self.gate.registry.master.rotate_every
         room = max(0, self.max_rotations_per_tick - len(self._rotating))
@@ -922,9 +1068,13 @@ class EnrollmentService(service.MultiService):
             if name not in self._rotating and model.rotation_due(worker, default, now)
         )
         due = list(itertools.islice(candidates, room + 1))
-        more = len(due) > room or bool(self._rotating)
+        more = len(due) > room
         due = due[:room]
-        self._rotation_check_at = None if more else seconds + self.rotation_check
+        for name in due:
+            self._rotating.add(name)
+        # the queued ones' reload plans again; until then, the first one not queued
+        later = schedule.next_rotation(self.gate.registry, now, skip=self._rotating)
+        self._rotation_check_at = seconds if more else self._seconds_of(later)
         if not due:
             return
         log.info(
@@ -933,7 +1083,6 @@ class EnrollmentService(service.MultiService):
             names=", ".join(due[:10]) + (f" and {len(due) - 10} more" if len(due) > 10 else ""),
         )
         for name in due:
-            self._rotating.add(name)
             self.writer.submit(self._policy_rotation(name, now)).addBoth(self._rotated, name)
 
     @staticmethod
@@ -949,13 +1098,16 @@ class EnrollmentService(service.MultiService):
         self._rotating.discard(name)
         if isinstance(result, Failure):
             log.info("bbenroll: not rotating {worker!r}: {why}", worker=name, why=str(result.value))
+            self._rotation_check_at = self._earlier(
+                self._rotation_check_at, self.clock.seconds() + self.rotation_check
+            )
 
     # -- latent workers (master/latent.py) ------------------------------------------
 
     def current_worker(self, name: str) -> model.Worker | None:
         """Registry worker ``name`` as the file says now (a stat() unless it changed since the last
         poll): a latent instance is not started for a worker revoked a moment ago."""
-        self._reload()
+        self._reload_now()
         return self.gate.registry.workers.get(name)
 
     # -- ephemeral workers ----------------------------------------------------------
@@ -970,23 +1122,46 @@ class EnrollmentService(service.MultiService):
             return True  # when in doubt, a worker is not removed
 
     def _remove_ephemeral(self, now: datetime) -> None:
-        """Queue the removal of the ephemeral workers disconnected longer than the timeout."""
+        """Queue the removal of the ephemeral workers disconnected longer than the timeout.
+
+        Only when the first one is due (:attr:`_ephemeral_at`: computed here, moved by a
+        reload and by an ephemeral worker's disconnect); only the ephemeral workers are looked at.
+        """
+        seconds = self.clock.seconds()
+        if self._ephemeral_at is not None and seconds < self._ephemeral_at:
+            return
+        self._ephemeral_at = None
+        if not self._ephemeral:
+            return
         registry = self.gate.registry
         connected = {obj.name for obj in self.connections.values() if not obj.broker.disconnected}
-        for name in connected:  # a connection's last moment is now; reconnecting resets the timer
+        for name in connected & self._ephemeral:  # a connection's last moment is now
             self._last_connected[name] = now
-        for name in list(self._last_connected):  # removed (by anyone): forget it
-            if name not in registry.workers:
-                del self._last_connected[name]
+        candidates = {
+            name: registry.workers[name]
+            for name in self._ephemeral
+            if name in registry.workers and name not in self._removing
+        }
+        timeout = ephemeral.timeout_of(registry.master)
+        started = self._started_at or now
         due = ephemeral.due_for_removal(
-            {name: w for name, w in registry.workers.items() if name not in self._removing},
+            candidates,
             now=now,
-            timeout=ephemeral.timeout_of(registry.master),
+            timeout=timeout,
             connected=connected,
             last_connected=self._last_connected,
-            started=self._started_at or now,
+            started=started,
             busy=self._is_busy,
         )
+        # when to look again: the next one's timeout, or the next tick for a busy one past it
+        for name, worker in candidates.items():
+            if name in connected or name in due:
+                continue
+            at = schedule.ephemeral_due_at(
+                ephemeral.disconnected_since(worker, self._last_connected, started), timeout
+            )
+            next_at = self.poll_interval + seconds if at <= now else self._seconds_of(at)
+            self._ephemeral_at = self._earlier(self._ephemeral_at, next_at)
         for name in due:
             worker = registry.workers[name]
             since = ephemeral.disconnected_since(worker, self._last_connected, self._started_at or now)
@@ -1018,11 +1193,40 @@ class EnrollmentService(service.MultiService):
     @staticmethod
     def _buildbot_view(usable: dict[str, Any]) -> dict[str, tuple[str, Any]]:
         """What Buildbot is configured from: usable workers, passwords, options."""
-        return {name: (w.password, sorted(w.buildbot.items())) for name, w in usable.items()}
+        return schedule.buildbot_view(usable)
 
-    def _write_status(self, *, force: bool = False, running: bool = True) -> None:
-        error = self.status_writer.write(
-            self.now(), listen=self.loaded.registry.master.listen, force=force, running=running
-        )
-        if error is not None:
-            log.error("bbenroll: {error}", error=error)
+    # -- Buildbot's attachment (the status file) ---------------------------------------
+
+    def _is_attached(self, name: str) -> bool:
+        assert self.attached is not None
+        try:
+            return bool(self.attached(name))
+        except Exception:
+            log.failure("bbenroll: cannot tell whether {worker!r} is attached in Buildbot", worker=name)
+            return False
+
+    def _check_attached(self) -> None:
+        """Ask Buildbot about the workers connected but not attached when last asked (each tick:
+        they are few, and an attach should show soon); about every watched worker once a
+        :data:`~bbenroll.master.status.HEARTBEAT` (a detach). A change is a batched status write."""
+        if self.attached is None:
+            return
+        seconds = self.clock.seconds()
+        if seconds >= self._attached_sweep_at:
+            self._attached_sweep_at = seconds + HEARTBEAT.total_seconds()
+            names = set(self.status.watched()) | self._unattached
+        elif self._unattached:
+            names = set(self._unattached)
+        else:
+            return
+        changed = False
+        for name in names:
+            attached = self._is_attached(name)
+            changed |= self.status.set_attached(name, attached)
+            link = self.status.workers.get(name)
+            if not attached and link is not None and link.connections:
+                self._unattached.add(name)
+            else:
+                self._unattached.discard(name)
+        if changed:
+            self.status_writer.changed()

@@ -3,6 +3,18 @@
 The running service keeps a :class:`StatusBook` (pure) and writes it as a
 small JSON file beside the registry (never into ``workers.toml``), so that
 ``bbenroll status`` can show it without talking to the master.
+
+The file costs the event loop next to nothing (issue #12): each worker's entry
+is rendered once per change of that worker (:meth:`StatusBook.render` joins the
+cached texts), and :class:`StatusWriter` writes it in a thread (atomically,
+0600, fsync'd), at most once per :data:`BATCH_INTERVAL` after changes and once
+per :data:`HEARTBEAT` otherwise; a burst of a thousand connects is one write.
+The service's stop writes it a last time (``"running": false``).
+
+Per worker: ``state`` (its Foolscap connections), ``since``, ``peer``,
+``last_seen``, and, when the master runs under Buildbot, ``attached``: whether
+Buildbot's Worker of that name is attached now. A worker "connected" but not
+attached is one whose PB login never completed (a stuck one).
 """
 
 from __future__ import annotations
@@ -10,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +35,8 @@ from bbenroll.times import format_time, parse_date
 STATUS_VERSION = 1
 HEARTBEAT = timedelta(seconds=5)  # the service rewrites the file at least this often
 STALE_AFTER = timedelta(seconds=30)  # older than this: the master is not running
+# seconds from the first change to the write that carries it: a burst of connects is one write
+BATCH_INTERVAL = 1.0
 
 
 def status_path(registry_path: Path) -> Path:
@@ -44,6 +59,8 @@ class WorkerLink:
     # live connections per master identity (TubID) they were made to: during a key rollover
     # ``bbenroll status`` can tell who is still on the old one
     tubids: dict[str, int] = field(default_factory=dict)
+    # Buildbot's Worker of this name is attached (None: not known, the service runs without Buildbot)
+    attached: bool | None = None
 
     @property
     def state(self) -> str:
@@ -51,9 +68,23 @@ class WorkerLink:
 
 
 class StatusBook:
+    """Every worker's link; ``changed``: something worth a prompt write happened since the last one.
+
+    Each entry's text is cached until that worker changes, so rendering the file is a join,
+    not a walk that formats every worker (``seen`` refreshes a text without ``changed``: it is
+    saved with the next heartbeat).
+    """
+
     def __init__(self) -> None:
         self.workers: dict[str, WorkerLink] = {}
         self.changed = True
+        self._texts: dict[str, str] = {}  # name -> '"name": {...}', valid unless in _stale
+        self._stale: set[str] = set()
+
+    def _touch(self, name: str, *, prompt: bool = True) -> None:
+        self._stale.add(name)
+        if prompt:
+            self.changed = True
 
     def connected(self, name: str, peer: str, now: datetime, tubid: str | None = None) -> None:
         link = self.workers.setdefault(name, WorkerLink())
@@ -64,12 +95,13 @@ class StatusBook:
             link.tubids[tubid] = link.tubids.get(tubid, 0) + 1
         link.peer = peer
         link.last_seen = now
-        self.changed = True
+        self._touch(name)
 
     def seen(self, name: str, now: datetime) -> None:
         link = self.workers.get(name)
         if link is not None:
             link.last_seen = now  # saved with the next heartbeat, not on every call
+            self._touch(name, prompt=False)
 
     def disconnected(self, name: str, now: datetime, tubid: str | None = None) -> None:
         link = self.workers.get(name)
@@ -83,13 +115,27 @@ class StatusBook:
         link.last_seen = now
         if not link.connections:
             link.since = now
-        self.changed = True
+        self._touch(name)
+
+    def set_attached(self, name: str, attached: bool) -> bool:
+        """Record Buildbot's attachment of ``name``; whether it changed."""
+        link = self.workers.get(name)
+        if link is None or link.attached is attached:
+            return False
+        link.attached = attached
+        self._touch(name)
+        return True
+
+    def watched(self) -> list[str]:
+        """Workers whose Buildbot attachment is worth asking about: connected, or attached when
+        last asked (a session waiting for its worker's resume keeps Buildbot's Worker attached)."""
+        return [name for name, link in self.workers.items() if link.connections or link.attached]
 
     def offered(self, name: str, serial: int) -> None:
         link = self.workers.get(name)
         if link is not None and link.offer_pending != serial:
             link.offer_pending = serial
-            self.changed = True
+            self._touch(name)
 
     def delivered(self, name: str, serial: int) -> None:
         """``name`` confirmed ``serial``: no offer pending up to it, its failure is history."""
@@ -99,41 +145,69 @@ class StatusBook:
         if link.offer_pending is not None and link.offer_pending <= serial:
             link.offer_pending = None
             link.update_failure = link.update_failure_at = None
-            self.changed = True
+            self._touch(name)
 
     def update_failed(self, name: str, serial: int, reason: str, now: datetime) -> None:
         link = self.workers.get(name)
         if link is not None:
             link.update_failure = f"serial {serial}: {reason}"
             link.update_failure_at = now
-            self.changed = True
+            self._touch(name)
 
-    def forget(self, names: set[str]) -> None:
-        """Drop workers that are no longer in the registry and not connected."""
-        for name in list(self.workers):
-            if name not in names and not self.workers[name].connections:
-                del self.workers[name]
-                self.changed = True
+    def forget_removed(self, removed: set[str]) -> None:
+        """Drop the workers a registry change removed, unless still connected (a diff: no walk)."""
+        for name in removed:
+            link = self.workers.get(name)
+            if link is not None and not link.connections:
+                self.forget_one(name)
+
+    def forget_one(self, name: str) -> None:
+        del self.workers[name]
+        self._texts.pop(name, None)
+        self._stale.discard(name)
+        self.changed = True
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Each worker's entry, as the file holds it."""
+        return {name: _entry(link) for name, link in sorted(self.workers.items())}
 
     def to_json(self, now: datetime, *, running: bool = True, listen: str | None = None) -> dict[str, Any]:
-        return {
-            "version": STATUS_VERSION,
-            "running": running,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "listen": listen,
-            "updated": format_time(now),
-            "workers": {
-                name: {
-                    "state": link.state,
-                    "since": format_time(link.since),
-                    "peer": link.peer,
-                    "last_seen": format_time(link.last_seen),
-                    **_update_fields(link),
-                }
-                for name, link in sorted(self.workers.items())
-            },
-        }
+        return {**_head(now, running=running, listen=listen), "workers": self.entries()}
+
+    def render(self, now: datetime, *, running: bool = True, listen: str | None = None) -> bytes:
+        """The file's bytes: the cached texts of unchanged workers, the changed ones formatted anew."""
+        for name in self._stale:
+            link = self.workers.get(name)
+            if link is not None:
+                self._texts[name] = json.dumps(name) + ": " + json.dumps(_entry(link))
+        self._stale.clear()
+        head = json.dumps(_head(now, running=running, listen=listen), indent=1)[:-2]  # without "\n}"
+        workers = ",\n  ".join(self._texts[name] for name in sorted(self._texts))
+        return f'{head},\n "workers": {{\n  {workers}\n }}\n}}\n'.encode()
+
+
+def _head(now: datetime, *, running: bool, listen: str | None) -> dict[str, Any]:
+    return {
+        "version": STATUS_VERSION,
+        "running": running,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "listen": listen,
+        "updated": format_time(now),
+    }
+
+
+def _entry(link: WorkerLink) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "state": link.state,
+        "since": format_time(link.since),
+        "peer": link.peer,
+        "last_seen": format_time(link.last_seen),
+        **_update_fields(link),
+    }
+    if link.attached is not None:
+        entry["attached"] = link.attached
+    return entry
 
 
 def _update_fields(link: WorkerLink) -> dict[str, str]:
@@ -149,39 +223,125 @@ def _update_fields(link: WorkerLink) -> dict[str, str]:
     return fields
 
 
-def write_status(path: Path, document: dict[str, Any]) -> None:
-    atomic_write(path, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
+def write_status(path: Path, document: dict[str, Any] | bytes) -> None:
+    data = document if isinstance(document, bytes) else (json.dumps(document, indent=1) + "\n").encode()
+    atomic_write(path, data)
+
+
+# runs a blocking function off the event loop; a Deferred of its result (master/writer.py's Runner)
+Runner = Callable[[Callable[[], Any]], Any]
 
 
 class StatusWriter:
-    """Writes a :class:`StatusBook` to ``path``: on a change, and every :data:`HEARTBEAT`.
+    """Writes a :class:`StatusBook` to ``path``, batched, in ``run`` (a thread); see the module.
 
-    A write that fails (a full disk, a read-only directory) is retried with the next
-    heartbeat rather than on every tick; :meth:`write` returns the error message
-    (for the caller to log) or None.
+    :meth:`changed` after the book changed: a write within :data:`BATCH_INTERVAL`.
+    :meth:`heartbeat` on every tick: a write if none was made for :data:`HEARTBEAT`.
+    One write is in flight at a time; changes meanwhile are carried by the next batch.
+    A write that fails (a full disk, a read-only directory) is reported to ``on_error``
+    and retried with the next heartbeat rather than at once.
     """
 
-    def __init__(self, path: Path, book: StatusBook) -> None:
+    batch_interval: float = BATCH_INTERVAL
+
+    def __init__(
+        self,
+        path: Path,
+        book: StatusBook,
+        *,
+        now: Callable[[], datetime],
+        listen: Callable[[], str | None],
+        run: Runner,
+        schedule: Callable[..., Any],
+        on_error: Callable[[str], None],
+    ) -> None:
         self.path = path
         self.book = book
+        self.now = now
+        self.listen = listen
+        self.run = run
+        self.schedule = schedule
+        self.on_error = on_error
         self.last_write: datetime | None = None
         self.failing = False
+        self.writes = 0  # writes begun (for tests and benches)
+        self._timer: Any = None
+        self._in_flight: Any = None  # the Deferred of the write being made
+        self._closed = False
 
-    def write(self, now: datetime, *, listen: str | None, force: bool = False,
-              running: bool = True) -> str | None:
-        due = self.last_write is None or now - self.last_write >= HEARTBEAT
-        if not (force or due or (self.book.changed and not self.failing)):
-            return None
-        try:
-            write_status(self.path, self.book.to_json(now, running=running, listen=listen))
-        except OSError as e:
-            self.last_write = now
-            self.failing = True
-            return f"cannot write {self.path}: {e}"
-        self.failing = False
+    def changed(self) -> None:
+        """The book changed: write it within the batch interval (one timer for the whole burst)."""
+        if self._closed or self._timer is not None or self._in_flight is not None or self.failing:
+            return
+        self._timer = self.schedule(self.batch_interval, self._batch_due)
+
+    def heartbeat(self) -> None:
+        """Write if the last write is older than :data:`HEARTBEAT` (a reader knows we run)."""
+        if self._closed or self._timer is not None or self._in_flight is not None:
+            return
+        if self.last_write is None or self.now() - self.last_write >= HEARTBEAT:
+            self.write_now()
+        elif self.book.changed and not self.failing:
+            self.changed()
+
+    def stop(self) -> None:
+        """No more writes (the service stops without a last one: it never ran)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed = True
+
+    def _batch_due(self) -> None:
+        self._timer = None
+        self.write_now()
+
+    def write_now(self, *, running: bool = True) -> Any:
+        """Begin a write of the book as it is now (unless one is in flight: it is carried next)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._in_flight is not None:
+            return self._in_flight
+        now = self.now()
+        data = self.book.render(now, running=running, listen=self.listen())  # on the loop: a join
         self.book.changed = False
         self.last_write = now
-        return None
+        self.writes += 1
+        path = self.path
+        d = self.run(lambda: write_status(path, data))
+        self._in_flight = d
+        d.addBoth(self._written)
+        return d
+
+    def _written(self, result: Any) -> None:
+        self._in_flight = None
+        error = getattr(result, "value", None)
+        if isinstance(error, OSError):
+            self.failing = True
+            self.on_error(f"cannot write {self.path}: {error}")
+        elif error is not None:
+            self.failing = True
+            self.on_error(f"cannot write {self.path}: {error!r}")
+        else:
+            self.failing = False
+        if self.book.changed and not self.failing:
+            self.changed()  # what changed while this write was in flight
+
+    def close(self) -> Any:
+        """The last write (``"running": false``), after the one in flight; a Deferred of it."""
+        from twisted.internet import defer
+
+        self.stop()
+        before = self._in_flight if self._in_flight is not None else defer.succeed(None)
+        final: defer.Deferred[None] = defer.Deferred()
+
+        def last(_: Any) -> None:
+            self._in_flight = None
+            d = self.write_now(running=False)
+            d.addBoth(lambda _: final.callback(None))
+
+        before.addBoth(last)
+        return final
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
@@ -198,7 +358,8 @@ def read_status(path: Path) -> dict[str, Any] | None:
             raise ValueError
         for entry in document["workers"].values():
             if not isinstance(entry, dict) or not all(
-                value is None or isinstance(value, str) for value in entry.values()
+                value is None or isinstance(value, str) or (key == "attached" and isinstance(value, bool))
+                for key, value in entry.items()
             ):
                 raise ValueError
     except ValueError:

@@ -102,8 +102,7 @@ def test_a_worker_that_says_never_is_not_rotated(world):
     world.finish()
 
 
-def test_ages_are_looked_at_once_a_rotation_check_not_every_tick(world, monkeypatch):
-    from bbenroll.master import service as service_module
+def test_ages_are_looked_at_only_when_a_rotation_is_due_not_every_tick(world, monkeypatch):
     from bbenroll.registry import model
 
     world.add("w1")
@@ -114,10 +113,12 @@ def test_ages_are_looked_at_once_a_rotation_check_not_every_tick(world, monkeypa
     world.start(run_write=run_here)
     for _ in range(5):
         world.advance(POLL_INTERVAL)
-    assert looked == ["w1"]
-    world.advance(service_module.ROTATION_CHECK)
-    assert looked == ["w1", "w1"]
-    world.cli("add", "w2")  # a reload: looked at the next tick
+    world.cli("add", "w2")  # a reload plans the next due time; it does not look at every age
     world.advance(POLL_INTERVAL)
-    assert looked[2:] == ["w1", "w2"]
+    assert looked == []
+    before = secrets(world)
+    world.advance(90 * DAY - 10 * POLL_INTERVAL)
+    assert looked == [] and secrets(world) == before
+    world.advance(10 * POLL_INTERVAL)  # w1's age reached: looked at once, rotated
+    assert looked[:2] == ["w1", "w2"] and secrets(world)["w1"] != before["w1"]
     world.finish()

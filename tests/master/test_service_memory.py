@@ -14,7 +14,7 @@ from bbenroll.master.guard import FAILURE_MEMORY
 from bbenroll.master.identities import ServedIdentities
 from bbenroll.master.reloader import POLL_INTERVAL
 from bbenroll.master.service import EnrollmentService
-from bbenroll.master.status import status_path
+from bbenroll.master.status import BATCH_INTERVAL, status_path
 from bbenroll.master.tub import DISCONNECT_TIMEOUT, KEEPALIVE, MAX_SWISSNUM_LENGTH, SHUTDOWN_GRACE
 from tests.helpers.foolscap import resolve
 
@@ -241,11 +241,15 @@ def test_status_file_follows_connections(world):
     assert json.loads(path.read_text())["workers"] == {}
     link = world.connect()
     link.reference(w1)
+    assert json.loads(path.read_text())["workers"] == {}  # not at once: batched
+    world.advance(BATCH_INTERVAL)
     entry = json.loads(path.read_text())["workers"]["w1"]
     assert (entry["state"], entry["peer"]) == ("connected", link.peer)
+    assert "attached" not in entry  # no Buildbot: nothing known
     status = {w["name"]: w for w in json.loads(world.cli("status", "--json"))["workers"]}
     assert (status["w1"]["state"], status["w2"]["state"]) == ("connected", "disconnected")
     link.close()
+    world.advance(BATCH_INTERVAL)
     assert json.loads(path.read_text())["workers"]["w1"]["state"] == "disconnected"
     world.finish()
 
