@@ -86,3 +86,12 @@ def master(served_reg_path):
     m = Master(served_reg_path)
     yield m
     pytest_twisted.blockon(defer.ensureDeferred(m.stop()))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``first`` tests run before all others, ``last`` ones after: a long scenario starts
+    in the background at the beginning of the run and is checked at its end."""
+    first = [item for item in items if item.get_closest_marker("first")]
+    last = [item for item in items if item.get_closest_marker("last")]
+    rest = [item for item in items if item not in first and item not in last]
+    items[:] = first + rest + last

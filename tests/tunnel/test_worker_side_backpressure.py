@@ -2,7 +2,12 @@
 and a proxy (tests/helpers/netproxy.py). A build prints as fast as it can while the link is
 stalled for ten minutes; the worker holds the command (its pipe fills, it waits), so the worker
 process stays within the window plus high_water of its size before the build, and once the link
-returns the build ends SUCCESS with every line of its log."""
+returns the build ends SUCCESS with every line of its log.
+
+The scenario runs in a thread: its first test starts it at the beginning of the session
+and its last test checks it at the end, so a full run spends the ten minutes on the other
+tests (the ``first`` and ``last`` markers, tests/conftest.py). Run alone, the last test
+starts it and waits."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import pytest
 
 from bbenroll.tunnel.core import Settings
 from tests.helpers.buildbot import force_build, rest, wait_build, wait_for
-from tests.tunnel.test_e2e import MARK, SUCCESS, farm_factory, log_digest  # noqa: F401 (a fixture)
+from tests.tunnel.test_e2e import MARK, SUCCESS, log_digest
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -105,30 +110,91 @@ class RssSampler(threading.Thread):
         self.join(5)
 
 
-@pytest.mark.timeout(STALL + 420)
-def test_a_build_printing_through_a_ten_minute_stall_is_held_and_ends_exact(farm_factory, tmp_path):  # noqa: F811
-    started, go = tmp_path / "started", tmp_path / "go"
-    farm = farm_factory(command=gated_output_script(started, go), resume=RESUME)
-    worker_pid = int((farm.wdir / "twistd.pid").read_text().strip())
-    before = rss(worker_pid)
-    sampler = RssSampler(worker_pid)
-    sampler.start()
-    try:
-        brid = force_build(farm.www)
-        wait_for(started.exists, timeout=60, what="the step to start")
-        farm.proxy.stall()
-        go.touch()  # prints as fast as it can, into a link that moves nothing
-        time.sleep(STALL)
-        stalled_peak = sampler.peak
-        farm.proxy.unstall()
-        build = wait_build(farm.www, brid, timeout=240)
-    finally:
-        sampler.stop()
+class StallRun(threading.Thread):
+    """The whole scenario after the farm is up: force the build, stall the link for STALL
+    seconds while the build prints, let the link go, wait for the build. In a thread, so
+    that in a full test run the ten minutes pass while the other tests run (``first`` and
+    ``last`` markers, tests/conftest.py): CI would otherwise spend them waiting."""
+
+    def __init__(self, farm, started: Path, go: Path) -> None:
+        super().__init__(daemon=True)
+        self.farm, self.started, self.go = farm, started, go
+        worker_pid = int((farm.wdir / "twistd.pid").read_text().strip())
+        self.before = rss(worker_pid)
+        self.sampler = RssSampler(worker_pid)
+        self.stalled = threading.Event()
+        self.stalled_peak = 0
+        self.build: dict | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        self.sampler.start()
+        try:
+            brid = force_build(self.farm.www)
+            wait_for(self.started.exists, timeout=120, what="the step to start")
+            self.farm.proxy.stall()
+            self.go.touch()  # prints as fast as it can, into a link that moves nothing
+            self.stalled.set()
+            time.sleep(STALL)
+            self.stalled_peak = self.sampler.peak
+            self.farm.proxy.unstall()
+            self.build = wait_build(self.farm.www, brid, timeout=600)
+        except BaseException as e:  # reported by the checking test
+            self.error = e
+        finally:
+            self.stalled.set()
+            self.sampler.stop()
+
+
+_run: StallRun | None = None
+_farms: list = []
+
+
+def start_run(tmp: Path) -> StallRun:
+    global _run
+    if _run is None:
+        from tests.tunnel.test_e2e import Farm
+
+        (tmp / "farm").mkdir(parents=True, exist_ok=True)
+        started, go = tmp / "started", tmp / "go"
+        farm = Farm(tmp / "farm", command=gated_output_script(started, go), resume=RESUME)
+        _farms.append(farm)
+        _run = StallRun(farm, started, go)
+        _run.start()
+    return _run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_farm():
+    # session scope: the module's tests run first and last, far apart (its module scope
+    # would end right after the first one)
+    yield
+    for farm in _farms:
+        farm.stop()
+
+
+@pytest.mark.first
+def test_a_build_starts_printing_into_a_stalled_link(tmp_path_factory):
+    run = start_run(tmp_path_factory.mktemp("stall"))
+    assert run.stalled.wait(240), "the build did not start"
+    assert run.error is None, run.error
+
+
+@pytest.mark.last
+@pytest.mark.timeout(STALL + 900)
+def test_a_build_printing_through_a_ten_minute_stall_is_held_and_ends_exact(tmp_path_factory):
+    run = start_run(tmp_path_factory.mktemp("stall"))  # started already, unless run alone
+    run.join(STALL + 840)
+    assert not run.is_alive(), "the scenario did not end"
+    if run.error is not None:
+        raise run.error
+    build, before, sampler = run.build, run.before, run.sampler
     print(f"worker RSS before the build {before / MIB:.1f} MiB; growth: stalled "
-          f"{(stalled_peak - before) / MIB:.1f} MiB, whole build {(sampler.peak - before) / MIB:.1f} MiB "
+          f"{(run.stalled_peak - before) / MIB:.1f} MiB, whole build {(sampler.peak - before) / MIB:.1f} MiB "
           f"(bound {GROWTH / MIB:.0f} MiB)")
     assert sampler.samples >= STALL  # sampled every second throughout
-    assert stalled_peak - before <= GROWTH, f"the worker grew by {(stalled_peak - before) / MIB:.0f} MiB"
+    stalled_growth = run.stalled_peak - before
+    assert stalled_growth <= GROWTH, f"the worker grew by {stalled_growth / MIB:.0f} MiB"
     assert sampler.peak - before <= GROWTH, f"the worker grew by {(sampler.peak - before) / MIB:.0f} MiB"
     assert build["results"] == SUCCESS
-    assert log_digest(stored_log(farm, build)) == expected_digest()
+    assert log_digest(stored_log(run.farm, build)) == expected_digest()
