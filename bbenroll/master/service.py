@@ -40,6 +40,7 @@ Nothing here imports Buildbot; :mod:`bbenroll.master.hook` adapts it to a master
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,6 +89,12 @@ __all__ = ["OFFER_RETRY", "POLL_INTERVAL", "EnrolledWorker", "EnrollmentService"
 log = Logger(namespace="bbenroll")
 
 OFFER_RETRY = 60.0  # seconds before an unanswered or failed offer is made again
+# Workers moving to an offered FURL at once: each move is a TLS handshake, a Foolscap
+# negotiation and a session move, on both event loops. Offering a whole fleet in one
+# tick (rotate --all on 300 workers) starved both loops until links died and every
+# test connection timed out; the others wait for a free place (one per confirmation,
+# failure, or OFFER_RETRY without an answer).
+MAX_OFFERS_IN_FLIGHT = 32
 MAX_ROTATIONS_PER_TICK = 50  # rotate_every: a fleet reaching its age on one day is spread out
 # seconds before a policy rotation that failed is tried again (when rotations are due is
 # otherwise computed, master/schedule.py)
@@ -164,6 +171,10 @@ class EnrolledWorker(FrameSink, Referenceable):
             self.session.receive(frame)
 
 
+def _offer_order(obj: EnrolledWorker) -> float:
+    return -math.inf if obj.offered_at is None else obj.offered_at
+
+
 class EnrollmentService(service.MultiService):
     """Serves the registry's FURLs; reloads it live. Runs alone or under a Buildbot master.
 
@@ -226,6 +237,8 @@ class EnrollmentService(service.MultiService):
         self._announced = first.view
         self._legacy_pb_seen = self.loaded.registry.master.legacy_pb  # what Buildbot was told
         self.offer_retry = OFFER_RETRY
+        self.max_offers_in_flight = MAX_OFFERS_IN_FLIGHT
+        self._moving: dict[str, float] = {}  # worker name -> when its FURL was offered (clock seconds)
         self.max_rotations_per_tick = MAX_ROTATIONS_PER_TICK
         self.writer = RegistryWriter(
             self.registry_path,
@@ -932,7 +945,11 @@ class EnrollmentService(service.MultiService):
         """Offer the registry's newest FURL to the subscribed connections that lack it."""
         now = self.now()
         seconds = self.clock.seconds()
-        for obj in list(self._to_check):
+        for name, offered_at in list(self._moving.items()):
+            if seconds - offered_at >= self.offer_retry:
+                del self._moving[name]  # no answer: its place goes to the next worker
+        # never offered first, then the longest waiting: a retry does not starve the others
+        for obj in sorted(self._to_check, key=_offer_order):
             if obj.updater is None:
                 self._to_check.discard(obj)
                 continue
@@ -950,6 +967,8 @@ class EnrollmentService(service.MultiService):
             newer = obj.offered_serial is None or worker.serial > obj.offered_serial
             if not newer and recent:
                 continue
+            if obj.name not in self._moving and len(self._moving) >= self.max_offers_in_flight:
+                break  # the rest stay to check: offered as places free up
             self._offer(obj, worker)
 
     def _offer(self, obj: EnrolledWorker, worker: model.Worker) -> None:
@@ -957,6 +976,7 @@ class EnrollmentService(service.MultiService):
         obj.offering = True
         obj.offered_serial = serial
         obj.offered_at = self.clock.seconds()
+        self._moving[obj.name] = obj.offered_at
         updater = obj.updater
         self.status.offered(obj.name, serial)
         log.info("offering worker {worker!r} FURL serial {serial}", worker=obj.name, serial=serial)
@@ -999,6 +1019,7 @@ class EnrollmentService(service.MultiService):
 
     def _confirm(self, obj: EnrolledWorker, worker: model.Worker, serial: int) -> Any:
         obj.serial = max(obj.serial, serial)
+        self._moving.pop(obj.name, None)  # it moved (to this FURL or an older one): a place is free
         if serial < worker.serial:
             # it moved to an older FURL than the newest: the offer of the newest was lost or
             # raced a rotation; offer it now (one offer per confirm: bounded by its own calls)
@@ -1039,6 +1060,7 @@ class EnrollmentService(service.MultiService):
             why=why,
         )
         self.status.update_failed(obj.name, serial, why, self.now())
+        self._moving.pop(obj.name, None)
         obj.offering = False
         obj.offered_at = self.clock.seconds()  # not again before OFFER_RETRY
         self._to_check.add(obj)

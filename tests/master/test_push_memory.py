@@ -367,3 +367,33 @@ def test_an_offer_whose_answer_never_comes_is_made_again_after_offer_retry(world
     world.advance(POLL_INTERVAL)
     assert len(updater.offers) == 2
     world.finish()
+
+
+def test_a_fleet_rotation_offers_at_most_max_offers_in_flight_at_once(world):
+    names = [f"w{i}" for i in range(5)]
+    secrets = {name: world.add(name) for name in names}
+    start(world)
+    world.service.max_offers_in_flight = 2
+    refs = {name: world.accepted(secrets[name])[1] for name in names}
+    updaters = {name: subscribe(world, refs[name], serial_of(world, name)) for name in names}
+    world.cli("rotate", "--all")
+    world.advance(POLL_INTERVAL)
+    offered = [name for name in names if updaters[name].offers]
+    assert len(offered) == 2  # the others wait for a place
+    world.advance(5 * POLL_INTERVAL)
+    assert [name for name in names if updaters[name].offers] == offered
+    # a confirmation frees a place: the next worker is offered at the next tick
+    first = offered[0]
+    _, new_ref = world.accepted(entry(world, first)["swissnum"])
+    assert world.call(new_ref, "confirm_furl", serial_of(world, first)) == {"status": "confirmed"}
+    world.advance(POLL_INTERVAL)
+    assert len([name for name in names if updaters[name].offers]) == 3
+    # a failed move frees one too
+    second = offered[1]
+    world.call(refs[second], "furl_update_failed", serial_of(world, second), "no route")
+    world.advance(POLL_INTERVAL)
+    assert len([name for name in names if updaters[name].offers]) == 4
+    # and an offer that is never answered gives its place up after OFFER_RETRY
+    world.advance(OFFER_RETRY)
+    assert all(updaters[name].offers for name in names)
+    world.finish()
