@@ -30,7 +30,7 @@ Parts, in this order for each (N, mode):
    ``connected_to`` is non-empty. t50/t90/t100: when half, 90 %, all were first seen attached;
    left behind: not attached after ``--timeout``. Master CPU: utime+stime of the master process
    (not its children) from its start until t100 (or the timeout).
-2. idle: 5 s after the attach, the master's CPU % of one core over ``--idle-seconds`` (no REST
+2. idle: 20 s after the attach, the master's CPU % of one core over ``--idle-seconds`` (no REST
    polls in the window), then VmRSS and open fds; the workers' processes' CPU too.
 3. restart: the master is stopped gracefully (SIGTERM, as ``buildbot stop``) and started again;
    the same times, from the new spawn.
@@ -83,7 +83,7 @@ BIN = Path(PYTHON).parent
 LOOP = "127.0.0.1"
 POLL = 0.5  # s between REST (and registry) polls, as the issue asks
 BACKLOG = 1024  # listen backlog of every port the fleet connects to
-SETTLE = 5.0  # s after the attach before the idle window opens
+SETTLE = 20.0  # s after the attach before the idle window opens (Buildbot finishes the attaches first)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROTOCOL_ERROR = "tunnel protocol error"
 
@@ -99,6 +99,20 @@ BASEDIRS = {basedirs!r}
 application = service.Application("bench-workers")
 logfile = LogFile.fromFullPath({log!r}, rotateLength=100_000_000, maxRotatedFiles=2)
 application.setComponent(ILogObserver, FileLogObserver(logfile).emit)
+
+SOURCE = {source!r}
+if SOURCE:  # this process is one machine of the fleet: its connections come from its own address
+    from twisted.internet import reactor
+
+    _connect = reactor.connectTCP
+
+    def connectTCP(host, port, factory, timeout=30, bindAddress=None):
+        if bindAddress is None and str(host).startswith("127."):
+            bindAddress = (SOURCE, 0)
+        return _connect(host, port, factory, timeout, bindAddress)
+
+    reactor.connectTCP = connectTCP
+
 for basedir in BASEDIRS:
     tac = os.path.join(basedir, "buildbot.tac")
     scope = {{"__file__": tac, "__name__": "__tac__"}}
@@ -207,6 +221,10 @@ def raise_limits() -> None:
 # -- /proc --------------------------------------------------------------------------------
 
 
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the process itself (not its children)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -256,6 +274,7 @@ class Attach:
     cpu: float = 0.0  # master CPU-seconds from its start until t100 (or the timeout)
     cpu_ready: float = 0.0  # of which before REST answered (Buildbot's own start)
     stop: float | None = None  # restart only: how long the graceful stop took
+    load: str = ""  # the machine's 1-minute load average as the watch ended (it is shared)
 
 
 def watch_attach(
@@ -280,6 +299,7 @@ def watch_attach(
     times = list(seen.values())
     result.t50, result.t90, result.t100 = (percentile_time(times, s, len(names)) for s in (0.5, 0.9, 1.0))
     result.left = len(names) - len(seen)
+    result.load = load_average()
     return result
 
 
@@ -370,12 +390,18 @@ def proxied_share(names: list[str], share: float) -> list[str]:
     return names[::step]
 
 
-def write_groups(fleet: Fleet, basedirs: list[Path], per_process: int) -> None:
+def write_groups(fleet: Fleet, basedirs: list[Path], args: argparse.Namespace) -> None:
+    per_process = args.per_process
     for i in range(0, len(basedirs), per_process):
-        group = fleet.tmp / f"group{i // per_process:03d}"
+        number = i // per_process
+        # 127.0.0.0/8 is all loopback on Linux: 127.1.x.y needs no set-up
+        source = f"127.1.{number // 250}.{number % 250 + 1}" if args.sources == "per-process" else None
+        group = fleet.tmp / f"group{number:03d}"
         group.mkdir()
         chunk = [str(b) for b in basedirs[i : i + per_process]]
-        (group / "group.tac").write_text(GROUP_TAC.format(basedirs=chunk, log=str(group / "twistd.log")))
+        (group / "group.tac").write_text(
+            GROUP_TAC.format(basedirs=chunk, log=str(group / "twistd.log"), source=source)
+        )
         fleet.groups.append(group)
 
 
@@ -414,7 +440,7 @@ def make_stock(tmp: Path, n: int, args: argparse.Namespace) -> Fleet:
             if createWorker(options) != 0:
                 raise BenchError(f"create-worker {worker_dir} failed")
         basedirs.append(worker_dir)
-    write_groups(fleet, basedirs, args.per_process)
+    write_groups(fleet, basedirs, args)
     return fleet
 
 
@@ -422,7 +448,7 @@ def make_bbenroll(tmp: Path, n: int, args: argparse.Namespace) -> Fleet:
     from bbenroll.fileio import atomic_write
     from bbenroll.registry import model, store
     from bbenroll.registry.tomledit import append_tables, render_new_table
-    from tests.helpers.buildbot import create_master
+    from tests.helpers.buildbot import create_master, wait_for
     from tests.helpers.net import free_port
     from tests.helpers.netproxy import FaultyProxy
     from tests.helpers.rotation import hints
@@ -459,14 +485,14 @@ def make_bbenroll(tmp: Path, n: int, args: argparse.Namespace) -> Fleet:
     # create_worker talks to the master: it runs while the basedirs are made
     fleet.master.start()
     try:
-        wait_until(lambda: attached(www) is not None, 120, "the master's REST API")
+        wait_for(lambda: attached(www) is not None, timeout=120, interval=POLL, what="the master's REST API")
         helpers = []
         for i in range(2):  # two processes: minting the keys is CPU-bound
             part = tmp / f"create{i}.json"
             part.write_text(json.dumps(jobs[i::2]))
             helpers.append(
                 subprocess.Popen(
-                    [PYTHON, "-c", CREATE, str(part), "8"],
+                    [PYTHON, "-c", CREATE, str(part), "4"],
                     cwd=ROOT,
                     env=child_env(),
                     stdout=subprocess.PIPE,
@@ -484,19 +510,8 @@ def make_bbenroll(tmp: Path, n: int, args: argparse.Namespace) -> Fleet:
             CHILDREN.remove(helper)
     finally:
         fleet.master.stop()
-    write_groups(fleet, [Path(b) for b, _ in jobs], args.per_process)
+    write_groups(fleet, [Path(b) for b, _ in jobs], args)
     return fleet
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = POLL) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- the parts ------------------------------------------------------------------------------
@@ -509,12 +524,14 @@ class Idle:
     fds: int
     workers_cpu_percent: float
     attached: int
+    load: str
 
 
 @dataclass
 class Outage:
     proxied: int
-    detached: int
+    detached: int  # seen without connected_to in a REST poll
+    logged: int  # with a "Worker.detached(NAME)" line in the master's log
     links_back: float | None  # s after the link returned until the proxy carried one per worker again
     all_attached: float | None  # s after the link returned until Buildbot had every worker attached
     left: int
@@ -562,6 +579,7 @@ def part_idle(fleet: Fleet, seconds: float) -> Idle:
         open_fds(pid),
         100 * (workers1 - workers0) / (t1 - t0),
         len(attached(fleet.master.www) or ()),
+        load_average(),
     )
     log(
         f"  idle: master {result.cpu_percent:.2f}% CPU, {result.rss:.0f} MB, {result.fds} fds; "
@@ -592,6 +610,7 @@ def part_outage(fleet: Fleet, seconds: float, timeout: float) -> Outage:
             detached.update(subset - got)
         return got or set()
 
+    mark = len(fleet.master.log_text())
     proxy.block()
     proxy.cut()
     end = time.monotonic() + seconds
@@ -609,11 +628,12 @@ def part_outage(fleet: Fleet, seconds: float, timeout: float) -> Outage:
         if full is None and got >= everyone:
             full = now - back
         time.sleep(max(0.0, POLL - (time.monotonic() - now)))
-    result = Outage(
-        len(subset), len(detached), links, full, len(everyone - (attached(fleet.master.www) or set()))
-    )
+    logged = {name for name in subset if f"Worker.detached({name})" in fleet.master.log_text()[mark:]}
+    left = len(everyone - (attached(fleet.master.www) or set()))
+    result = Outage(len(subset), len(detached), len(logged), links, full, left)
     log(
-        f"  outage: {result.detached}/{result.proxied} detached; links back after {fmt(links)}, "
+        f"  outage: {result.detached}/{result.proxied} detached ({result.logged} in the log); "
+        f"links back after {fmt(links)}, "
         f"all attached after {fmt(full)}; left {result.left}"
     )
     return result
@@ -701,6 +721,7 @@ class Soak:
 
 
 def part_soak(args: argparse.Namespace, tmp: Path) -> Soak:
+    from tests.helpers.buildbot import wait_for
     from tests.helpers.netproxy import FaultyProxy
     from tests.helpers.rotation import SUCCESS, RotationFarm, Worker, expected_output, hints
 
@@ -720,7 +741,9 @@ def part_soak(args: argparse.Namespace, tmp: Path) -> Soak:
                 farm, name, furl.replace(f"@{hints(furl)}/", f"@tcp:{LOOP}:{proxy.port}/")
             )
             farm.workers[name].start()
-        wait_until(lambda: all(farm.connected(n) for n in names), 120, "the soak's workers attached")
+        wait_for(
+            lambda: all(farm.connected(n) for n in names), timeout=120, what="the soak's workers attached"
+        )
 
         def cutter(name: str, rng: random.Random) -> None:
             while not stop.wait(rng.uniform(5, 20)):
@@ -811,6 +834,7 @@ def attach_rows(runs: list[Run], which: str) -> list[list[str]]:
             str(a.left),
             fmt(a.cpu),
             fmt(a.cpu - a.cpu_ready),
+            a.load,
         ]
         if which == "restart":
             row.insert(2, fmt(a.stop))
@@ -828,7 +852,8 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on Python {platform.python_version()}, Buildbot "
         f"{buildbot.version}, Twisted {twisted.__version__}, Foolscap {foolscap.__version__}, "
         f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs; {args.per_process} worker "
-        f"services per twistd process; listen backlog {BACKLOG}; one run per row; load average "
+        f"services per twistd process, connecting from {args.sources_text}; listen backlog {BACKLOG}; "
+        "one run per row; load average "
         f"{args.load} at the start (the machine is shared).",
         "",
     ]
@@ -842,6 +867,7 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
         "left behind",
         "master CPU, total (s)",
         "of which after REST up (s)",
+        "load avg",
     ]
     if any(r.attach for r in runs):
         lines += [
@@ -861,6 +887,7 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
                 "open fds",
                 "fds per worker",
                 "all worker processes' CPU (%)",
+                "load avg",
             ],
             [
                 [
@@ -871,6 +898,7 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
                     str(r.idle.fds),
                     fmt(r.idle.fds / r.n, 2),
                     fmt(r.idle.workers_cpu_percent, 1),
+                    r.idle.load,
                 ]
                 for r in runs
                 if r.idle
@@ -890,7 +918,8 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
                 "mode",
                 "workers",
                 "behind the proxy",
-                "detached in Buildbot",
+                "detached in REST polls",
+                "detached in the master's log",
                 "links back (s)",
                 "all attached (s)",
                 "left behind",
@@ -901,6 +930,7 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
                     str(r.n),
                     str(r.outage.proxied),
                     str(r.outage.detached),
+                    str(r.outage.logged),
                     fmt(r.outage.links_back),
                     fmt(r.outage.all_attached),
                     str(r.outage.left),
@@ -985,6 +1015,13 @@ def main() -> int:
         "--parts", default="attach,idle,restart,outage,rotation,soak", help="default: %(default)s"
     )
     parser.add_argument("--per-process", type=int, default=20, help="worker services per twistd process")
+    parser.add_argument(
+        "--sources",
+        choices=["per-process", "one"],
+        default="per-process",
+        help="source addresses of the workers' connections: one per worker process (a machine each, "
+        "the default) or 127.0.0.1 for all (one machine, or a NAT: bbenroll's per-address guard applies)",
+    )
     parser.add_argument("--idle-seconds", type=float, help="the idle window (default 60, --quick 20)")
     parser.add_argument("--outage-seconds", type=float, default=20.0)
     parser.add_argument("--outage-share", type=float, default=0.1, help="share of the fleet behind the proxy")
@@ -1004,7 +1041,12 @@ def main() -> int:
     modes = args.modes.split(",")
 
     raise_limits()
-    args.load = Path("/proc/loadavg").read_text().split()[0]
+    args.load = load_average()
+    args.sources_text = (
+        "one source address per process (127.1.x.y), except the proxied tenth (127.0.0.1, the proxy's)"
+        if args.sources == "per-process"
+        else "127.0.0.1 alone"
+    )
     signal.signal(signal.SIGTERM, interrupted)
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     runs: list[Run] = []
@@ -1017,7 +1059,7 @@ def main() -> int:
                     runs.append(one_run(mode, n, args, parts, tmp))
         if "soak" in parts:
             soak = part_soak(args, tmp)
-    except BenchError as e:
+    except (BenchError, AssertionError) as e:  # the test helpers' waits fail with AssertionError
         failures.append(str(e))
     except KeyboardInterrupt:
         failures.append("interrupted")
