@@ -30,7 +30,8 @@ Parts, in this order for each (N, mode):
    ``connected_to`` is non-empty. t50/t90/t100: when half, 90 %, all were first seen attached;
    left behind: not attached after ``--timeout``. Master CPU: utime+stime of the master process
    (not its children) from its start until t100 (or the timeout).
-2. idle: 20 s after the attach, the master's CPU % of one core over ``--idle-seconds`` (no REST
+2. idle: once the master's CPU is steady after the attach (at least 20 s, two 5 s probes alike,
+   at most 200 s), the master's CPU % of one core over ``--idle-seconds`` (no REST
    polls in the window), then VmRSS and open fds; the workers' processes' CPU too.
 3. restart: the master is stopped gracefully (SIGTERM, as ``buildbot stop``) and started again;
    the same times, from the new spawn.
@@ -83,7 +84,9 @@ BIN = Path(PYTHON).parent
 LOOP = "127.0.0.1"
 POLL = 0.5  # s between REST (and registry) polls, as the issue asks
 BACKLOG = 1024  # listen backlog of every port the fleet connects to
-SETTLE = 20.0  # s after the attach before the idle window opens (Buildbot finishes the attaches first)
+SETTLE = 20.0  # s after the attach before the idle window may open (Buildbot finishes the attaches first)
+SETTLE_PROBE = 5.0  # s per CPU probe while waiting for the master to settle ...
+SETTLE_MAX = 180.0  # ... for at most this long after SETTLE
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROTOCOL_ERROR = "tunnel protocol error"
 
@@ -525,6 +528,7 @@ class Idle:
     workers_cpu_percent: float
     attached: int
     load: str
+    settled: float  # s from the attach until the window opened
 
 
 @dataclass
@@ -567,9 +571,25 @@ def part_attach(fleet: Fleet, timeout: float) -> Attach:
     return result
 
 
-def part_idle(fleet: Fleet, seconds: float) -> Idle:
+def settle(pid: int) -> float:
+    """Wait until the master's CPU is steady (two probes within 0.5 points or 20 % of each other):
+    after a storm on a loaded machine Buildbot goes on for a while. Seconds waited."""
+    start = time.monotonic()
     time.sleep(SETTLE)
+    last = None
+    while time.monotonic() - start < SETTLE + SETTLE_MAX:
+        before = cpu_seconds(pid)
+        time.sleep(SETTLE_PROBE)
+        now = 100 * (cpu_seconds(pid) - before) / SETTLE_PROBE
+        if last is not None and abs(now - last) <= max(0.5, 0.2 * last):
+            break
+        last = now
+    return time.monotonic() - start
+
+
+def part_idle(fleet: Fleet, seconds: float) -> Idle:
     pid = fleet.master.proc.pid
+    settled = settle(pid)
     cpu0, workers0, t0 = cpu_seconds(pid), fleet.workers_cpu(), time.monotonic()
     time.sleep(seconds)
     cpu1, workers1, t1 = cpu_seconds(pid), fleet.workers_cpu(), time.monotonic()
@@ -580,6 +600,7 @@ def part_idle(fleet: Fleet, seconds: float) -> Idle:
         100 * (workers1 - workers0) / (t1 - t0),
         len(attached(fleet.master.www) or ()),
         load_average(),
+        settled,
     )
     log(
         f"  idle: master {result.cpu_percent:.2f}% CPU, {result.rss:.0f} MB, {result.fds} fds; "
@@ -849,7 +870,7 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
     import twisted
 
     lines = [
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on Python {platform.python_version()}, Buildbot "
+        f"Run ending {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on Python {platform.python_version()}, Buildbot "
         f"{buildbot.version}, Twisted {twisted.__version__}, Foolscap {foolscap.__version__}, "
         f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs; {args.per_process} worker "
         f"services per twistd process, connecting from {args.sources_text}; listen backlog {BACKLOG}; "
@@ -887,6 +908,7 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
                 "open fds",
                 "fds per worker",
                 "all worker processes' CPU (%)",
+                "settled after (s)",
                 "load avg",
             ],
             [
@@ -898,6 +920,7 @@ def report(args: argparse.Namespace, runs: list[Run], soak: Soak | None, failure
                     str(r.idle.fds),
                     fmt(r.idle.fds / r.n, 2),
                     fmt(r.idle.workers_cpu_percent, 1),
+                    fmt(r.idle.settled, 0),
                     r.idle.load,
                 ]
                 for r in runs
