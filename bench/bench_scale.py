@@ -6,8 +6,10 @@ Run from the root of a checkout, with the project's venv (its ``[test]`` extra b
 buildbot-www and buildbot-worker; the script imports ``tests.helpers`` from the checkout)::
 
     .venv/bin/python bench/bench_scale.py [--quick] [--sizes 100,300,1000] [--modes stock,bbenroll]
-        [--parts attach,idle,restart,outage,rotation,soak] [--per-process 20] [--idle-seconds 60]
-        [--outage-seconds 20] [--soak-minutes 10] [--timeout 180] [--markdown FILE] [--keep]
+        [--parts attach,idle,restart,outage,rotation,soak] [--per-process 20]
+        [--sources per-process|one] [--idle-seconds 60] [--outage-seconds 20] [--outage-share 0.1]
+        [--soak-minutes 10] [--soak-workers 3] [--soak-lines 20000] [--timeout 180]
+        [--markdown FILE] [--keep]
 
 For each size N and each mode, a fresh master and N workers, ``--per-process`` worker services
 per ``twistd`` process (one generated tac that loads each worker basedir's own ``buildbot.tac``):
@@ -19,7 +21,9 @@ per ``twistd`` process (one generated tac that loads each worker basedir's own `
   ``bbenroll worker create`` does, key and binding included), run in two helper processes.
 
 Both masters' listening ports get ``backlog=1024`` (Twisted's default of 50 overflows under an
-attach storm). A tenth of the workers (``--outage-share``) reach the master through one
+attach storm). Each worker process connects from a loopback address of its own (127.1.x.y:
+one machine each, so bbenroll's per-address guard applies as to a real fleet; ``--sources one``:
+all from 127.0.0.1). A tenth of the workers (``--outage-share``) reach the master through one
 ``FaultyProxy`` (tests/helpers/netproxy.py), for the outage part; the rest connect directly.
 
 Parts, in this order for each (N, mode):
@@ -29,7 +33,7 @@ Parts, in this order for each (N, mode):
    closed port). ``/api/v2/workers`` is polled every 0.5 s; a worker is attached once its
    ``connected_to`` is non-empty. t50/t90/t100: when half, 90 %, all were first seen attached;
    left behind: not attached after ``--timeout``. Master CPU: utime+stime of the master process
-   (not its children) from its start until t100 (or the timeout).
+   (not its children) from its start until t100 (or the timeout), and the part after REST answered.
 2. idle: once the master's CPU is steady after the attach (at least 20 s, two 5 s probes alike,
    at most 200 s), the master's CPU % of one core over ``--idle-seconds`` (no REST
    polls in the window), then VmRSS and open fds; the workers' processes' CPU too.
@@ -37,7 +41,8 @@ Parts, in this order for each (N, mode):
    the same times, from the new spawn.
 4. outage: the proxy refuses new connections and resets the open ones for ``--outage-seconds``;
    REST is polled every 0.5 s meanwhile. Reports how many of the proxied workers Buildbot saw
-   detached, when the proxy again carried a connection per proxied worker, and when all were
+   detached (in a poll, and by a ``Worker.detached(NAME)`` line in the master's log), when
+   the proxy again carried a connection per proxied worker, and when all were
    attached, both counted from the moment the link returned.
 5. rotation (bbenroll only): ``bbenroll rotate --all`` (a fresh process), then the registry is
    read every 0.5 s until every worker's ``delivered`` equals its ``serial``.
