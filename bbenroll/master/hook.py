@@ -172,7 +172,10 @@ class Enrollment:
     def buildbot_pb_port(self) -> str:
         """The port Buildbot's PB listens on: ``[master] legacy_pb`` (public) during a cut-over,
         else the loopback ``pb`` (always checked: the tunnels fall back to it afterwards).
-        A TCP port without a ``backlog=`` gets :data:`~bbenroll.endpoints.DEFAULT_BACKLOG`."""
+        The loopback ``pb``, as a TCP port without a ``backlog=``, gets
+        :data:`~bbenroll.endpoints.DEFAULT_BACKLOG`. ``legacy_pb`` is used exactly as written:
+        it is the port the stock workers already use, and Buildbot takes another string for
+        the same port as a second port to listen on (which then fails: address in use)."""
         loopback = self.pb_port
         legacy_pb = self.loaded.registry.master.legacy_pb
         if legacy_pb is None:
@@ -180,7 +183,7 @@ class Enrollment:
         from bbenroll.master.legacy import check_legacy_pb
 
         try:
-            return with_backlog(check_legacy_pb(legacy_pb))
+            return check_legacy_pb(legacy_pb)
         except BBEnrollError as e:
             raise _config_error(f"{self.path}: {e}") from None
 

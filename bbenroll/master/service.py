@@ -238,7 +238,8 @@ class EnrollmentService(service.MultiService):
         self._legacy_pb_seen = self.loaded.registry.master.legacy_pb  # what Buildbot was told
         self.offer_retry = OFFER_RETRY
         self.max_offers_in_flight = MAX_OFFERS_IN_FLIGHT
-        self._moving: dict[str, float] = {}  # worker name -> when its FURL was offered (clock seconds)
+        # worker name -> when its FURL was offered (clock seconds), until it moved or failed
+        self._offers_in_flight: dict[str, float] = {}
         self.max_rotations_per_tick = MAX_ROTATIONS_PER_TICK
         self.writer = RegistryWriter(
             self.registry_path,
@@ -945,9 +946,9 @@ class EnrollmentService(service.MultiService):
         """Offer the registry's newest FURL to the subscribed connections that lack it."""
         now = self.now()
         seconds = self.clock.seconds()
-        for name, offered_at in list(self._moving.items()):
+        for name, offered_at in list(self._offers_in_flight.items()):
             if seconds - offered_at >= self.offer_retry:
-                del self._moving[name]  # no answer: its place goes to the next worker
+                del self._offers_in_flight[name]  # no answer: its place goes to the next worker
         # never offered first, then the longest waiting: a retry does not starve the others
         for obj in sorted(self._to_check, key=_offer_order):
             if obj.updater is None:
@@ -967,7 +968,8 @@ class EnrollmentService(service.MultiService):
             newer = obj.offered_serial is None or worker.serial > obj.offered_serial
             if not newer and recent:
                 continue
-            if obj.name not in self._moving and len(self._moving) >= self.max_offers_in_flight:
+            in_flight = self._offers_in_flight
+            if obj.name not in in_flight and len(in_flight) >= self.max_offers_in_flight:
                 break  # the rest stay to check: offered as places free up
             self._offer(obj, worker)
 
@@ -976,7 +978,7 @@ class EnrollmentService(service.MultiService):
         obj.offering = True
         obj.offered_serial = serial
         obj.offered_at = self.clock.seconds()
-        self._moving[obj.name] = obj.offered_at
+        self._offers_in_flight[obj.name] = obj.offered_at
         updater = obj.updater
         self.status.offered(obj.name, serial)
         log.info("offering worker {worker!r} FURL serial {serial}", worker=obj.name, serial=serial)
@@ -1019,7 +1021,7 @@ class EnrollmentService(service.MultiService):
 
     def _confirm(self, obj: EnrolledWorker, worker: model.Worker, serial: int) -> Any:
         obj.serial = max(obj.serial, serial)
-        self._moving.pop(obj.name, None)  # it moved (to this FURL or an older one): a place is free
+        self._offers_in_flight.pop(obj.name, None)  # it moved (to this FURL or an older one): a place is free
         if serial < worker.serial:
             # it moved to an older FURL than the newest: the offer of the newest was lost or
             # raced a rotation; offer it now (one offer per confirm: bounded by its own calls)
@@ -1060,7 +1062,7 @@ class EnrollmentService(service.MultiService):
             why=why,
         )
         self.status.update_failed(obj.name, serial, why, self.now())
-        self._moving.pop(obj.name, None)
+        self._offers_in_flight.pop(obj.name, None)
         obj.offering = False
         obj.offered_at = self.clock.seconds()  # not again before OFFER_RETRY
         self._to_check.add(obj)

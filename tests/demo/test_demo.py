@@ -205,7 +205,8 @@ def test_demo_json_keep_redacts_the_furl_and_keeps_the_secret_out_of_logs(tmpdir
     while processes_using(tmpdir_) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_using(tmpdir_) == []
-    # the secret is only where it must be: the registry and the worker's FURL file
+    # the secret is only where it must be: the registry (and its read cache, a 0600 copy
+    # of what was parsed from it: registry/readcache.py) and the worker's FURL file
     entry = (kept / "master" / "workers.toml").read_text()
     swissnum = re.search(r'swissnum = "([a-z2-7]+)"', entry).group(1)
     assert swissnum not in doc["furl"] and doc["furl"].endswith(f"/{swissnum[:4]}…")
@@ -214,7 +215,8 @@ def test_demo_json_keep_redacts_the_furl_and_keeps_the_secret_out_of_logs(tmpdir
         for p in kept.rglob("*")
         if p.is_file() and swissnum.encode() in p.read_bytes()
     )
-    assert holders == ["master/workers.toml", "worker/bbenroll.furl"]
+    assert holders == ["master/.workers.toml.cache", "master/workers.toml", "worker/bbenroll.furl"]
+    assert (kept / "master" / ".workers.toml.cache").stat().st_mode & 0o077 == 0
     assert swissnum not in proc.stdout + proc.stderr
     shutil.rmtree(kept)
 

@@ -141,7 +141,8 @@ class TestConfigure:
         set_master(reg_path, legacy_pb="tcp:9989")
         c: dict = {}
         Enrollment(reg_path).configure(c)
-        assert c["protocols"] == {"pb": {"port": "tcp:9989:backlog=1024"}}
+        # exactly as written: it is the stock workers' port, already listening under that string
+        assert c["protocols"] == {"pb": {"port": "tcp:9989"}}
 
     def test_a_public_pb_is_still_refused_with_legacy_pb(self, reg_path):
         set_master(reg_path, legacy_pb="tcp:9989")
