@@ -90,8 +90,13 @@ def master(served_reg_path):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """``first`` tests run before all others, ``last`` ones after: a long scenario starts
-    in the background at the beginning of the run and is checked at its end."""
-    first = [item for item in items if item.get_closest_marker("first")]
-    last = [item for item in items if item.get_closest_marker("last")]
-    rest = [item for item in items if item not in first and item not in last]
-    items[:] = first + rest + last
+    in the background at the beginning of the run and is checked at its end. Before
+    them all, the ``process_wide`` tests: they count the whole test process's file
+    descriptors or threads, which a background scenario would change under them."""
+    def marked(name: str) -> list[pytest.Item]:
+        return [item for item in items if item.get_closest_marker(name)]
+
+    process_wide, first, last = marked("process_wide"), marked("first"), marked("last")
+    early = process_wide + [item for item in first if item not in process_wide]
+    chosen = {id(item) for item in early + last}
+    items[:] = early + [item for item in items if id(item) not in chosen] + last

@@ -378,6 +378,7 @@ def _open_fds() -> set[str]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.process_wide  # every thread and fd of the process: before any background scenario
 def test_stop_leaves_no_thread_or_socket(echo: EchoServer, target: socket.socket) -> None:
     threads_before = set(threading.enumerate())
     fds_before = _open_fds()

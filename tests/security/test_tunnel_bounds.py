@@ -25,7 +25,8 @@ from bbenroll.tunnel.master_side import MAX_STREAMS_PER_SESSION
 from tests.helpers.cli import run_cli
 from tests.helpers.master import Receiver
 
-pytestmark = pytest.mark.network
+# process_wide: they count /proc/self/fd, so they run before any background scenario
+pytestmark = [pytest.mark.network, pytest.mark.process_wide]
 
 OPENS = 200
 

@@ -33,7 +33,8 @@ from bbenroll.master.service import EnrollmentService
 from bbenroll.tunnel.wire import start_client_tub
 from tests.helpers.cli import run_cli
 
-pytestmark = pytest.mark.network
+# process_wide: they count /proc/self/fd, so they run before any background scenario
+pytestmark = [pytest.mark.network, pytest.mark.process_wide]
 
 TIMEOUT = 1.0  # the shortened negotiation and authentication timeouts of these tests
 
