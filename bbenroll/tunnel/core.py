@@ -340,17 +340,13 @@ class TunnelCore:
     def _mark_seen(self, stream_id: int) -> None:
         ahead = self._seen_ahead
         ahead.add(stream_id)
+        if len(ahead) > MAX_IDS_AHEAD:
+            # ids below the lowest were skipped for good (opened and dropped before the
+            # master heard of them): count them as seen
+            self._seen_through = max(self._seen_through, min(ahead) - 1)
         while self._seen_through + 1 in ahead:
             self._seen_through += 1
             ahead.discard(self._seen_through)
-        if len(ahead) > MAX_IDS_AHEAD:
-            # an id skipped for good (opened and dropped before the master heard of it)
-            lowest = min(ahead)
-            ahead.discard(lowest)
-            self._seen_through = lowest
-            while self._seen_through + 1 in ahead:
-                self._seen_through += 1
-                ahead.discard(self._seen_through)
 
     def _overtaken_open(self, stream_id: int, now: float) -> Stream | None:
         """Data or a close for a stream the master has not seen opened: its open is behind it."""
